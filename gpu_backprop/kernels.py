@@ -1,0 +1,477 @@
+"""The elementwise work of a training step: each step once in NumPy, once as a named CuPy kernel.
+
+Matrix products go to BLAS/cuBLAS through ``xp.matmul``; everything between
+them is here. Each public function takes its arrays, looks at where they live,
+and runs either its NumPy body (the reference) or a CuPy kernel of the same
+name, built on first use. The GPU tests compare the two on fresh random inputs.
+
+Activations are written so that their derivatives come from their *outputs*
+(``relu' = A > 0``, ``sigmoid' = A(1 - A)``, ``tanh' = 1 - A²``), which is
+what lets a Dense layer and its activation share one buffer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from . import backend
+
+__all__ = [
+    "ACTIVATIONS",
+    "activation_backward",
+    "activation_forward",
+    "adam_update",
+    "bias_activation",
+    "dropout_forward",
+    "hash_uniform",
+    "random_permutation",
+    "sgd_update",
+    "softmax_cross_entropy",
+    "softmax",
+]
+
+Array = Any
+
+# --------------------------------------------------------------------------
+# Activations: forward f(x) and derivative from the output a = f(x), as C and NumPy.
+# --------------------------------------------------------------------------
+_ACT_C: dict[str, tuple[str, str]] = {
+    "identity": ("x", "(T)1"),
+    "relu": ("x > (T)0 ? x : (T)0", "a > (T)0 ? (T)1 : (T)0"),
+    "leaky_relu": ("x > (T)0 ? x : (T)alpha * x", "a > (T)0 ? (T)1 : (T)alpha"),
+    # 0.5 tanh(x/2) + 0.5 never overflows (exp(-x) does for x < -88 in float32)
+    "sigmoid": ("(T)0.5 * tanh((T)0.5 * x) + (T)0.5", "a * ((T)1 - a)"),
+    "tanh": ("tanh(x)", "(T)1 - a * a"),
+}
+ACTIVATIONS = tuple(_ACT_C)
+
+
+def _np_act_inplace(z: np.ndarray, kind: str, alpha: float) -> None:
+    """Apply f in place: z <- f(z)."""
+    if kind == "relu":
+        np.maximum(z, 0, out=z)
+    elif kind == "leaky_relu":
+        np.multiply(z, np.where(z > 0, 1.0, alpha).astype(z.dtype, copy=False), out=z)
+    elif kind == "sigmoid":
+        np.multiply(z, 0.5, out=z)
+        np.tanh(z, out=z)
+        np.multiply(z, 0.5, out=z)
+        np.add(z, 0.5, out=z)
+    elif kind == "tanh":
+        np.tanh(z, out=z)
+    elif kind != "identity":
+        raise ValueError(f"unknown activation {kind!r}")
+
+
+def _np_act_grad(a: np.ndarray, kind: str, alpha: float, out: np.ndarray) -> np.ndarray:
+    """Multiply ``out`` (holding dA) in place by f'(a), f' written in terms of a = f(z)."""
+    if kind == "relu":
+        np.multiply(out, a > 0, out=out)
+    elif kind == "leaky_relu":
+        np.multiply(out, np.where(a > 0, 1.0, alpha).astype(a.dtype, copy=False), out=out)
+    elif kind == "sigmoid":
+        np.multiply(out, a, out=out)
+        np.multiply(out, 1 - a, out=out)
+    elif kind == "tanh":
+        np.multiply(out, 1 - a * a, out=out)
+    elif kind != "identity":
+        raise ValueError(f"unknown activation {kind!r}")
+    return out
+
+
+# --------------------------------------------------------------------------
+# Building CuPy kernels lazily, once per name
+# --------------------------------------------------------------------------
+_kernels: dict[str, Any] = {}
+
+
+#: every elementwise kernel: name -> (input params, output params, operation)
+ELEMENTWISE: dict[str, tuple[str, str, str]] = {}
+
+
+def _define(name: str, in_params: str, out_params: str, operation: str) -> None:
+    ELEMENTWISE[name] = (in_params, out_params, operation)
+
+
+def _elementwise(name: str) -> Any:
+    """The ``cupy.ElementwiseKernel`` called ``name``, built on first use."""
+    k = _kernels.get(name)
+    if k is None:
+        cp = backend.cupy_module()
+        in_params, out_params, operation = ELEMENTWISE[name]
+        k = _kernels[name] = cp.ElementwiseKernel(in_params, out_params, operation, name)
+    return k
+
+
+def _raw(name: str, source: str, dtype: np.dtype) -> Any:
+    """A cached ``cupy.RawKernel`` from ``source`` with ``T`` replaced by the C type of ``dtype``."""
+    ctype = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}[np.dtype(dtype)]
+    key = f"{name}_{ctype}"
+    k = _kernels.get(key)
+    if k is None:
+        cp = backend.cupy_module()
+        code = source.replace("KERNEL_NAME", key).replace("T ", f"{ctype} ").replace("T*", f"{ctype}*")
+        k = _kernels[key] = cp.RawKernel(code, key)
+    return k
+
+
+for _kind, (_fwd, _bwd) in _ACT_C.items():
+    _define(f"{_kind}_fwd", "T alpha", "T x", f"x = {_fwd}")
+    _define(f"bias_{_kind}_fwd", "T b, T alpha", "T x", f"x = x + b; x = {_fwd}")
+    _define(f"{_kind}_bwd", "T a, T alpha", "T d", f"d = d * ({_bwd})")
+
+
+def _on_gpu(*arrays: Array) -> bool:
+    return any(backend.is_cupy_array(a) for a in arrays)
+
+
+# --------------------------------------------------------------------------
+# Forward: A = f(Z + b), in place
+# --------------------------------------------------------------------------
+def bias_activation(z: Array, b: Array | None, kind: str, alpha: float = 0.01) -> Array:
+    """In place ``z <- f(z + b)`` (bias broadcast over rows); ``b=None`` skips the bias.
+
+    Kernels: ``bias_<kind>_fwd`` and ``<kind>_fwd``.
+    """
+    if kind not in _ACT_C:
+        raise ValueError(f"unknown activation {kind!r}; choose one of {', '.join(ACTIVATIONS)}")
+    if _on_gpu(z):
+        if b is None:
+            if kind != "identity":
+                _elementwise(f"{kind}_fwd")(alpha, z)
+        else:
+            _elementwise(f"bias_{kind}_fwd")(b, alpha, z)
+        return z
+    if b is not None:
+        np.add(z, b, out=z)
+    _np_act_inplace(z, kind, alpha)
+    return z
+
+
+activation_forward = bias_activation
+
+
+def activation_backward(d: Array, a: Array, kind: str, alpha: float = 0.01) -> Array:
+    """In place ``d <- d ⊙ f'(·)``, with f' computed from the output ``a``.
+
+    This is the ``dZ = dA ⊙ f'(Z)`` of backprop. Kernel: ``<kind>_bwd``.
+    """
+    if kind not in _ACT_C:
+        raise ValueError(f"unknown activation {kind!r}; choose one of {', '.join(ACTIVATIONS)}")
+    if kind == "identity":
+        return d
+    if _on_gpu(d, a):
+        _elementwise(f"{kind}_bwd")(a, alpha, d)
+        return d
+    return _np_act_grad(a, kind, alpha, d)
+
+
+# --------------------------------------------------------------------------
+# Softmax + cross-entropy, forward, loss and backward in one row-wise pass
+# --------------------------------------------------------------------------
+_SOFTMAX_XENT_SRC = r"""
+extern "C" __global__
+void KERNEL_NAME(const T* z, const long long* labels, const T* targets,
+                 T* dz, T* loss_rows, const int n, const int c, const int use_labels,
+                 const int want_grad, const T scale)
+{
+    // one thread per row: row max, exp and sum, then (softmax - target) * scale
+    const int r = blockIdx.x * blockDim.x + threadIdx.x;
+    if (r >= n) return;
+    const T* zr = z + (size_t)r * c;
+    T* dr = dz + (size_t)r * c;
+    T m = zr[0];
+    for (int j = 1; j < c; ++j) m = zr[j] > m ? zr[j] : m;
+    T s = 0;
+    for (int j = 0; j < c; ++j) { T e = exp(zr[j] - m); dr[j] = e; s += e; }
+    const T lse = log(s) + m;          // log sum exp z, computed safely
+    const T inv = (T)1 / s;
+    T loss = 0;
+    if (use_labels) {
+        const long long t = labels[r];
+        loss = lse - zr[t];
+        if (want_grad)
+            for (int j = 0; j < c; ++j) dr[j] = (dr[j] * inv - (j == t ? (T)1 : (T)0)) * scale;
+    } else {
+        const T* tr = targets + (size_t)r * c;
+        for (int j = 0; j < c; ++j) {
+            loss += tr[j] * (lse - zr[j]);  // soft targets: −Σ t log softmax
+            if (want_grad) dr[j] = (dr[j] * inv - tr[j]) * scale;
+        }
+    }
+    loss_rows[r] = loss;
+}
+"""
+
+
+def softmax_cross_entropy(
+    z: Array, labels: Array | None, targets: Array | None, dz: Array | None, loss_rows: Array
+) -> Array:
+    """Row-wise softmax cross-entropy: fills ``loss_rows`` and (if given) ``dz = (softmax(z) - Y) / N``.
+
+    Give either integer ``labels`` (N,) — no one-hot matrix is built — or
+    ``targets`` (N, C) holding one-hot or soft targets. The loss per row is
+    ``logsumexp(z) - z[label]``, computed with the row max subtracted. Kernel:
+    ``softmax_xent``. Returns ``loss_rows``.
+    """
+    n, c = z.shape
+    scale = 1.0 / n
+    if _on_gpu(z):
+        cp = backend.cupy_module()
+        # the scratch row exps need somewhere to go even when no gradient is wanted
+        out = dz if dz is not None else cp.empty_like(z)
+        unused = cp.empty(1, dtype=z.dtype)
+        lab = labels if labels is not None else cp.empty(1, dtype=cp.int64)
+        tgt = targets if targets is not None else unused
+        threads = 128
+        _raw("softmax_xent", _SOFTMAX_XENT_SRC, z.dtype)(
+            ((n + threads - 1) // threads,), (threads,),
+            (z, lab, tgt, out, loss_rows, np.int32(n), np.int32(c), np.int32(labels is not None),
+             np.int32(dz is not None), z.dtype.type(scale)),
+        )
+        return loss_rows
+    m = z.max(axis=1, keepdims=True)
+    e = dz if dz is not None else np.empty_like(z)
+    np.subtract(z, m, out=e)
+    np.exp(e, out=e)
+    s = e.sum(axis=1, keepdims=True)
+    lse = np.log(s) + m
+    if labels is not None:
+        rows = np.arange(n)
+        np.subtract(lse[:, 0], z[rows, labels], out=loss_rows)
+        if dz is not None:
+            np.divide(e, s, out=e)
+            e[rows, labels] -= 1
+            np.multiply(e, scale, out=e)
+    else:
+        np.sum(targets * (lse - z), axis=1, out=loss_rows)
+        if dz is not None:
+            np.divide(e, s, out=e)
+            np.subtract(e, targets, out=e)
+            np.multiply(e, scale, out=e)
+    return loss_rows
+
+
+def softmax(z: Array) -> Array:
+    """Row-wise softmax with the row max subtracted (a new array)."""
+    xp = backend.get_array_module(z)
+    e = z - z.max(axis=1, keepdims=True)
+    xp.exp(e, out=e)
+    e /= e.sum(axis=1, keepdims=True)
+    return e
+
+
+# --------------------------------------------------------------------------
+# Optimiser updates over the flat parameter buffer (one kernel each)
+# --------------------------------------------------------------------------
+_DECAY = "T gd = g + (i < n_decay ? wd * p : (T)0);"
+_define("sgd", "T g, T lr, T wd, int64 n_decay", "T p", _DECAY + "p = p - lr * gd;")
+_define("momentum_sgd", "T g, T lr, T mu, T wd, int64 n_decay, bool nesterov", "T p, T v",
+        _DECAY + "v = mu * v + gd; p = p - lr * (nesterov ? gd + mu * v : v);")
+
+
+def sgd_update(
+    p: Array, g: Array, v: Array | None, scratch: Array | None, *,
+    lr: float, momentum: float, weight_decay: float, nesterov: bool, n_decay: int,
+) -> None:
+    """One SGD step in place over flat buffers (PyTorch's convention, no dampening).
+
+    ``g' = g + wd·p`` (for the first ``n_decay`` entries: weights, not biases),
+    ``v <- μ v + g'``, then ``p <- p - lr·v`` or, with Nesterov, ``p <- p - lr (g' + μ v)``.
+    Without momentum (``v is None``): ``p <- p - lr g'``. Kernel: ``momentum_sgd``.
+    """
+    if _on_gpu(p):
+        if v is None:
+            _elementwise("sgd")(g, lr, weight_decay, n_decay, p)
+        else:
+            _elementwise("momentum_sgd")(g, lr, momentum, weight_decay, n_decay, nesterov, p, v)
+        return
+    gd = g
+    if weight_decay and n_decay:
+        gd = scratch
+        np.copyto(gd, g)
+        gd[:n_decay] += weight_decay * p[:n_decay]
+    if v is None:
+        _subtract_scaled(p, gd, lr, scratch)
+        return
+    np.multiply(v, momentum, out=v)
+    np.add(v, gd, out=v)
+    if nesterov:
+        _subtract_scaled(p, gd, lr, scratch)
+        _subtract_scaled(p, v, lr * momentum, scratch)
+    else:
+        _subtract_scaled(p, v, lr, scratch)
+
+
+def _subtract_scaled(p: np.ndarray, x: np.ndarray, alpha: float, scratch: np.ndarray) -> None:
+    """``p -= alpha * x`` through ``scratch`` (which may be ``x`` itself)."""
+    np.multiply(x, alpha, out=scratch)
+    np.subtract(p, scratch, out=p)
+
+
+_define(
+    "adam",
+    "T g, T lr, T b1, T b2, T eps, T wd, bool decoupled, T bc1, T bc2, int64 n_decay",
+    "T p, T m, T v",
+    "T wdi = i < n_decay ? wd : (T)0;"
+    "T gd = decoupled ? g : g + wdi * p;"
+    "if (decoupled) p = p * ((T)1 - lr * wdi);"
+    "m = b1 * m + ((T)1 - b1) * gd;"
+    "v = b2 * v + ((T)1 - b2) * gd * gd;"
+    "p = p - lr * (m / bc1) / (sqrt(v / bc2) + eps);",
+)
+
+
+def adam_update(
+    p: Array, g: Array, m: Array, v: Array, scratch: Array, *,
+    lr: float, beta1: float, beta2: float, eps: float, weight_decay: float,
+    decoupled: bool, step: int, n_decay: int,
+) -> None:
+    """One Adam (or, with ``decoupled=True``, AdamW) step in place over flat buffers.
+
+    Adam: ``g' = g + wd·p``; AdamW: ``p <- p (1 - lr·wd)`` before the step.
+    ``m <- β1 m + (1-β1) g'``, ``v <- β2 v + (1-β2) g'²``,
+    ``p <- p - lr · m̂ / (√v̂ + ε)`` with the bias corrections ``m̂ = m/(1-β1ᵗ)``, ``v̂ = v/(1-β2ᵗ)``.
+    Kernel: ``adam``.
+    """
+    bc1 = 1.0 - beta1**step
+    bc2 = 1.0 - beta2**step
+    if _on_gpu(p):
+        _elementwise("adam")(g, lr, beta1, beta2, eps, weight_decay, decoupled, bc1, bc2, n_decay, p, m, v)
+        return
+    gd = g
+    if weight_decay and n_decay:
+        if decoupled:
+            p[:n_decay] *= 1.0 - lr * weight_decay
+        else:
+            gd = scratch
+            np.copyto(gd, g)
+            gd[:n_decay] += weight_decay * p[:n_decay]
+    m *= beta1
+    m += (1.0 - beta1) * gd
+    v *= beta2
+    v += (1.0 - beta2) * np.square(gd)
+    denom = np.sqrt(v / bc2)
+    denom += eps
+    p -= (lr / bc1) * m / denom
+
+
+# --------------------------------------------------------------------------
+# Counter-based random numbers: the same bits on NumPy and CuPy
+# --------------------------------------------------------------------------
+# A stateless hash of (seed, counter, index) gives uniform numbers that are
+# identical on both backends, need no generator state beyond two integers
+# (so a checkpoint restores them exactly), and cost one elementwise pass.
+_HASH_C = """
+unsigned int h = (unsigned int)i * 0x9E3779B1u ^ (unsigned int)key;
+h ^= (unsigned int)(key >> 32);
+h ^= h >> 16; h *= 0x85EBCA6Bu; h ^= h >> 13; h *= 0xC2B2AE35u; h ^= h >> 16;
+h += (unsigned int)i; h ^= h >> 15; h *= 0x2C1B3C6Du; h ^= h >> 12; h *= 0x297A2D39u; h ^= h >> 15;
+"""
+
+
+_define("hash_u32", "uint64 key", "uint32 out", _HASH_C + "out = h;")
+_define("dropout_fwd", "uint64 key, uint32 threshold, T scale", "T x, T mask",
+        _HASH_C + "mask = h >= threshold ? scale : (T)0; x = x * mask;")
+
+
+def _mix_key(seed: int, counter: int) -> int:
+    """Mix seed and counter into one 64-bit key (splitmix64)."""
+    z = (seed * 0x9E3779B97F4A7C15 + counter * 0xD1B54A32D192ED03 + 0x632BE59BD9B4E019) & (2**64 - 1)
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & (2**64 - 1)
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & (2**64 - 1)
+    return z ^ (z >> 31)
+
+
+def _np_hash(n: int, key: int) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        i = np.arange(n, dtype=np.uint32)
+        h = i * np.uint32(0x9E3779B1) ^ np.uint32(key & 0xFFFFFFFF)
+        h ^= np.uint32(key >> 32)
+        for shift, mult in ((16, 0x85EBCA6B), (13, 0xC2B2AE35)):
+            h ^= h >> np.uint32(shift)
+            h *= np.uint32(mult)
+        h ^= h >> np.uint32(16)
+        h += i
+        for shift, mult in ((15, 0x2C1B3C6D), (12, 0x297A2D39)):
+            h ^= h >> np.uint32(shift)
+            h *= np.uint32(mult)
+        h ^= h >> np.uint32(15)
+    return h
+
+
+def hash_uniform(xp: Any, n: int, seed: int, counter: int) -> Array:
+    """``n`` uint32 random words from (seed, counter), identical on NumPy and CuPy. Kernel: ``hash_u32``."""
+    key = _mix_key(seed, counter)
+    if xp is np:
+        return _np_hash(n, key)
+    out = xp.empty(n, dtype=xp.uint32)
+    _elementwise("hash_u32")(np.uint64(key), out)
+    return out
+
+
+def random_permutation(xp: Any, n: int, seed: int, counter: int) -> Array:
+    """A permutation of ``range(n)`` drawn on the device from (seed, counter), the same on both backends."""
+    keys = hash_uniform(xp, n, seed, counter).astype(xp.uint64)
+    keys <<= 32
+    keys |= xp.arange(n, dtype=xp.uint64)  # ties broken by index: a total order
+    return xp.argsort(keys)
+
+
+def dropout_forward(x: Array, p: float, seed: int, counter: int, mask: Array) -> Array:
+    """Inverted dropout in place: ``x <- x ⊙ mask`` with ``mask = [u ≥ p] / (1 - p)``.
+
+    ``mask`` (same shape as x) is filled for the backward pass. Kernel: ``dropout_fwd``.
+    """
+    keep_scale = 1.0 / (1.0 - p)
+    threshold = min(int(p * 2.0**32), 2**32 - 1)
+    key = _mix_key(seed, counter)
+    if _on_gpu(x):
+        _elementwise("dropout_fwd")(np.uint64(key), np.uint32(threshold), keep_scale, x, mask)
+        return x
+    h = _np_hash(x.size, key).reshape(x.shape)
+    np.multiply(h >= np.uint32(threshold), keep_scale, out=mask)
+    np.multiply(x, mask, out=x)
+    return x
+
+
+
+# --------------------------------------------------------------------------
+# BatchNorm's elementwise halves (the reductions are xp.sum / xp.mean)
+# --------------------------------------------------------------------------
+_define("bn_fwd", "T x, T mean, T inv_std, T gamma, T beta", "T xhat, T y",
+        "xhat = (x - mean) * inv_std; y = gamma * xhat + beta;")
+_define("bn_bwd", "T dy, T xhat, T scale, T dgamma, T dbeta, T inv_n", "T dx",
+        "dx = scale * (dy - dbeta * inv_n - xhat * dgamma * inv_n);")
+
+
+def batchnorm_normalize(
+    x: Array, mean: Array, inv_std: Array, gamma: Array, beta: Array, xhat: Array, y: Array
+) -> None:
+    """``xhat = (x - mean) · inv_std``, ``y = gamma · xhat + beta`` (per feature). Kernel: ``bn_fwd``."""
+    if _on_gpu(x):
+        _elementwise("bn_fwd")(x, mean, inv_std, gamma, beta, xhat, y)
+        return
+    np.subtract(x, mean, out=xhat)
+    np.multiply(xhat, inv_std, out=xhat)
+    np.multiply(xhat, gamma, out=y)
+    np.add(y, beta, out=y)
+
+
+def batchnorm_backward(
+    dy: Array, xhat: Array, scale: Array, dgamma: Array, dbeta: Array, n: int, dx: Array
+) -> None:
+    """``dx = scale · (dy - dbeta/N - xhat · dgamma/N)`` with ``scale = gamma · inv_std``. Kernel: ``bn_bwd``.
+
+    ``dgamma = Σ_rows dy ⊙ xhat`` and ``dbeta = Σ_rows dy`` are computed first.
+    """
+    inv_n = 1.0 / n
+    if _on_gpu(dy):
+        _elementwise("bn_bwd")(dy, xhat, scale, dgamma, dbeta, inv_n, dx)
+        return
+    np.multiply(xhat, dgamma * inv_n, out=dx)
+    np.subtract(dy, dx, out=dx)
+    np.subtract(dx, dbeta * inv_n, out=dx)
+    np.multiply(dx, scale, out=dx)

@@ -1,0 +1,446 @@
+"""Networks: a sequence of layers, a loss, and one flat buffer for all parameters.
+
+Parameters and gradients each live in one contiguous array per network, and
+the layers hold views into them. An optimiser step is then one fused update
+over one buffer (one kernel on a GPU), and a data-parallel step is one
+all-reduce of one buffer. Weights come first in that buffer, biases and other
+parameters after them, so weight decay applies to a prefix.
+
+    net = Sequential([Dense(784, 256), ReLU(), Dense(256, 10)], loss="softmax_cross_entropy")
+    net = MLP([784, 256, 10], activation="relu")          # the same network
+    loss, grads = net.loss_and_grads(X, y)
+"""
+
+from __future__ import annotations
+
+import copy as _copy
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .backend import Backend, check_same_device, get_backend, is_cupy_array, to_device, to_numpy
+from .layers import Activation, BatchNorm, Dense, Dropout, Layer, make_activation
+from .losses import Loss, make_loss
+
+__all__ = ["MLP", "Sequential"]
+
+Array = Any
+_ALIGN = 32  # each parameter starts on a 128-byte boundary (float32)
+DTYPES = ("float32", "float64")
+
+
+def _resolve_dtype(dtype: Any) -> np.dtype:
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt is None or dt.name not in DTYPES:
+        raise ValueError(f"unsupported dtype {dtype!r}; use 'float32' (the default) or 'float64'")
+    return dt
+
+
+class Sequential:
+    """Layers applied in order, then a loss.
+
+    Parameters
+    ----------
+    layers : the layers; an activation right after a :class:`Dense` layer is
+        fused into it (one kernel for bias and activation).
+    loss : a :class:`Loss` or its name.
+    backend : ``"auto"``, ``"numpy"``, ``"cupy"`` or a :class:`Backend`.
+    dtype : ``"float32"`` (default) or ``"float64"``.
+    seed : seeds the initial weights (drawn on the host, so the same on every
+        backend) and the dropout masks.
+    input_dim : the width of the input; taken from the first layer when omitted.
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[Layer],
+        loss: str | Loss = "softmax_cross_entropy",
+        *,
+        backend: str | Backend | None = None,
+        dtype: Any = "float32",
+        seed: int = 0,
+        input_dim: int | None = None,
+    ) -> None:
+        layers = list(layers)
+        if not layers:
+            raise ValueError("a network needs at least one layer")
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Layer):
+                raise TypeError(f"layers[{i}] is a {type(layer).__name__}, not a gpu_backprop Layer")
+        self.layers = layers
+        self.loss = make_loss(loss)
+        self.backend = get_backend(backend)
+        self.dtype = _resolve_dtype(dtype)
+        self.seed = int(seed)
+        self.input_dim = int(input_dim) if input_dim is not None else self._infer_input_dim()
+        self._steps = self._fuse()
+        self._needs_dx = self._which_need_dx()
+        self._allocate()
+
+    # ------------------------------------------------------------------ build
+    def _infer_input_dim(self) -> int:
+        first = self.layers[0]
+        if isinstance(first, Dense):
+            return first.in_features
+        if isinstance(first, BatchNorm):
+            return first.num_features
+        for layer in self.layers:
+            if isinstance(layer, Dense):
+                return layer.in_features
+        raise ValueError("cannot tell the input width from the layers; pass input_dim=")
+
+    def _fuse(self) -> list[Layer]:
+        """The layers that run: an activation after a Dense layer becomes part of it."""
+        steps: list[Layer] = []
+        for i, layer in enumerate(self.layers):
+            if isinstance(layer, Activation) and steps and isinstance(steps[-1], Dense) \
+                    and steps[-1].activation is None:
+                steps[-1].activation = layer
+                continue
+            if isinstance(layer, Dense):
+                layer.activation = None
+            if isinstance(layer, Dropout) and layer.seed == 0:
+                layer.seed = self.seed * 1_000_003 + i
+            steps.append(layer)
+        return steps
+
+    def _which_need_dx(self) -> list[bool]:
+        """A layer needs dX only if some layer before it has parameters (no dX for the first Dense)."""
+        need, seen_params = [], False
+        d = self.input_dim
+        for layer in self._steps:
+            need.append(seen_params)
+            seen_params = seen_params or bool(layer.param_shapes(d))
+            d = layer.out_dim(d)
+        self.output_dim = d
+        return need
+
+    def _allocate(self) -> None:
+        """Lay out every parameter in one flat buffer (weights first) and draw initial values."""
+        xp = self.backend.xp
+        entries: list[tuple[str, Layer, str, tuple[int, ...], bool]] = []
+        d = self.input_dim
+        for idx, layer in enumerate(self.layers):
+            if layer in self._steps:
+                shapes = layer.param_shapes(d)
+                decayed = set(layer.decayed_params())
+                for pname, shape in shapes.items():
+                    entries.append((f"layers.{idx}.{pname}", layer, pname, shape, pname in decayed))
+                d = layer.out_dim(d)
+        order = sorted(range(len(entries)), key=lambda k: not entries[k][4])  # stable: decayed first
+        offsets: dict[int, int] = {}
+        pos = 0
+        self.n_decay = 0
+        for k in order:
+            offsets[k] = pos
+            pos += -(-int(np.prod(entries[k][3])) // _ALIGN) * _ALIGN
+            if entries[k][4]:
+                self.n_decay = pos
+        self.flat_params = xp.zeros(pos, dtype=self.dtype)
+        self.flat_grads = xp.zeros(pos, dtype=self.dtype)
+        self.params: dict[str, Array] = {}
+        self.grads: dict[str, Array] = {}
+        self._slots: dict[str, tuple[int, tuple[int, ...]]] = {}
+        for k, (name, layer, pname, shape, _) in enumerate(entries):
+            size = int(np.prod(shape))
+            off = offsets[k]
+            self._slots[name] = (off, shape)
+            self.params[name] = layer.params[pname] = self.flat_params[off:off + size].reshape(shape)
+            self.grads[name] = layer.grads[pname] = self.flat_grads[off:off + size].reshape(shape)
+        self.reset_parameters(self.seed)
+
+    def reset_parameters(self, seed: int | None = None) -> None:
+        """Draw fresh initial weights from ``seed`` (on the host, then copied to the device once)."""
+        rng = np.random.default_rng(self.seed if seed is None else seed)
+        d = self.input_dim
+        for idx, layer in enumerate(self.layers):
+            if layer not in self._steps:
+                continue
+            for pname, value in layer.initial_params(rng, d).items():
+                layer.params[pname][...] = to_device(value.astype(self.dtype), self.backend)
+            d = layer.out_dim(d)
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def num_params(self) -> int:
+        """The number of trainable parameters (without alignment padding)."""
+        return sum(int(np.prod(p.shape)) for p in self.params.values())
+
+    @property
+    def xp(self) -> Any:
+        return self.backend.xp
+
+    # ------------------------------------------------------------------ checks at the boundary
+    def check_inputs(self, X: Any, y: Any = None) -> tuple[Array, Array | None]:
+        """Validate and convert ``X`` (and targets ``y``) at the API boundary.
+
+        Returns arrays on this network's device in its dtype (labels as int64).
+        Raises :class:`TypeError` for wrong types, devices or dtypes and
+        :class:`ValueError` for wrong shapes, empty batches, labels out of range
+        and non-finite values, each with a sentence that says how to fix it.
+        """
+        check_same_device(self.backend, X=X, y=y)
+        xp = self.xp
+        X = self._as_array(X, "X")
+        if X.ndim != 2:
+            hint = " (flatten images with X.reshape(len(X), -1))" if X.ndim > 2 else ""
+            raise ValueError(f"X must be 2-D (N, D), got shape {X.shape}{hint}")
+        if X.shape[0] == 0:
+            raise ValueError("X is an empty batch (0 rows); pass at least one sample")
+        if X.shape[1] != self.input_dim:
+            raise ValueError(f"X has {X.shape[1]} features per row but the network takes {self.input_dim}")
+        if X.dtype.kind != "f" or X.dtype.itemsize < 4:
+            fix = " (scale images with X.astype('float32') / 255)" if X.dtype.kind in "ui" else ""
+            raise TypeError(f"X has dtype {X.dtype}; pass float32 or float64 data{fix}")
+        X = xp.ascontiguousarray(X, dtype=self.dtype)
+        if not bool(xp.isfinite(X).all()):
+            raise ValueError("X contains NaN or Inf; clean or impute the data before training")
+        if y is None:
+            return X, None
+        y = self._as_array(y, "y")
+        n, c = X.shape[0], self.output_dim
+        if y.shape[0:1] != (n,):
+            raise ValueError(f"y has {y.shape[0] if y.ndim else 0} rows but X has {n}; pass one target per sample")
+        if y.ndim == 1:
+            if y.dtype.kind not in "iu":
+                raise TypeError(
+                    f"labels y have dtype {y.dtype}; pass integer class labels (y.astype('int64')) "
+                    f"or float targets of shape ({n}, {c})"
+                )
+            lo, hi = int(y.min()), int(y.max())
+            limit = c if c > 1 else 2  # one output: binary labels 0/1
+            if lo < 0 or hi >= limit:
+                raise ValueError(
+                    f"labels must lie in [0, {limit - 1}] for a network with {c} outputs, "
+                    f"got values from {lo} to {hi}"
+                )
+            return X, xp.ascontiguousarray(y, dtype=xp.int64)
+        if y.ndim != 2 or y.shape[1] != c:
+            raise ValueError(f"targets y must be labels ({n},) or an array ({n}, {c}), got shape {y.shape}")
+        if y.dtype.kind != "f":
+            raise TypeError(f"targets y of shape {y.shape} have dtype {y.dtype}; pass float targets")
+        y = xp.ascontiguousarray(y, dtype=self.dtype)
+        if not bool(xp.isfinite(y).all()):
+            raise ValueError("targets y contain NaN or Inf; clean them before training")
+        return X, y
+
+    def _as_array(self, a: Any, name: str) -> Array:
+        if is_cupy_array(a) or isinstance(a, np.ndarray):
+            return a
+        try:
+            return to_device(a, self.backend)
+        except Exception as exc:
+            raise TypeError(f"{name} must be an array, got {type(a).__name__} ({exc})") from None
+
+    # ------------------------------------------------------------------ computation
+    def forward(self, X: Array, train: bool = False) -> Array:
+        """The last layer's output for a checked batch (a reused buffer: copy it to keep it)."""
+        a = X
+        for layer in self._steps:
+            a = layer.forward(a, train)
+        return a
+
+    def backward(self, dout: Array) -> None:
+        """Backpropagate ``d out`` through the layers, filling ``flat_grads``."""
+        d = dout
+        for layer, need_dx in zip(reversed(self._steps), reversed(self._needs_dx)):
+            d = layer.backward(d, need_dx)
+
+    def train_step_grads(self, X: Array, y: Array) -> Array:
+        """Forward in training mode, loss, backward; returns the loss as a device scalar.
+
+        No checks and no host synchronisation: the trainer's hot path. ``X`` and
+        ``y`` must already be valid arrays on this network's device.
+        """
+        out = self.forward(X, train=True)
+        loss, dout = self.loss.forward_backward(out, y)
+        self.backward(dout)
+        return loss
+
+    def loss_and_grads(self, X: Any, y: Any, train: bool = True) -> tuple[float, dict[str, Array]]:
+        """The mean loss on ``(X, y)`` and its gradient with respect to every parameter.
+
+        A pure function of the current parameters: running statistics and
+        dropout counters are put back afterwards. The gradients are fresh arrays
+        on this network's backend, keyed like :attr:`params`; the network's own
+        gradient buffer also holds them, ready for ``optimizer.step()``.
+        """
+        X, y = self.check_inputs(X, y)
+        saved = self._layer_states()
+        loss = self.train_step_grads(X, y) if train else self._eval_grads(X, y)
+        self._restore_layer_states(saved)
+        return float(loss), {k: g.copy() for k, g in self.grads.items()}
+
+    def _eval_grads(self, X: Array, y: Array) -> Array:
+        out = self.forward(X, train=False)
+        loss, dout = self.loss.forward_backward(out, y)
+        self.backward(dout)
+        return loss
+
+    def evaluate_loss(self, X: Any, y: Any) -> float:
+        """The mean loss in eval mode (no gradients)."""
+        X, y = self.check_inputs(X, y)
+        return float(self.loss.forward(self.forward(X), y))
+
+    def predict(self, X: Any, batch_size: int = 8192) -> Array:
+        """Predictions (class probabilities for the classifiers) for ``X``, a new array."""
+        X, _ = self.check_inputs(X)
+        parts = [self.loss.predict(self.forward(X[i:i + batch_size])) for i in range(0, X.shape[0], batch_size)]
+        return parts[0] if len(parts) == 1 else self.xp.concatenate(parts)
+
+    # ------------------------------------------------------------------ state
+    def _layer_states(self) -> list[dict[str, Any]]:
+        return [{k: (v.copy() if hasattr(v, "copy") else v) for k, v in layer.state().items()}
+                for layer in self.layers]
+
+    def _restore_layer_states(self, states: list[dict[str, Any]]) -> None:
+        for layer, st in zip(self.layers, states):
+            if st:
+                layer.load_state(st)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Every parameter and layer state (running statistics, dropout counters) as NumPy arrays."""
+        d: dict[str, np.ndarray] = {k: to_numpy(v).copy() for k, v in self.params.items()}
+        for idx, layer in enumerate(self.layers):
+            for k, v in layer.state().items():
+                d[f"layers.{idx}.{k}"] = np.array(to_numpy(v), copy=True)
+        return d
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Load what :meth:`state_dict` returned; keys and shapes must match exactly.
+
+        Nothing is changed unless every entry fits.
+        """
+        expected = set(self.state_dict())
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        if missing or unexpected:
+            raise ValueError(
+                "state does not fit this network"
+                + (f"; missing {', '.join(missing[:5])}" if missing else "")
+                + (f"; unexpected {', '.join(unexpected[:5])}" if unexpected else "")
+                + " (was it saved from a different architecture?)"
+            )
+        for name, (_, shape) in self._slots.items():
+            got = tuple(np.shape(state[name]))
+            if got != shape:
+                raise ValueError(f"state entry {name} has shape {got}, this network needs {shape}")
+            if not np.all(np.isfinite(to_numpy(state[name]))):
+                raise ValueError(f"state entry {name} contains NaN or Inf; refusing to load it")
+        for name in self._slots:
+            self.params[name][...] = to_device(np.asarray(to_numpy(state[name]), dtype=self.dtype), self.backend)
+        for idx, layer in enumerate(self.layers):
+            prefix = f"layers.{idx}."
+            st = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix) and k not in self._slots}
+            if st:
+                if isinstance(layer, Dropout):
+                    layer.load_state({k: int(np.asarray(v)) for k, v in st.items()})
+                else:
+                    layer.load_state({k: to_device(np.asarray(v, dtype=self.dtype), self.backend)
+                                      for k, v in st.items()})
+
+    def config(self) -> dict[str, Any]:
+        """A JSON-able description of the architecture (checked when a checkpoint is loaded)."""
+        return {
+            "input_dim": self.input_dim,
+            "layers": [layer.spec() for layer in self.layers],
+            "loss": self.loss.name,
+            "dtype": self.dtype.name,
+        }
+
+    def copy(self, *, dtype: Any = None, backend: str | Backend | None = None) -> Sequential:
+        """A deep copy, optionally in another dtype or on another backend."""
+        be = self.backend if backend is None else get_backend(backend)
+        layers = [_copy.copy(layer) for layer in self.layers]
+        for layer in layers:
+            layer.__init__(**_init_args(layer))  # fresh buffers and views
+        new = Sequential(layers, loss=type(self.loss)(), backend=be,
+                         dtype=self.dtype if dtype is None else dtype, seed=self.seed, input_dim=self.input_dim)
+        new.load_state_dict(self.state_dict())
+        return new
+
+    # ------------------------------------------------------------------ description
+    def describe(self, batch: int = 128) -> str:
+        """The matrix-form equations of this network with every shape filled in for ``batch``."""
+        lines = [f"{type(self).__name__}: {self.num_params:,} parameters, {self.dtype.name}, "
+                 f"{self.backend.name} ({self.backend.device}), batch N = {batch}"]
+        d = self.input_dim
+        for idx, layer in enumerate(self.layers):
+            if layer not in self._steps:
+                continue
+            lines.append(f"layers.{idx}: {layer!r}" + (f" + {layer.activation!r}" if isinstance(layer, Dense)
+                                                         and layer.activation else ""))
+            eqs = layer.equations(batch, d)
+            need_dx = self._needs_dx[self._steps.index(layer)]
+            lines += [f"    {e}" for e in eqs if need_dx or not e.startswith("dX")]
+            if not need_dx and any(e.startswith("dX") for e in eqs):
+                lines.append("    (no dX: nothing before this layer has parameters)")
+            d = layer.out_dim(d)
+        lines.append(f"loss: {self.loss!r}")
+        lines += [f"    {e}" for e in self.loss.equations(batch, self.output_dim)]
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        inner = ", ".join(repr(layer) for layer in self.layers)
+        return f"{type(self).__name__}([{inner}], loss={self.loss!r}, backend={self.backend.name!r}, dtype={self.dtype.name!r})"
+
+
+def _init_args(layer: Layer) -> dict[str, Any]:
+    """Constructor arguments that rebuild ``layer`` (used by :meth:`Sequential.copy`)."""
+    if isinstance(layer, Dense):
+        return {"in_features": layer.in_features, "out_features": layer.out_features, "init": layer.init}
+    if isinstance(layer, BatchNorm):
+        return {"num_features": layer.num_features, "momentum": layer.momentum, "eps": layer.eps}
+    if isinstance(layer, Dropout):
+        return {"p": layer.p, "seed": layer.seed}
+    if isinstance(layer, Activation):
+        return {"alpha": layer.alpha}
+    return {}
+
+
+class MLP(Sequential):
+    """A multi-layer perceptron from its layer sizes.
+
+    ``MLP([784, 256, 256, 10], activation="relu")`` is
+    ``Dense(784, 256), ReLU(), Dense(256, 256), ReLU(), Dense(256, 10)`` with a
+    softmax cross-entropy loss. ``output_activation`` adds an activation after the
+    last layer (e.g. ``"sigmoid"`` with ``loss="mse"`` for the book's network);
+    ``batchnorm`` puts a BatchNorm before each hidden activation; ``dropout``
+    puts Dropout after each hidden activation.
+    """
+
+    def __init__(
+        self,
+        sizes: Sequence[int],
+        activation: str = "relu",
+        loss: str | Loss = "softmax_cross_entropy",
+        *,
+        output_activation: str | None = None,
+        batchnorm: bool = False,
+        dropout: float = 0.0,
+        init: str = "auto",
+        backend: str | Backend | None = None,
+        dtype: Any = "float32",
+        seed: int = 0,
+    ) -> None:
+        sizes = list(sizes)
+        if len(sizes) < 2 or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s > 0
+                                     for s in sizes):
+            raise ValueError(f"MLP sizes must be at least two positive integers, got {sizes!r}")
+        make_activation(activation)  # validates the name early
+        layers: list[Layer] = []
+        for i, (d, m) in enumerate(zip(sizes[:-1], sizes[1:])):
+            layers.append(Dense(d, m, init=init))
+            if i < len(sizes) - 2:
+                if batchnorm:
+                    layers.append(BatchNorm(m))
+                layers.append(make_activation(activation))
+                if dropout:
+                    layers.append(Dropout(dropout))
+        if output_activation is not None:
+            layers.append(make_activation(output_activation))
+        self.sizes = sizes
+        super().__init__(layers, loss=loss, backend=backend, dtype=dtype, seed=seed, input_dim=sizes[0])
