@@ -229,12 +229,14 @@ class Sequential:
         return X, y
 
     def _as_array(self, a: Any, name: str) -> Array:
-        if is_cupy_array(a) or isinstance(a, np.ndarray):
-            return a
-        try:
-            return to_device(a, self.backend)
-        except Exception as exc:
-            raise TypeError(f"{name} must be an array, got {type(a).__name__} ({exc})") from None
+        if not (is_cupy_array(a) or isinstance(a, np.ndarray)):
+            try:
+                a = to_device(a, self.backend)
+            except Exception as exc:
+                raise TypeError(f"{name} must be an array, got {type(a).__name__} ({exc})") from None
+        if a.dtype.kind not in "biuf":
+            raise TypeError(f"{name} must be a numeric array, got dtype {a.dtype} from {type(a).__name__}")
+        return a
 
     # ------------------------------------------------------------------ computation
     def forward(self, X: Array, train: bool = False) -> Array:

@@ -1,0 +1,111 @@
+"""Backend choice, clear errors where CuPy cannot run, moving arrays, mixed devices."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gpu_backprop as gb
+from gpu_backprop import backend
+
+
+def test_numpy_backend_and_info() -> None:
+    be = gb.get_backend("numpy")
+    assert be.name == "numpy" and be.xp is np and not be.is_gpu
+    info = gb.backend_info("numpy")
+    assert info["backend"] == "numpy" and "CPU" in info["device"]
+
+
+def test_auto_says_what_it_chose_and_why() -> None:
+    info = gb.backend_info("auto")
+    assert info["backend"] in ("numpy", "cupy")
+    assert info["reason"].startswith("auto:")
+    if info["backend"] == "numpy":
+        assert "CuPy" in info["reason"]  # one sentence that says why not CuPy
+
+
+def test_backend_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GPU_BACKPROP_BACKEND", "numpy")
+    assert gb.get_backend().name == "numpy"
+    monkeypatch.setenv("GPU_BACKPROP_BACKEND", "tpu")
+    with pytest.raises(ValueError, match=r"unknown backend 'tpu' \(from \$GPU_BACKPROP_BACKEND\)"):
+        gb.get_backend()
+
+
+def test_unknown_backend_name() -> None:
+    with pytest.raises(ValueError, match="choose one of auto, numpy, cupy"):
+        gb.get_backend("cuda")
+
+
+@pytest.mark.skipif(backend.cupy_available(), reason="a CUDA device is present")
+def test_asking_for_cupy_without_a_device_is_one_clear_sentence() -> None:
+    with pytest.raises(gb.BackendError) as info:
+        gb.get_backend("cupy")
+    text = str(info.value)
+    assert "\n" not in text and "backend='numpy'" in text
+
+
+class _FakeCupyArray:
+    """Looks like a CuPy array to the device checks, without needing CuPy."""
+
+    __module__ = "cupy._core.core"
+
+    class device:  # noqa: N801 - mimics cupy's attribute
+        id = 0
+
+
+def test_mixed_devices_name_the_argument() -> None:
+    net = gb.MLP([3, 2], backend="numpy")
+    with pytest.raises(TypeError, match=r"mixed devices: .* X is a CuPy array on GPU 0"):
+        net.loss_and_grads(_FakeCupyArray(), np.array([0]))
+    with pytest.raises(TypeError, match=r"y is a CuPy array"):
+        net.loss_and_grads(np.zeros((1, 3), np.float32), _FakeCupyArray())
+
+
+class _DLPackOnly:
+    """An object that only speaks DLPack (as a PyTorch or JAX tensor does)."""
+
+    def __init__(self, a: np.ndarray) -> None:
+        self._a = a
+
+    def __dlpack__(self, **kwargs):
+        return self._a.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self):
+        return self._a.__dlpack_device__()
+
+
+def test_to_device_takes_dlpack_without_a_copy() -> None:
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    b = gb.to_device(_DLPackOnly(a), "numpy")
+    assert isinstance(b, np.ndarray) and np.shares_memory(a, b)
+    np.testing.assert_array_equal(gb.to_numpy(_DLPackOnly(a)), a)
+
+
+def test_to_device_and_to_numpy_round_trip() -> None:
+    a = [[1, 2], [3, 4]]
+    b = gb.to_device(a, "numpy", dtype=np.float32)
+    assert b.dtype == np.float32
+    np.testing.assert_array_equal(gb.to_numpy(b), np.array(a, dtype=np.float32))
+    assert gb.get_array_module(b) is np
+
+
+@pytest.mark.gpu
+def test_cupy_round_trip_and_array_module() -> None:
+    be = gb.get_backend("cupy")
+    a = np.random.default_rng(0).standard_normal((5, 3)).astype(np.float32)
+    d = gb.to_device(a, be)
+    assert gb.get_array_module(d) is be.xp
+    np.testing.assert_array_equal(gb.to_numpy(d), a)
+    assert gb.to_device(d, be) is d or gb.to_device(d, be).data.ptr == d.data.ptr  # no copy
+
+
+def test_only_backend_and_kernels_import_cupy() -> None:
+    import pathlib
+    import re
+
+    pkg = pathlib.Path(gb.__file__).parent
+    offenders = [p.name for p in pkg.rglob("*.py")
+                 if p.name not in ("backend.py", "kernels.py")
+                 and re.search(r"^\s*(import cupy|from cupy)", p.read_text(), re.M)]
+    assert offenders == []

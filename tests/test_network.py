@@ -1,0 +1,185 @@
+"""The network API: one flat buffer, state, purity, description, and clear errors at the boundary."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gpu_backprop as gb
+
+
+@pytest.fixture
+def net() -> gb.MLP:
+    return gb.MLP([6, 5, 4, 3], activation="relu", backend="numpy", seed=0)
+
+
+@pytest.fixture
+def batch(rng: np.random.Generator):
+    return rng.standard_normal((8, 6)).astype(np.float32), rng.integers(0, 3, 8)
+
+
+def test_params_and_grads_are_views_into_one_buffer(net: gb.MLP) -> None:
+    assert list(net.params) == ["layers.0.W", "layers.0.b", "layers.2.W", "layers.2.b", "layers.4.W", "layers.4.b"]
+    for p in net.params.values():
+        assert np.shares_memory(p, net.flat_params)
+    for g in net.grads.values():
+        assert np.shares_memory(g, net.flat_grads)
+    net.flat_params[...] = 7.0
+    assert all(np.all(p == 7.0) for p in net.params.values())
+    assert net.num_params == 6 * 5 + 5 + 5 * 4 + 4 + 4 * 3 + 3
+
+
+def test_weights_come_first_so_decay_is_a_prefix(net: gb.MLP) -> None:
+    flat = net.flat_params
+    net.flat_params[...] = 0
+    for name, p in net.params.items():
+        p[...] = 1 if name.endswith(".W") else 2
+    assert np.all(flat[: net.n_decay][flat[: net.n_decay] != 0] == 1)
+    assert np.all(flat[net.n_decay:][flat[net.n_decay:] != 0] == 2)
+
+
+def test_same_seed_same_weights_other_seed_other_weights() -> None:
+    a = gb.MLP([5, 4, 2], seed=11, backend="numpy")
+    b = gb.MLP([5, 4, 2], seed=11, backend="numpy")
+    c = gb.MLP([5, 4, 2], seed=12, backend="numpy")
+    np.testing.assert_array_equal(a.flat_params, b.flat_params)
+    assert not np.array_equal(a.flat_params, c.flat_params)
+
+
+def test_sequential_equals_mlp() -> None:
+    seq = gb.Sequential([gb.Dense(5, 4), gb.ReLU(), gb.Dense(4, 2)], backend="numpy", seed=3)
+    mlp = gb.MLP([5, 4, 2], activation="relu", backend="numpy", seed=3)
+    np.testing.assert_array_equal(seq.flat_params, mlp.flat_params)
+
+
+def test_loss_and_grads_is_pure(rng: np.random.Generator, batch) -> None:
+    X, y = batch
+    net = gb.MLP([6, 5, 3], batchnorm=True, dropout=0.5, backend="numpy", seed=1)
+    before = net.state_dict()
+    l1, g1 = net.loss_and_grads(X, y)
+    l2, g2 = net.loss_and_grads(X, y)
+    assert l1 == l2
+    for k in g1:
+        np.testing.assert_array_equal(g1[k], g2[k])
+        assert not np.shares_memory(g1[k], net.flat_grads)  # fresh arrays, safe to keep
+    after = net.state_dict()
+    for k in before:
+        np.testing.assert_array_equal(before[k], after[k])
+
+
+def test_state_dict_round_trip(net: gb.MLP, batch) -> None:
+    X, y = batch
+    other = gb.MLP([6, 5, 4, 3], activation="relu", backend="numpy", seed=99)
+    other.load_state_dict(net.state_dict())
+    np.testing.assert_array_equal(other.predict(X), net.predict(X))
+
+
+def test_state_dict_from_another_architecture_is_refused(net: gb.MLP) -> None:
+    small = gb.MLP([6, 5, 3], backend="numpy")
+    before = net.flat_params.copy()
+    with pytest.raises(ValueError, match="different architecture"):
+        net.load_state_dict(small.state_dict())
+    wrong = net.state_dict()
+    wrong["layers.2.W"] = np.zeros((5, 5))
+    with pytest.raises(ValueError, match=r"layers.2.W has shape \(5, 5\)"):
+        net.load_state_dict(wrong)
+    poisoned = net.state_dict()
+    poisoned["layers.0.b"][0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        net.load_state_dict(poisoned)
+    np.testing.assert_array_equal(net.flat_params, before)  # nothing changed
+
+
+def test_copy_to_float64_gives_the_same_predictions(net: gb.MLP, batch) -> None:
+    X, _ = batch
+    net64 = net.copy(dtype="float64")
+    assert net64.dtype == np.float64 and net64.flat_params.dtype == np.float64
+    np.testing.assert_allclose(net64.predict(X), net.predict(X), rtol=1e-5, atol=1e-6)
+
+
+def test_describe_fills_in_every_shape(net: gb.MLP) -> None:
+    text = net.describe(batch=128)
+    assert "X: (128, 6)  W: (6, 5)" in text
+    assert "dW = Xᵀ dZ   (6, 128)(128, 5) -> (6, 5)" in text
+    assert "no dX" in text  # the first layer skips dX
+    assert "dX = dZ Wᵀ   (128, 3)(3, 4) -> (128, 4)" in text
+    assert "dZ = (A − Y) / 128" in text
+
+
+def test_predict_gives_probabilities_in_batches(net: gb.MLP, rng: np.random.Generator) -> None:
+    X = rng.standard_normal((50, 6)).astype(np.float32)
+    p = net.predict(X, batch_size=16)
+    assert p.shape == (50, 3)
+    np.testing.assert_allclose(p.sum(1), 1, rtol=1e-5)
+    np.testing.assert_allclose(p, net.predict(X), rtol=1e-6)
+
+
+def test_non_contiguous_read_only_and_float64_inputs_work(net: gb.MLP, batch) -> None:
+    X, y = batch
+    expected, _ = net.loss_and_grads(X, y)
+    wide = np.zeros((8, 12), np.float32)
+    wide[:, ::2] = X
+    ro = X.astype(np.float64)
+    ro.setflags(write=False)
+    assert net.loss_and_grads(wide[:, ::2], y)[0] == pytest.approx(expected)
+    assert net.loss_and_grads(ro, y)[0] == pytest.approx(expected, rel=1e-6)
+    assert net.loss_and_grads(X.tolist(), y.tolist())[0] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("X,y,error,match", [
+    (np.zeros((4, 6, 1), np.float32), np.zeros(4, int), ValueError, r"2-D .*reshape"),
+    (np.zeros((4, 5), np.float32), np.zeros(4, int), ValueError, "5 features per row but the network takes 6"),
+    (np.zeros((0, 6), np.float32), np.zeros(0, int), ValueError, "empty batch"),
+    (np.zeros((4, 6), np.uint8), np.zeros(4, int), TypeError, r"dtype uint8.*/ 255"),
+    (np.zeros((4, 6), np.float16), np.zeros(4, int), TypeError, "float16"),
+    (np.full((4, 6), np.nan, np.float32), np.zeros(4, int), ValueError, "NaN or Inf"),
+    (np.full((4, 6), np.inf, np.float32), np.zeros(4, int), ValueError, "NaN or Inf"),
+    (np.zeros((4, 6), np.float32), np.array([0, 1, 2, 3]), ValueError, r"\[0, 2\].*from 0 to 3"),
+    (np.zeros((4, 6), np.float32), np.array([0, -1, 2, 1]), ValueError, "from -1 to 2"),
+    (np.zeros((4, 6), np.float32), np.array([0.0, 1.0, 2.0, 1.0]), TypeError, "integer class labels"),
+    (np.zeros((4, 6), np.float32), np.zeros(3, int), ValueError, "y has 3 rows but X has 4"),
+    (np.zeros((4, 6), np.float32), np.zeros((4, 5)), ValueError, r"\(4, 3\)"),
+    (np.zeros((4, 6), np.float32), np.full((4, 3), np.nan), ValueError, "NaN"),
+    ("not an array", np.zeros(4, int), TypeError, "X must be a numeric array"),
+])
+def test_bad_input_is_one_clear_error(net: gb.MLP, X, y, error, match) -> None:
+    with pytest.raises(error, match=match):
+        net.loss_and_grads(X, y)
+
+
+@pytest.mark.parametrize("build,match", [
+    (lambda: gb.MLP([4, 3], activation="swish"), "unknown activation 'swish'"),
+    (lambda: gb.MLP([4, 3], loss="hinge"), "unknown loss 'hinge'"),
+    (lambda: gb.MLP([4, 3], init="orthogonal"), "unknown initializer 'orthogonal'"),
+    (lambda: gb.MLP([4, 3], dtype="float16"), "unsupported dtype"),
+    (lambda: gb.MLP([4, 3], dtype="int32"), "unsupported dtype"),
+    (lambda: gb.MLP([4]), "at least two positive integers"),
+    (lambda: gb.MLP([4, 0, 3]), "at least two positive integers"),
+    (lambda: gb.MLP([4, 3], backend="opencl"), "unknown backend"),
+    (lambda: gb.Sequential([gb.Dense(4, 3), gb.Dense(5, 2)]), r"receives 3 features"),
+    (lambda: gb.Sequential([]), "at least one layer"),
+    (lambda: gb.Sequential(["dense"]), "not a gpu_backprop Layer"),
+    (lambda: gb.Dense(0, 3), "positive integer"),
+    (lambda: gb.Dropout(1.0), r"\[0, 1\)"),
+])
+def test_bad_construction_is_one_clear_error(build, match) -> None:
+    with pytest.raises((ValueError, TypeError), match=match):
+        build()
+
+
+def test_batchnorm_needs_two_samples_in_training() -> None:
+    net = gb.MLP([3, 4, 2], batchnorm=True, backend="numpy")
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        net.loss_and_grads(np.ones((1, 3), np.float32), np.array([0]))
+    assert net.predict(np.ones((1, 3), np.float32)).shape == (1, 2)  # eval mode is fine
+
+
+def test_batchnorm_running_statistics_follow_the_data(rng: np.random.Generator) -> None:
+    net = gb.MLP([3, 4, 2], batchnorm=True, backend="numpy", dtype="float64")
+    bn = net.layers[1]
+    X = rng.standard_normal((64, 3)) * 3 + 5
+    for _ in range(200):
+        net.train_step_grads(X, rng.integers(0, 2, 64))
+    h = X @ net.params["layers.0.W"] + net.params["layers.0.b"]
+    np.testing.assert_allclose(bn.running_mean, h.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(bn.running_var, h.var(0, ddof=1), rtol=1e-6)
