@@ -33,6 +33,8 @@ from .layers import (
 )
 from .losses import Loss, MeanSquaredError, SigmoidBinaryCrossEntropy, SoftmaxCrossEntropy
 from .network import MLP, Sequential
+from .trainer import History, evaluate, fit
+from . import trainer
 from .optim import SGD, Adam, AdamW, Optimizer
 
 __version__ = "0.1.0"
@@ -66,6 +68,9 @@ __all__ = [
     "get_array_module",
     "get_backend",
     "gradcheck",
+    "fit",
+    "evaluate",
+    "History",
     "to_device",
     "to_numpy",
 ]

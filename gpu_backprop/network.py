@@ -244,6 +244,7 @@ class Sequential:
         a = X
         for layer in self._steps:
             a = layer.forward(a, train)
+        self.last_output = a
         return a
 
     def backward(self, dout: Array) -> None:

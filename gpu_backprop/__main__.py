@@ -1,0 +1,7 @@
+"""``python -m gpu_backprop train ...`` / ``python -m gpu_backprop bench ...``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

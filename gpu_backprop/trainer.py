@@ -1,0 +1,451 @@
+"""Training: a device-resident loop over whole batches, with a progress bar and nothing lost.
+
+    history = gb.fit(net, opt, X_train, y_train, epochs=10, batch_size=128,
+                     validation=(X_test, y_test))
+
+The data set goes to the device once, as it is (uint8 images stay uint8). Each
+epoch draws a permutation on the device from ``(seed, epoch)``; each step
+gathers its rows and scales them to floats in one kernel, runs forward,
+backward and the optimiser, and adds its loss to a device accumulator. The
+host reads that accumulator back only when the progress bar refreshes, so on
+a GPU the steps queue up without waiting.
+
+``batch_size`` is an integer (1 is per-sample SGD) or ``"full"`` (full-batch
+gradient descent): the same matrix-form step serves all three.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import kernels
+from .backend import check_same_device, to_device
+from .checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+from .network import Sequential
+from .optim import Optimizer
+
+__all__ = ["SCHEDULES", "History", "TrainingDiverged", "evaluate", "fit", "make_schedule"]
+
+Array = Any
+Schedule = Callable[[int, int, int], float]  # (epoch, step, total_steps) -> lr factor
+
+
+# --------------------------------------------------------------------------
+# Learning-rate schedules: a factor on the optimiser's base learning rate
+# --------------------------------------------------------------------------
+SCHEDULES = ("constant", "step", "cosine", "onecycle")
+
+
+def make_schedule(spec: str | Schedule | None) -> Schedule:
+    """A schedule from its name, or a callable ``(epoch, step, total_steps) -> factor``.
+
+    ``"constant"``; ``"step"`` or ``"step:K:G"`` (multiply by G, default 0.1,
+    every K epochs, default 10); ``"cosine"`` (per step, from 1 to 0);
+    ``"onecycle"`` (per step: linear warm-up from 1/25 to 1 over the first 30%,
+    then cosine down to 1/10⁴).
+    """
+    if spec is None or callable(spec):
+        return spec or (lambda e, s, t: 1.0)
+    name, *args = str(spec).split(":")
+    try:
+        if name == "constant" and not args:
+            return lambda e, s, t: 1.0
+        if name == "step" and len(args) <= 2:
+            every = int(args[0]) if args else 10
+            gamma = float(args[1]) if len(args) > 1 else 0.1
+            if every < 1 or not 0 < gamma:
+                raise ValueError
+            return lambda e, s, t: gamma ** (e // every)
+        if name == "cosine" and not args:
+            return lambda e, s, t: 0.5 * (1 + math.cos(math.pi * s / max(t, 1)))
+        if name == "onecycle" and not args:
+            return _one_cycle
+    except ValueError:
+        pass
+    raise ValueError(f"unknown schedule {spec!r}; choose constant, step[:EVERY[:GAMMA]], cosine or onecycle")
+
+
+def _one_cycle(epoch: int, step: int, total: int) -> float:
+    warm = max(1, int(0.3 * total))
+    if step < warm:
+        return 1 / 25 + (1 - 1 / 25) * step / warm
+    frac = (step - warm) / max(1, total - warm)
+    return 1e-4 + (1 - 1e-4) * 0.5 * (1 + math.cos(math.pi * frac))
+
+
+# --------------------------------------------------------------------------
+# History
+# --------------------------------------------------------------------------
+@dataclass
+class History:
+    """What happened during training: per-epoch metrics, a sampled loss curve, and why it stopped."""
+
+    epochs: list[dict[str, float]] = field(default_factory=list)
+    steps: list[tuple[int, float]] = field(default_factory=list)  #: (global step, mean loss since last point)
+    stopped_reason: str | None = None
+    best_epoch: int | None = None
+
+    def metric(self, name: str) -> list[float]:
+        """One metric over the epochs, e.g. ``history.metric("val_accuracy")``."""
+        return [e.get(name, math.nan) for e in self.epochs]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> History:
+        return cls(epochs=list(d.get("epochs", [])), steps=[tuple(s) for s in d.get("steps", [])],
+                   stopped_reason=d.get("stopped_reason"), best_epoch=d.get("best_epoch"))
+
+    def to_json(self, path: str | os.PathLike[str]) -> None:
+        """Write the history as JSON, atomically."""
+        atomic_write_bytes(Path(path), json.dumps(self.to_dict(), indent=1).encode())
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike[str]) -> History:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite (the network keeps its last good weights)."""
+
+
+# --------------------------------------------------------------------------
+# Data on the device
+# --------------------------------------------------------------------------
+def _prepare(net: Sequential, X: Any, y: Any, what: str) -> tuple[Array, Array, float]:
+    """Check a data set once and put it on the device: ``(X (N, D), y int64 (N,), scale)``."""
+    check_same_device(net.backend, **{f"X_{what}": X, f"y_{what}": y})
+    xp = net.xp
+    X = X if hasattr(X, "dtype") else np.asarray(X)
+    y = y if hasattr(y, "dtype") else np.asarray(y)
+    if X.ndim < 2:
+        raise ValueError(f"{what} data X must have one row per sample, got shape {X.shape}")
+    n = X.shape[0]
+    if n == 0:
+        raise ValueError(f"{what} data is empty; pass at least one sample")
+    d = int(np.prod(X.shape[1:]))
+    if d != net.input_dim:
+        raise ValueError(f"{what} samples have {d} features ({X.shape[1:]}) but the network takes {net.input_dim}")
+    if y.shape != (n,):
+        raise ValueError(f"{what} labels y have shape {y.shape}; pass one integer label per sample, shape ({n},)")
+    if y.dtype.kind not in "iu":
+        raise TypeError(f"{what} labels y have dtype {y.dtype}; pass integer class labels")
+    limit = net.output_dim if net.output_dim > 1 else 2
+    lo, hi = int(y.min()), int(y.max())
+    if lo < 0 or hi >= limit:
+        raise ValueError(f"{what} labels must lie in [0, {limit - 1}] for a network with {net.output_dim} outputs, "
+                         f"got values from {lo} to {hi}")
+    if X.dtype == np.uint8:
+        scale = 1.0 / 255.0
+    elif X.dtype.kind == "f" and X.dtype.itemsize >= 4:
+        scale = 1.0
+        if not bool(xp.isfinite(X).all() if hasattr(X, "device") else np.isfinite(X).all()):
+            raise ValueError(f"{what} data X contains NaN or Inf; clean or impute it before training")
+    else:
+        raise TypeError(f"{what} data X has dtype {X.dtype}; pass uint8 images or float32/float64 features")
+    Xd = to_device(X, net.backend).reshape(n, d)
+    if scale == 1.0:
+        Xd = Xd.astype(net.dtype, copy=False)
+    return xp.ascontiguousarray(Xd), xp.ascontiguousarray(to_device(y, net.backend).astype(xp.int64)), scale
+
+
+class _Batches:
+    """Buffers for one batch size: gathered rows on the device, scaled into floats."""
+
+    def __init__(self, net: Sequential, X: Array, scale: float) -> None:
+        self.net, self.X, self.scale = net, X, scale
+        self._bufs: dict[int, tuple[Array, Array | None]] = {}
+
+    def get(self, rows: Array) -> Array:
+        b = rows.shape[0]
+        if b not in self._bufs:
+            xp = self.net.xp
+            out = xp.empty((b, self.X.shape[1]), dtype=self.net.dtype)
+            staging = None if self.X.dtype == self.net.dtype else xp.empty((b, self.X.shape[1]), self.X.dtype)
+            self._bufs[b] = (out, staging)
+        out, staging = self._bufs[b]
+        return kernels.gather_scale(self.X, rows, self.scale, out, staging)
+
+
+def evaluate(net: Sequential, X: Any, y: Any, batch_size: int = 4096) -> tuple[float, float]:
+    """Mean loss and accuracy of ``net`` on ``(X, y)`` in eval mode."""
+    Xd, yd, scale = _prepare(net, X, y, "evaluation")
+    return _evaluate(net, Xd, yd, scale, batch_size)
+
+
+def _evaluate(net: Sequential, X: Array, y: Array, scale: float, batch_size: int = 4096) -> tuple[float, float]:
+    xp = net.xp
+    batches = _Batches(net, X, scale)
+    loss_sum = xp.zeros((), dtype=xp.float64)
+    correct = xp.zeros((), dtype=xp.int64)
+    n = X.shape[0]
+    for i in range(0, n, batch_size):
+        rows = xp.arange(i, min(i + batch_size, n), dtype=xp.int64)
+        out = net.forward(batches.get(rows), train=False)
+        yb = y[i:i + batch_size]
+        loss_sum += net.loss.forward(out, yb) * rows.shape[0]
+        correct += _correct(xp, out, yb)
+    return float(loss_sum) / n, int(correct) / n
+
+
+def _correct(xp: Any, out: Array, y: Array) -> Array:
+    if out.shape[1] == 1:  # one output: a binary classifier on logits (or probabilities around 0.5)
+        return ((out[:, 0] > 0) == (y == 1)).sum()
+    return (out.argmax(axis=1) == y).sum()
+
+
+# --------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------
+def fit(
+    net: Sequential,
+    optimizer: Optimizer,
+    X: Any,
+    y: Any,
+    epochs: int = 10,
+    batch_size: int | str = 128,
+    validation: tuple[Any, Any] | None = None,
+    *,
+    seed: int = 0,
+    schedule: str | Schedule | None = None,
+    patience: int | None = None,
+    max_grad_norm: float | None = None,
+    progress: bool = True,
+    refresh_seconds: float = 0.5,
+    checkpoint: str | os.PathLike[str] | None = None,
+    resume: str | os.PathLike[str] | None = None,
+    comm: Any = None,
+) -> History:
+    """Train ``net`` with ``optimizer`` on ``(X, y)`` and return its :class:`History`.
+
+    Parameters
+    ----------
+    X, y : images (uint8, scaled by 1/255 on the device) or float features,
+        and integer labels. Checked once, then moved to the device once.
+    epochs : the total number of epochs (a resumed run continues up to it).
+    batch_size : an integer (1 = per-sample SGD) or ``"full"`` (the whole set per step).
+    validation : ``(X_val, y_val)``, evaluated after every epoch.
+    seed : seeds the shuffling; the same seed gives the same run.
+    schedule : a learning-rate schedule (see :func:`make_schedule`).
+    patience : stop when the validation loss has not improved for this many
+        epochs, and restore the best weights.
+    max_grad_norm : clip the gradient to this global L2 norm.
+    checkpoint : a path; a checkpoint is written there (atomically) after every epoch.
+    resume : a checkpoint to continue from; the run continues exactly as if
+        it had never stopped (bit for bit on NumPy).
+    comm : a communicator from :mod:`gpu_backprop.distributed` for
+        data-parallel training: every rank takes its shard of each global
+        batch and the gradients are averaged with one all-reduce per step.
+        Global batches must divide evenly across ranks; a last partial batch
+        that does not is dropped. BatchNorm statistics are per rank.
+
+    A loss that becomes NaN or infinite stops training: the weights and the
+    optimiser go back to the last progress check where the loss was finite,
+    ``history.stopped_reason`` says what happened, and a warning is issued.
+    """
+    if not isinstance(net, Sequential):
+        raise TypeError(f"fit takes a gpu_backprop network, got {type(net).__name__}")
+    if not isinstance(optimizer, Optimizer) or optimizer.net is not net:
+        raise TypeError("fit needs an optimizer built for this network, e.g. gb.SGD(net, lr=0.1)")
+    if not isinstance(epochs, (int, np.integer)) or epochs < 1:
+        raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
+    if patience is not None and (validation is None or patience < 1):
+        raise ValueError("early stopping (patience) needs validation data and patience >= 1")
+    if max_grad_norm is not None and not max_grad_norm > 0:
+        raise ValueError(f"max_grad_norm must be positive, got {max_grad_norm}")
+    sched = make_schedule(schedule)
+    Xd, yd, scale = _prepare(net, X, y, "training")
+    val = _prepare(net, *validation, "validation") if validation is not None else None
+    n = Xd.shape[0]
+    rank, size = (comm.rank, comm.size) if comm is not None else (0, 1)
+    B = _batch_size(batch_size, n, size)
+    steps_per_epoch = n // B if size > 1 else -(-n // B)
+    total_steps = steps_per_epoch * epochs
+    base_lr = optimizer.lr
+
+    history = History()
+    start_epoch = 0
+    if resume is not None:
+        state = load_checkpoint(resume, net, optimizer)
+        start_epoch = int(state["epoch"])
+        seed = int(state.get("seed", seed))
+        base_lr = float(state.get("base_lr", base_lr))
+        history = History.from_dict(state.get("history", {}))
+    if comm is not None and size > 1:
+        comm.broadcast_(net.flat_params)
+
+    loop = _Loop(net, optimizer, Xd, yd, scale, B, size, rank, comm, max_grad_norm, progress and rank == 0,
+                 refresh_seconds, history)
+    best = (math.inf, None)
+    bad_epochs = 0
+    for epoch in range(start_epoch, epochs):
+        t0 = time.perf_counter()
+        order = kernels.random_permutation(net.xp, n, seed, epoch)
+        with np.errstate(over="ignore", invalid="ignore"):  # a diverging run is caught by the guard
+            stats = loop.run_epoch(epoch, epochs, order, lambda step, e=epoch: base_lr * sched(e, step, total_steps),
+                                   epoch * steps_per_epoch)
+        seconds = time.perf_counter() - t0
+        record = {"epoch": epoch + 1, "lr": optimizer.lr, "seconds": seconds,
+                  "samples_per_second": stats["samples"] / seconds, **{k: stats[k] for k in ("loss", "accuracy")}}
+        if stats["diverged"]:
+            history.stopped_reason = stats["diverged"]
+            history.epochs.append(record)
+            warnings.warn(stats["diverged"], RuntimeWarning, stacklevel=2)
+            break
+        if val is not None:
+            record["val_loss"], record["val_accuracy"] = _evaluate(net, *val)
+        history.epochs.append(record)
+        if rank == 0 and progress:
+            _print_epoch(record, epochs)
+        if patience is not None:
+            if record["val_loss"] < best[0]:
+                best, bad_epochs = (record["val_loss"], (net.state_dict(), epoch + 1)), 0
+            else:
+                bad_epochs += 1
+                if bad_epochs >= patience:
+                    history.stopped_reason = (f"early stopping: validation loss did not improve for {patience} "
+                                              f"epochs; restored the weights of epoch {best[1][1]}")
+                    break
+        if checkpoint is not None and rank == 0:
+            save_checkpoint(checkpoint, net, optimizer, {"epoch": epoch + 1, "seed": seed, "base_lr": base_lr,
+                                                         "history": history.to_dict()})
+    if patience is not None and best[1] is not None and best[1][1] != len(history.epochs):
+        net.load_state_dict(best[1][0])
+        history.best_epoch = best[1][1]
+    return history
+
+
+def _batch_size(batch_size: int | str, n: int, size: int) -> int:
+    if batch_size == "full":
+        b = n
+    elif isinstance(batch_size, (int, np.integer)) and not isinstance(batch_size, bool):
+        b = int(batch_size)
+        if b < 1:
+            raise ValueError(f"batch_size must be at least 1, got {b}")
+        if b > n:
+            raise ValueError(f"batch_size {b} is larger than the {n} training samples; use 'full' or a smaller batch")
+    else:
+        raise ValueError(f"batch_size must be a positive integer or 'full', got {batch_size!r}")
+    if size > 1:
+        if b % size:
+            raise ValueError(f"the global batch of {b} does not divide across {size} ranks; use a multiple of {size}")
+        if n < size:
+            raise ValueError(f"{size} ranks but only {n} training samples")
+    return b
+
+
+def _print_epoch(r: dict[str, float], epochs: int) -> None:
+    from tqdm import tqdm
+
+    text = (f"epoch {int(r['epoch'])}/{epochs}: loss {r['loss']:.4f}, accuracy {r['accuracy']:.4f}, "
+            f"{r['samples_per_second']:,.0f} samples/s")
+    if "val_loss" in r:
+        text += f"; validation loss {r['val_loss']:.4f}, accuracy {r['val_accuracy']:.4f}"
+    tqdm.write(text)
+
+
+class _Loop:
+    """One epoch of steps, with the device accumulators and the divergence guard."""
+
+    def __init__(self, net: Sequential, opt: Optimizer, X: Array, y: Array, scale: float, B: int, size: int,
+                 rank: int, comm: Any, max_grad_norm: float | None, progress: bool, refresh: float,
+                 history: History) -> None:
+        self.net, self.opt, self.X, self.y, self.B = net, opt, X, y, B
+        self.size, self.rank, self.comm = size, rank, comm
+        self.max_grad_norm, self.progress, self.refresh, self.history = max_grad_norm, progress, refresh, history
+        self.batches = _Batches(net, X, scale)
+        xp = net.xp
+        self.loss_sum = xp.zeros((), dtype=xp.float64)
+        self.correct = xp.zeros((), dtype=xp.int64)
+        self._good = self._snapshot()
+
+    def _snapshot(self) -> tuple[Array, dict[str, Array]]:
+        return self.net.flat_params.copy(), {k: v.copy() for k, v in self.opt._buffers().items()}
+
+    def _restore(self) -> None:
+        params, bufs = self._good
+        self.net.flat_params[...] = params
+        for k, v in self.opt._buffers().items():
+            v[...] = bufs[k]
+
+    def _first_bad_layer(self) -> str:
+        xp = self.net.xp
+        for name, g in self.net.grads.items():
+            if not bool(xp.isfinite(g).all()):
+                return f"the gradient of {name}"
+        for name, p in self.net.params.items():
+            if not bool(xp.isfinite(p).all()):
+                return f"the weights {name}"
+        return "the loss itself"
+
+    def run_epoch(self, epoch: int, epochs: int, order: Array, lr_at: Callable[[int], float],
+                  step0: int) -> dict[str, Any]:
+        from tqdm import tqdm
+
+        net, xp, B = self.net, self.net.xp, self.B
+        n = order.shape[0]
+        shard = B // self.size
+        steps = n // B if self.size > 1 else -(-n // B)
+        self.loss_sum.fill(0)
+        self.correct.fill(0)
+        seen = seen_at_check = 0
+        loss_at_check = 0.0
+        good_step = step0  # the global step of the last check where the loss was finite
+        bar = tqdm(total=steps * B if self.size > 1 else n, desc=f"epoch {epoch + 1}/{epochs}", unit="sample",
+                   disable=not self.progress, leave=False, dynamic_ncols=True)
+        last = t_start = time.perf_counter()
+        diverged = None
+        for s in range(steps):
+            rows = order[s * B:(s + 1) * B]
+            if self.size > 1:
+                rows = rows[self.rank * shard:(self.rank + 1) * shard]
+            xb, yb = self.batches.get(rows), self.y[rows]
+            self.opt.lr = lr_at(step0 + s)
+            loss = net.train_step_grads(xb, yb)
+            if self.comm is not None and self.size > 1:
+                self.comm.allreduce_mean_(net.flat_grads)
+            if self.max_grad_norm is not None:
+                norm = xp.sqrt(xp.vdot(net.flat_grads, net.flat_grads))
+                net.flat_grads *= xp.minimum(1.0, self.max_grad_norm / (norm + 1e-12)).astype(net.dtype)
+            self.opt.step()
+            b = rows.shape[0]
+            self.loss_sum += loss * b
+            self.correct += _correct(xp, net.last_output, yb)
+            seen += b
+            now = time.perf_counter()
+            if now - last >= self.refresh or s == steps - 1:
+                total = float(self.loss_sum)  # the one synchronisation: at a progress refresh
+                if not math.isfinite(total):
+                    where = self._first_bad_layer()
+                    self._restore()
+                    diverged = (f"training diverged: the loss became {total / max(seen, 1)} between steps "
+                                f"{good_step + 1} and {step0 + s + 1} (epoch {epoch + 1}); the first non-finite "
+                                f"value is in {where}; restored the weights of step {good_step}; "
+                                "lower the learning rate or clip gradients (max_grad_norm)")
+                    break
+                self._good, good_step = self._snapshot(), step0 + s + 1
+                window = seen - seen_at_check
+                if window:
+                    self.history.steps.append((step0 + s + 1, (total - loss_at_check) / window))
+                loss_at_check, seen_at_check = total, seen
+                bar.set_postfix(loss=f"{total / seen:.4f}", acc=f"{int(self.correct) / seen:.3f}",
+                                rate=f"{seen * self.size / (now - t_start):,.0f}/s", refresh=False)
+                bar.update(seen * self.size - bar.n)
+                last = now
+        bar.close()
+        if diverged:
+            return {"diverged": diverged, "samples": max(seen * self.size, 1), "loss": math.nan,
+                    "accuracy": math.nan}
+        return {"diverged": None, "samples": seen * self.size, "loss": float(self.loss_sum) / seen,
+                "accuracy": int(self.correct) / seen}
