@@ -232,7 +232,7 @@ def test_numpy_and_cupy_networks_give_the_same_loss_and_gradients(activation: st
 # --------------------------------------------------------------------------
 # Kernel sources compile (nvcc), even without a GPU
 # --------------------------------------------------------------------------
-_CTYPES = {"T": "T", "int64": "long long", "uint64": "unsigned long long", "uint32": "unsigned int",
+_CTYPES = {"T": "T", "S": "S", "int64": "long long", "uint64": "unsigned long long", "uint32": "unsigned int",
            "bool": "bool", "float32": "float", "float64": "double"}
 
 
@@ -241,8 +241,11 @@ def _elementwise_as_cuda(name: str, in_params: str, out_params: str, operation: 
     args, loads = [], []
     for params, is_out in ((in_params, False), (out_params, True)):
         for decl in filter(None, (p.strip() for p in params.split(","))):
-            typ, var = decl.split()
+            *raw, typ, var = decl.split()
             c = _CTYPES[typ]
+            if raw:  # a raw argument is indexed by the kernel itself
+                args.append(f"const {c}* {var}")
+                continue
             args.append(f"{c}* {var}_ptr")
             loads.append(f"{c}& {var} = {var}_ptr[i];" if is_out else f"const {c} {var} = {var}_ptr[i];")
     body = "\n        ".join(loads)
@@ -258,7 +261,7 @@ NVCC = shutil.which("nvcc")
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc is not installed")
 def test_every_kernel_source_compiles_with_nvcc(tmp_path: Path) -> None:
-    parts = ["#include <math.h>\n"]
+    parts = ["#include <math.h>\ntypedef unsigned char S;  // the uint8 data set of gather_scale\n"]
     parts += [_elementwise_as_cuda(name, *spec) for name, spec in kernels.ELEMENTWISE.items()]
     for ctype in ("float", "double"):
         src = kernels._SOFTMAX_XENT_SRC.replace("KERNEL_NAME", f"softmax_xent_{ctype}")
@@ -268,3 +271,23 @@ def test_every_kernel_source_compiles_with_nvcc(tmp_path: Path) -> None:
     proc = subprocess.run([NVCC, "-c", "-o", str(tmp_path / "k.o"), str(cu)], capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_gather_scale_numpy(rng: np.random.Generator) -> None:
+    src = rng.integers(0, 256, (50, 7), dtype=np.uint8)
+    rows = rng.integers(0, 50, 13)
+    out = np.full((13, 7), np.nan, np.float32)
+    kernels.gather_scale(src, rows, 1 / 255, out)
+    np.testing.assert_allclose(out, src[rows] / 255, rtol=1e-6)
+
+
+@pytest.mark.gpu
+def test_gpu_gather_scale_matches_numpy(rng: np.random.Generator) -> None:
+    cp = backend.cupy_module()
+    src = rng.integers(0, 256, (500, 784), dtype=np.uint8)
+    rows = rng.permutation(500)[:128]
+    out = np.empty((128, 784), np.float32)
+    out_g = cp.full((128, 784), cp.nan, cp.float32)
+    kernels.gather_scale(src, rows, 1 / 255, out)
+    kernels.gather_scale(cp.asarray(src), cp.asarray(rows), 1 / 255, out_g)
+    np.testing.assert_allclose(out_g.get(), out, rtol=1e-6)
