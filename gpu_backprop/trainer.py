@@ -237,7 +237,8 @@ def fit(
     batch_size : an integer (1 = per-sample SGD) or ``"full"`` (the whole set per step).
     validation : ``(X_val, y_val)``, evaluated after every epoch.
     seed : seeds the shuffling; the same seed gives the same run.
-    schedule : a learning-rate schedule (see :func:`make_schedule`).
+    schedule : a learning-rate schedule (see :func:`make_schedule`); cosine and
+        one-cycle span all ``epochs``, so resume a run with the ``epochs`` it started with.
     patience : stop when the validation loss has not improved for this many
         epochs, and restore the best weights.
     max_grad_norm : clip the gradient to this global L2 norm.

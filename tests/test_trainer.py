@@ -1,0 +1,220 @@
+"""The trainer: the three batch modes, exact resume, seeds, schedules, early stopping, the guards."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import gpu_backprop as gb
+from gpu_backprop.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from gpu_backprop.data import load_dataset
+from gpu_backprop.trainer import History, fit, make_schedule
+
+
+def _toy(n: int = 120, d: int = 12, c: int = 3, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0, 3, (c, d))
+    y = rng.integers(0, c, n)
+    X = (centers[y] + rng.normal(0, 1, (n, d))).astype(np.float32)
+    return X, y
+
+
+def _images(n: int = 96, seed: int = 1):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 4, n)
+    X = np.clip(rng.normal(60 * y[:, None, None], 30, (n, 5, 5)), 0, 255).astype(np.uint8)
+    return X, y
+
+
+@pytest.mark.parametrize("batch_size", [1, 16, "full"])
+def test_every_batch_mode_learns(batch_size) -> None:
+    X, y = _toy()
+    net = gb.MLP([12, 16, 3], backend="numpy", seed=0)
+    opt = gb.SGD(net, lr=0.05 if batch_size == 1 else 0.3, momentum=0.9 if batch_size != 1 else 0.0)
+    h = fit(net, opt, X, y, epochs=4, batch_size=batch_size, validation=(X, y), progress=False)
+    assert len(h.epochs) == 4
+    assert h.epochs[-1]["loss"] < h.epochs[0]["loss"]
+    assert h.epochs[-1]["val_accuracy"] > 0.9
+
+
+def test_uint8_images_are_scaled_on_the_device() -> None:
+    X, y = _images()
+    net = gb.MLP([25, 8, 4], backend="numpy")
+    h = fit(net, gb.SGD(net, lr=0.1, momentum=0.9), X, y, epochs=20, batch_size=16, validation=(X, y),
+            progress=False)
+    assert h.epochs[-1]["val_accuracy"] > 0.9
+    loss, acc = gb.evaluate(net, X.reshape(96, -1).astype(np.float32) / 255, y)
+    assert acc == pytest.approx(h.epochs[-1]["val_accuracy"]) and loss == pytest.approx(h.epochs[-1]["val_loss"],
+                                                                                         rel=1e-5)
+
+
+def test_same_seed_same_weights() -> None:
+    X, y = _toy()
+    nets = []
+    for _ in range(2):
+        net = gb.MLP([12, 16, 3], backend="numpy", seed=5, dropout=0.2)
+        fit(net, gb.Adam(net, lr=0.01), X, y, epochs=2, batch_size=10, seed=9, progress=False)
+        nets.append(net)
+    np.testing.assert_array_equal(nets[0].flat_params, nets[1].flat_params)
+    other = gb.MLP([12, 16, 3], backend="numpy", seed=5, dropout=0.2)
+    fit(other, gb.Adam(other, lr=0.01), X, y, epochs=2, batch_size=10, seed=10, progress=False)
+    assert not np.array_equal(other.flat_params, nets[0].flat_params)
+
+
+@pytest.mark.parametrize("make_opt", [lambda n: gb.SGD(n, lr=0.1, momentum=0.9, nesterov=True),
+                                      lambda n: gb.Adam(n, lr=0.01)], ids=["sgd-nesterov", "adam"])
+def test_resume_continues_bit_for_bit(tmp_path: Path, make_opt) -> None:
+    X, y = _toy()
+
+    def new():
+        net = gb.MLP([12, 16, 3], backend="numpy", seed=2, dropout=0.1)
+        return net, make_opt(net)
+
+    straight, opt = new()
+    fit(straight, opt, X, y, epochs=4, batch_size=7, schedule="step:1:0.7", progress=False)
+
+    first, opt1 = new()
+    fit(first, opt1, X, y, epochs=2, batch_size=7, schedule="step:1:0.7", progress=False,
+        checkpoint=tmp_path / "ckpt.npz")
+    resumed, opt2 = new()
+    h = fit(resumed, opt2, X, y, epochs=4, batch_size=7, schedule="step:1:0.7", progress=False,
+            resume=tmp_path / "ckpt.npz")
+    np.testing.assert_array_equal(resumed.flat_params, straight.flat_params)
+    assert [e["epoch"] for e in h.epochs] == [1, 2, 3, 4]
+
+
+def test_schedules() -> None:
+    step = make_schedule("step:2:0.5")
+    assert [step(e, 0, 10) for e in range(5)] == [1, 1, 0.5, 0.5, 0.25]
+    cos = make_schedule("cosine")
+    assert cos(0, 0, 100) == 1 and cos(0, 50, 100) == pytest.approx(0.5) and cos(0, 100, 100) == pytest.approx(0)
+    one = make_schedule("onecycle")
+    assert one(0, 0, 100) == pytest.approx(1 / 25) and one(0, 30, 100) == pytest.approx(1)
+    assert one(0, 100, 100) == pytest.approx(1e-4)
+    with pytest.raises(ValueError, match="unknown schedule"):
+        make_schedule("exponential")
+    with pytest.raises(ValueError, match="unknown schedule"):
+        make_schedule("step:0")
+
+
+def test_the_schedule_drives_the_optimizer_lr() -> None:
+    X, y = _toy()
+    net = gb.MLP([12, 4, 3], backend="numpy")
+    h = fit(net, gb.SGD(net, lr=0.2), X, y, epochs=3, batch_size=40, schedule="step:1:0.5", progress=False)
+    assert [e["lr"] for e in h.epochs] == [0.2, 0.1, 0.05]
+
+
+def test_early_stopping_restores_the_best_weights() -> None:
+    X, y = _toy(n=60)
+    Xv, yv = _toy(n=60, seed=7)
+    yv = (yv + 1) % 3  # a validation set the network can only get worse at
+    net = gb.MLP([12, 16, 3], backend="numpy", seed=1)
+    h = fit(net, gb.SGD(net, lr=0.2, momentum=0.9), X, y, epochs=30, batch_size=10, validation=(Xv, yv),
+            patience=2, progress=False)
+    assert h.stopped_reason.startswith("early stopping") and len(h.epochs) < 30
+    best = min(range(len(h.epochs)), key=lambda i: h.epochs[i]["val_loss"])
+    assert h.best_epoch == best + 1
+    assert gb.evaluate(net, Xv, yv)[0] == pytest.approx(h.epochs[best]["val_loss"], rel=1e-5)
+
+
+def test_divergence_stops_and_keeps_the_last_good_weights() -> None:
+    X, y = _toy()
+    net = gb.MLP([12, 16, 3], activation="identity", backend="numpy", seed=0)
+    opt = gb.SGD(net, lr=1e9)
+    with pytest.warns(RuntimeWarning, match="diverged"):
+        h = fit(net, opt, X, y, epochs=3, batch_size=10, refresh_seconds=0.0, progress=False)
+    assert "diverged" in h.stopped_reason and "layers." in h.stopped_reason
+    assert np.all(np.isfinite(net.flat_params))
+    assert len(h.epochs) == 1
+
+
+def test_gradient_clipping_bounds_the_step() -> None:
+    X, y = _toy()
+    net = gb.MLP([12, 3], activation="identity", backend="numpy", seed=0)
+    before = net.flat_params.copy()
+    fit(net, gb.SGD(net, lr=1.0), X, y, epochs=1, batch_size=120, max_grad_norm=1e-3, progress=False)
+    assert np.linalg.norm(net.flat_params - before) <= 1e-3 * (1 + 1e-4)
+
+
+def test_history_json_round_trip(tmp_path: Path) -> None:
+    X, y = _toy()
+    net = gb.MLP([12, 4, 3], backend="numpy")
+    h = fit(net, gb.SGD(net, lr=0.1), X, y, epochs=2, batch_size=30, validation=(X, y), progress=False)
+    h.to_json(tmp_path / "h.json")
+    again = History.from_json(tmp_path / "h.json")
+    assert again == h and json.loads((tmp_path / "h.json").read_text())["epochs"][1]["epoch"] == 2
+
+
+def test_checkpoint_is_atomic_and_checks_itself(tmp_path: Path) -> None:
+    X, y = _toy()
+    net = gb.MLP([12, 4, 3], backend="numpy")
+    opt = gb.SGD(net, lr=0.1, momentum=0.9)
+    path = save_checkpoint(tmp_path / "c.npz", net, opt, {"epoch": 1})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.json", "c.npz"]  # no temporary left behind
+    twin = gb.MLP([12, 4, 3], backend="numpy", seed=8)
+    assert load_checkpoint(path, twin, gb.SGD(twin, lr=0.1, momentum=0.9)) == {"epoch": 1}
+    np.testing.assert_array_equal(twin.flat_params, net.flat_params)
+
+    blob = path.read_bytes()
+    (tmp_path / "short.npz").write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_checkpoint(tmp_path / "short.npz", twin, None)
+    with pytest.raises(CheckpointError, match="different network"):
+        load_checkpoint(path, gb.MLP([12, 5, 3], backend="numpy"), None)
+    with pytest.raises(CheckpointError, match="'sgd' optimiser state, not 'adam'"):
+        load_checkpoint(path, twin, gb.Adam(twin))
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "nope.npz", twin, None)
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    (dict(batch_size=0), ValueError, "at least 1"),
+    (dict(batch_size=1000), ValueError, "larger than the 120"),
+    (dict(batch_size="half"), ValueError, "'full'"),
+    (dict(epochs=0), ValueError, "epochs"),
+    (dict(patience=2), ValueError, "validation"),
+    (dict(max_grad_norm=-1.0), ValueError, "max_grad_norm"),
+])
+def test_bad_arguments(kwargs, error, match) -> None:
+    X, y = _toy()
+    net = gb.MLP([12, 3], backend="numpy")
+    with pytest.raises(error, match=match):
+        fit(net, gb.SGD(net, lr=0.1), X, y, **{"epochs": 1, **kwargs}, progress=False)
+
+
+@pytest.mark.parametrize("X,y,match", [
+    (np.zeros((10, 11), np.float32), np.zeros(10, int), "11 features"),
+    (np.zeros((10, 12), np.float32), np.zeros(9, int), "one integer label per sample"),
+    (np.zeros((10, 12), np.float32), np.full(10, 3), r"\[0, 2\]"),
+    (np.full((10, 12), np.nan, np.float32), np.zeros(10, int), "NaN"),
+    (np.zeros((10, 12), np.int32), np.zeros(10, int), "uint8 images or float32"),
+    (np.zeros((0, 12), np.float32), np.zeros(0, int), "empty"),
+])
+def test_bad_data_is_refused_before_training(X, y, match) -> None:
+    net = gb.MLP([12, 3], backend="numpy")
+    before = net.flat_params.copy()
+    with pytest.raises((ValueError, TypeError), match=match):
+        fit(net, gb.SGD(net, lr=0.1), X, y, epochs=1, batch_size=1, progress=False)
+    np.testing.assert_array_equal(net.flat_params, before)
+
+
+def test_fit_refuses_an_optimizer_of_another_network() -> None:
+    X, y = _toy()
+    a, b = gb.MLP([12, 3], backend="numpy"), gb.MLP([12, 3], backend="numpy")
+    with pytest.raises(TypeError, match="optimizer built for this network"):
+        fit(a, gb.SGD(b, lr=0.1), X, y, progress=False)
+
+
+def test_mnist_sample_reaches_93_percent_quickly() -> None:
+    """The CI target: the shipped 10,000 real digits, CPU, well under a minute."""
+    ds = load_dataset("mnist-sample")
+    net = gb.MLP([784, 256, 256, 10], backend="numpy", seed=0)
+    h = fit(net, gb.SGD(net, lr=0.05, momentum=0.9), ds.x_train, ds.y_train, epochs=5, batch_size=64,
+            validation=(ds.x_test, ds.y_test), progress=False)
+    assert h.epochs[-1]["val_accuracy"] >= 0.93
+    assert sum(e["seconds"] for e in h.epochs) < 60
+    assert not math.isnan(h.epochs[-1]["samples_per_second"])
