@@ -33,9 +33,10 @@ from .layers import (
 )
 from .losses import Loss, MeanSquaredError, SigmoidBinaryCrossEntropy, SoftmaxCrossEntropy
 from .network import MLP, Sequential
-from .trainer import History, evaluate, fit
-from . import trainer
 from .optim import SGD, Adam, AdamW, Optimizer
+from .trainer import History, evaluate, fit
+from .data import load_dataset
+from . import data, kernels, trainer  # noqa: E402 - submodules as attributes: gb.data, gb.kernels, gb.trainer
 
 __version__ = "0.1.0"
 
@@ -69,6 +70,7 @@ __all__ = [
     "get_backend",
     "gradcheck",
     "fit",
+    "load_dataset",
     "evaluate",
     "History",
     "to_device",
