@@ -12,6 +12,7 @@ what lets a Dense layer and its activation share one buffer.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -121,6 +122,31 @@ for _kind, (_fwd, _bwd) in _ACT_C.items():
     _define(f"{_kind}_fwd", "T alpha", "T x", f"x = {_fwd}")
     _define(f"bias_{_kind}_fwd", "T b, T alpha", "T x", f"x = x + b; x = {_fwd}")
     _define(f"{_kind}_bwd", "T a, T alpha", "T d", f"d = d * ({_bwd})")
+
+
+_POOL: Any = None
+_PARALLEL_MIN = 1 << 18  # below this, a thread hand-off costs more than it saves
+_WORKERS = min(os.cpu_count() or 1, 8)
+
+
+def _in_parallel(body: Any, n: int) -> None:
+    """Run ``body(slice)`` over ``range(n)`` split across the CPU cores (NumPy releases the GIL).
+
+    Elementwise NumPy is single-threaded; an optimiser step over a few million
+    parameters is memory-bound, and two cores move about twice the bytes.
+    """
+    global _POOL
+    workers = _WORKERS
+    if n < _PARALLEL_MIN or workers == 1:
+        body(slice(0, n))
+        return
+    if _POOL is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL = ThreadPoolExecutor(workers, thread_name_prefix="gpu_backprop")
+    step = -(-n // workers)
+    step = -(-step // 64) * 64  # keep chunk boundaries aligned
+    list(_POOL.map(body, [slice(i, min(i + step, n)) for i in range(0, n, step)]))
 
 
 def _on_gpu(*arrays: Array) -> bool:
@@ -288,21 +314,28 @@ def sgd_update(
         else:
             _elementwise("momentum_sgd")(g, lr, momentum, weight_decay, n_decay, nesterov, p, v)
         return
-    gd = g
-    if weight_decay and n_decay:
-        gd = scratch
-        np.copyto(gd, g)
-        gd[:n_decay] += weight_decay * p[:n_decay]
-    if v is None:
-        _subtract_scaled(p, gd, lr, scratch)
-        return
-    np.multiply(v, momentum, out=v)
-    np.add(v, gd, out=v)
-    if nesterov:
-        _subtract_scaled(p, gd, lr, scratch)
-        _subtract_scaled(p, v, lr * momentum, scratch)
-    else:
-        _subtract_scaled(p, v, lr, scratch)
+    def body(sl: slice) -> None:
+        pp, gg, ss = p[sl], g[sl], scratch[sl]
+        gd = gg
+        lo, hi, _ = sl.indices(p.shape[0])
+        k = min(max(n_decay - lo, 0), hi - lo)  # how many entries of this slice take weight decay
+        if weight_decay and k:
+            gd = ss
+            np.copyto(gd, gg)
+            gd[:k] += weight_decay * pp[:k]
+        if v is None:
+            _subtract_scaled(pp, gd, lr, ss)
+            return
+        vv = v[sl]
+        np.multiply(vv, momentum, out=vv)
+        np.add(vv, gd, out=vv)
+        if nesterov:
+            _subtract_scaled(pp, gd, lr, ss)
+            _subtract_scaled(pp, vv, lr * momentum, ss)
+        else:
+            _subtract_scaled(pp, vv, lr, ss)
+
+    _in_parallel(body, p.shape[0])
 
 
 def _subtract_scaled(p: np.ndarray, x: np.ndarray, alpha: float, scratch: np.ndarray) -> None:
@@ -341,21 +374,27 @@ def adam_update(
     if _on_gpu(p):
         _elementwise("adam")(g, lr, beta1, beta2, eps, weight_decay, decoupled, bc1, bc2, n_decay, p, m, v)
         return
-    gd = g
-    if weight_decay and n_decay:
-        if decoupled:
-            p[:n_decay] *= 1.0 - lr * weight_decay
-        else:
-            gd = scratch
-            np.copyto(gd, g)
-            gd[:n_decay] += weight_decay * p[:n_decay]
-    m *= beta1
-    m += (1.0 - beta1) * gd
-    v *= beta2
-    v += (1.0 - beta2) * np.square(gd)
-    denom = np.sqrt(v / bc2)
-    denom += eps
-    p -= (lr / bc1) * m / denom
+    def body(sl: slice) -> None:
+        pp, gg, mm, vv, ss = p[sl], g[sl], m[sl], v[sl], scratch[sl]
+        lo, hi, _ = sl.indices(p.shape[0])
+        k = min(max(n_decay - lo, 0), hi - lo)
+        gd = gg
+        if weight_decay and k:
+            if decoupled:
+                pp[:k] *= 1.0 - lr * weight_decay
+            else:
+                gd = ss
+                np.copyto(gd, gg)
+                gd[:k] += weight_decay * pp[:k]
+        mm *= beta1
+        mm += (1.0 - beta1) * gd
+        vv *= beta2
+        vv += (1.0 - beta2) * np.square(gd)
+        denom = np.sqrt(vv / bc2)
+        denom += eps
+        pp -= (lr / bc1) * mm / denom
+
+    _in_parallel(body, p.shape[0])
 
 
 # --------------------------------------------------------------------------

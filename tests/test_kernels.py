@@ -291,3 +291,39 @@ def test_gpu_gather_scale_matches_numpy(rng: np.random.Generator) -> None:
     kernels.gather_scale(src, rows, 1 / 255, out)
     kernels.gather_scale(cp.asarray(src), cp.asarray(rows), 1 / 255, out_g)
     np.testing.assert_allclose(out_g.get(), out, rtol=1e-6)
+
+
+@pytest.mark.parametrize("momentum,nesterov,wd", [(0.0, False, 0.1), (0.9, True, 0.05)])
+def test_large_sgd_updates_split_across_threads_match_one_pass(momentum, nesterov, wd, rng) -> None:
+    n = kernels._PARALLEL_MIN * 2 + 77  # large enough to be split, with an odd tail
+    p, g, v = (rng.standard_normal(n).astype(np.float32) for _ in range(3))
+    n_decay = n // 3 + 5  # the decay boundary falls inside the first chunk
+    ref_p, ref_v = p.astype(np.float64), v.astype(np.float64)
+    gd = g + wd * np.where(np.arange(n) < n_decay, ref_p, 0)
+    if momentum:
+        ref_v = momentum * ref_v + gd
+        ref_p -= 0.1 * (gd + momentum * ref_v if nesterov else ref_v)
+    else:
+        ref_p -= 0.1 * gd
+    kernels.sgd_update(p, g, v if momentum else None, np.empty_like(p), lr=0.1, momentum=momentum,
+                       weight_decay=wd, nesterov=nesterov, n_decay=n_decay)
+    np.testing.assert_allclose(p, ref_p, rtol=1e-5, atol=1e-6)
+    if momentum:
+        np.testing.assert_allclose(v, ref_v, rtol=1e-5, atol=1e-6)
+
+
+def test_large_adam_updates_split_across_threads_match_one_pass(rng) -> None:
+    n = kernels._PARALLEL_MIN * 2 + 13
+    p, g, m = (rng.standard_normal(n) for _ in range(3))
+    v = np.abs(rng.standard_normal(n))
+    ref = [a.copy() for a in (p, g, m, v)]
+    kernels._in_parallel, saved = (lambda body, size: body(slice(0, size))), kernels._in_parallel
+    try:
+        kernels.adam_update(*ref, np.empty(n), lr=0.01, beta1=0.9, beta2=0.99, eps=1e-8, weight_decay=0.1,
+                            decoupled=True, step=2, n_decay=n // 2 + 3)
+    finally:
+        kernels._in_parallel = saved
+    kernels.adam_update(p, g, m, v, np.empty(n), lr=0.01, beta1=0.9, beta2=0.99, eps=1e-8, weight_decay=0.1,
+                        decoupled=True, step=2, n_decay=n // 2 + 3)
+    np.testing.assert_array_equal(p, ref[0])
+    np.testing.assert_array_equal(m, ref[2])
