@@ -125,7 +125,7 @@ for _kind, (_fwd, _bwd) in _ACT_C.items():
 
 
 _POOL: Any = None
-_PARALLEL_MIN = 1 << 18  # below this, a thread hand-off costs more than it saves
+_PARALLEL_MIN = 1 << 20  # below this, a thread hand-off costs more than it saves (measured)
 _WORKERS = min(os.cpu_count() or 1, 8)
 
 

@@ -226,6 +226,7 @@ def fit(
     checkpoint: str | os.PathLike[str] | None = None,
     resume: str | os.PathLike[str] | None = None,
     comm: Any = None,
+    callback: Callable[[dict[str, float]], bool | None] | None = None,
 ) -> History:
     """Train ``net`` with ``optimizer`` on ``(X, y)`` and return its :class:`History`.
 
@@ -318,9 +319,13 @@ def fit(
                     history.stopped_reason = (f"early stopping: validation loss did not improve for {patience} "
                                               f"epochs; restored the weights of epoch {best[1][1]}")
                     break
+        stop = bool(callback(record)) if callback is not None else False
         if checkpoint is not None and rank == 0:
             save_checkpoint(checkpoint, net, optimizer, {"epoch": epoch + 1, "seed": seed, "base_lr": base_lr,
                                                          "history": history.to_dict()})
+        if stop:
+            history.stopped_reason = f"stopped by the callback after epoch {epoch + 1}"
+            break
     if patience is not None and best[1] is not None and best[1][1] != len(history.epochs):
         net.load_state_dict(best[1][0])
         history.best_epoch = best[1][1]

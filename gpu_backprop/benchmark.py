@@ -1,0 +1,508 @@
+"""The benchmark suite: training throughput per regime, against the hardware limit and a peer.
+
+    python -m gpu_backprop bench                 # the full suite (a few minutes on a 2-core CPU)
+    python -m gpu_backprop bench --quick         # under a minute
+    python benchmarks/run.py --model 784-512-10 --batch 1 64 full
+
+For each backend present (NumPy; CuPy where a device answers) and each model
+and regime (batch 1, mini-batches, the full 60,000-sample batch) it times
+whole training steps — gather the batch from the device-resident uint8 data
+set, scale, forward, backward, SGD with momentum — after a warm-up, and takes
+the median. It measures the float32 GEMM rate of the same device in the same
+run and reports each regime as a fraction of it (the step's FLOPs over that
+rate). PyTorch (eager, CPU or CUDA) and scikit-learn's MLPClassifier run the
+same model, batch and optimiser side by side when they are importable.
+
+Reports are JSON (every number), Markdown, and a PNG plot when matplotlib is
+installed, written to ``--out`` (default ``benchmarks/results``) under a name
+made of the date and the device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__, kernels
+from .backend import Backend, cupy_available, get_backend
+from .network import MLP
+from .optim import SGD
+
+__all__ = ["MODELS", "main", "run_suite", "step_flops"]
+
+MODELS = {"mlp-256": [784, 256, 256, 10], "mlp-1024": [784, 1024, 1024, 10]}
+N_TRAIN = 60_000
+
+
+def step_flops(sizes: list[int]) -> int:
+    """FLOPs of one training step per sample: forward 2·Σ sᵢsᵢ₊₁, dW the same, dX for all but the first layer."""
+    pairs = [a * b for a, b in zip(sizes[:-1], sizes[1:])]
+    return 2 * sum(pairs) + 2 * sum(pairs) + 2 * sum(pairs[1:])
+
+
+# --------------------------------------------------------------------------
+# Timing
+# --------------------------------------------------------------------------
+class _Timer:
+    """Median seconds per call of ``fn``: perf_counter on the CPU, CUDA events on a GPU."""
+
+    def __init__(self, be: Backend | None) -> None:
+        self.gpu = be is not None and be.name == "cupy"
+        self.be = be
+
+    def __call__(self, fn: Callable[[], Any], calls: int, repeats: int, warmup: int = 1) -> float:
+        for _ in range(warmup):
+            fn()
+        self._sync()
+        times = []
+        for _ in range(repeats):
+            if self.gpu:
+                cp = self.be.xp
+                start, stop = cp.cuda.Event(), cp.cuda.Event()
+                start.record()
+                for _ in range(calls):
+                    fn()
+                stop.record()
+                stop.synchronize()
+                times.append(cp.cuda.get_elapsed_time(start, stop) / 1e3 / calls)
+            else:
+                t0 = time.perf_counter()
+                for _ in range(calls):
+                    fn()
+                self._sync()
+                times.append((time.perf_counter() - t0) / calls)
+        return statistics.median(times)
+
+    def _sync(self) -> None:
+        if self.be is not None:
+            self.be.synchronize()
+
+
+def _calls_for(seconds_per_call: float, budget: float) -> int:
+    return max(1, min(2000, int(budget / max(seconds_per_call, 1e-7))))
+
+
+def _probe(fn: Callable[[], Any], sync: Callable[[], None]) -> float:
+    fn()
+    sync()
+    t0 = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - t0
+
+
+def gemm_rate(be: Backend, n: int, repeats: int) -> float:
+    """Measured float32 GEMM rate (FLOP/s) for an n×n×n product on ``be``'s device."""
+    xp = be.xp
+    rng = np.random.default_rng(0)
+    a = xp.asarray(rng.standard_normal((n, n), dtype=np.float32))
+    b = xp.asarray(rng.standard_normal((n, n), dtype=np.float32))
+    c = xp.empty((n, n), dtype=xp.float32)
+    t = _Timer(be)(lambda: xp.matmul(a, b, out=c), calls=3 if be.name == "cupy" else 1, repeats=repeats, warmup=2)
+    return 2.0 * n**3 / t
+
+
+# --------------------------------------------------------------------------
+# Our training step and the peers'
+# --------------------------------------------------------------------------
+def _data(be: Backend | None, n: int, d: int, classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, d), dtype=np.uint8), rng.integers(0, classes, n)
+
+
+def time_ours(be: Backend, sizes: list[int], batch: int, budget: float, repeats: int) -> float:
+    """Seconds per training step of gpu_backprop (gather + scale + forward + backward + SGD momentum)."""
+    xp = be.xp
+    Xh, yh = _data(be, N_TRAIN if batch <= N_TRAIN else batch, sizes[0], sizes[-1])
+    X, y = xp.asarray(Xh), xp.asarray(yh)
+    net = MLP(sizes, activation="relu", backend=be, seed=0)
+    opt = SGD(net, lr=0.01, momentum=0.9)
+    xb = xp.empty((batch, sizes[0]), dtype=net.dtype)
+    staging = xp.empty((batch, sizes[0]), dtype=X.dtype) if be.name == "numpy" else None
+    n = X.shape[0]
+    order = kernels.random_permutation(xp, n, 0, 0)
+    state = {"i": 0}
+
+    def step() -> None:
+        i = state["i"]
+        if i + batch > n:
+            i = 0
+        rows = order[i:i + batch]
+        state["i"] = i + batch
+        kernels.gather_scale(X, rows, 1.0 / 255, xb, staging)
+        net.train_step_grads(xb, y[rows])
+        opt.step()
+
+    per = _probe(step, be.synchronize)
+    return _Timer(be)(step, _calls_for(per, budget), repeats)
+
+
+def time_torch(device: str, sizes: list[int], batch: int, budget: float, repeats: int) -> float | None:
+    """Seconds per training step of the same model in PyTorch eager (None if torch is missing)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.manual_seed(0)
+    dev = torch.device(device)
+    layers: list[Any] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(torch.nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(torch.nn.ReLU())
+    model = torch.nn.Sequential(*layers).to(dev)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    lossf = torch.nn.CrossEntropyLoss()
+    Xh, yh = _data(None, N_TRAIN if batch <= N_TRAIN else batch, sizes[0], sizes[-1])
+    X, y = torch.from_numpy(Xh).to(dev), torch.from_numpy(yh).to(dev)
+    order = torch.randperm(X.shape[0], device=dev)
+    state = {"i": 0}
+
+    def step() -> None:
+        i = state["i"]
+        if i + batch > X.shape[0]:
+            i = 0
+        rows = order[i:i + batch]
+        state["i"] = i + batch
+        xb = X.index_select(0, rows).float().mul_(1.0 / 255)
+        opt.zero_grad(set_to_none=True)
+        lossf(model(xb), y.index_select(0, rows)).backward()
+        opt.step()
+
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    per = _probe(step, sync)
+    calls = _calls_for(per, budget)
+    step()
+    sync()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            step()
+        sync()
+        times.append((time.perf_counter() - t0) / calls)
+    return statistics.median(times)
+
+
+def time_sklearn(sizes: list[int], batch: int, budget: float, repeats: int) -> float | None:
+    """Seconds per step of scikit-learn's MLPClassifier (SGD with momentum, partial_fit), or None."""
+    try:
+        import warnings
+
+        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.neural_network import MLPClassifier
+    except ImportError:
+        return None
+    Xh, yh = _data(None, N_TRAIN if batch <= N_TRAIN else batch, sizes[0], sizes[-1])
+    X = Xh.astype(np.float32) / 255
+    clf = MLPClassifier(hidden_layer_sizes=tuple(sizes[1:-1]), activation="relu", solver="sgd",
+                        learning_rate_init=0.01, momentum=0.9, nesterovs_momentum=False, batch_size=batch,
+                        random_state=0)
+    classes = np.arange(sizes[-1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.partial_fit(X[:batch], yh[:batch], classes=classes)
+        t0 = time.perf_counter()
+        clf.partial_fit(X[:batch], yh[:batch])
+        per = time.perf_counter() - t0
+        steps = max(1, min(N_TRAIN // batch, int(budget / max(per, 1e-6))))
+        chunk = X[: steps * batch], yh[: steps * batch]
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            clf.partial_fit(*chunk)  # one pass over `steps` mini-batches
+            times.append((time.perf_counter() - t0) / steps)
+    return statistics.median(times)
+
+
+# --------------------------------------------------------------------------
+# Time to accuracy
+# --------------------------------------------------------------------------
+def time_to_accuracy(be: Backend, target: float = 0.89, max_epochs: int = 20) -> dict[str, Any]:
+    """Wall time until Fashion-MNIST test accuracy ≥ ``target`` (784-256-256-10, SGD momentum, batch 128)."""
+    from .data import DataError, load_dataset
+    from .trainer import fit
+
+    try:
+        ds = load_dataset("fashion-mnist", download=False)
+    except DataError as exc:
+        return {"skipped": f"Fashion-MNIST not available ({str(exc).split(';')[0]})"}
+    net = MLP([784, 256, 256, 10], backend=be, seed=0)
+    opt = SGD(net, lr=0.05, momentum=0.9)
+    t0 = time.perf_counter()
+    history = fit(net, opt, ds.x_train, ds.y_train, epochs=max_epochs, batch_size=128,
+                  validation=(ds.x_test, ds.y_test), progress=False,
+                  callback=lambda record: record["val_accuracy"] >= target)
+    seconds = time.perf_counter() - t0
+    accs = history.metric("val_accuracy")
+    return {"target": target, "reached": accs[-1] >= target, "seconds": seconds, "epochs": len(accs),
+            "accuracies": accs, "includes": "data upload, training, and a test evaluation after each epoch"}
+
+
+# --------------------------------------------------------------------------
+# Machine facts
+# --------------------------------------------------------------------------
+def machine_facts(backends: list[Backend]) -> dict[str, Any]:
+    """CPU, BLAS and threads, GPU, driver and library versions."""
+    facts: dict[str, Any] = {
+        "date": _dt.datetime.now().isoformat(timespec="seconds"),
+        "cpu": _cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
+        "python": platform.python_version(), "numpy": np.__version__, "gpu_backprop": __version__,
+    }
+    try:
+        from threadpoolctl import threadpool_info
+
+        facts["blas"] = [{k: i.get(k) for k in ("internal_api", "version", "num_threads", "architecture")}
+                         for i in threadpool_info() if i.get("user_api") == "blas"]
+    except ImportError:
+        try:
+            cfg = np.show_config(mode="dicts")
+            facts["blas"] = cfg.get("Build Dependencies", {}).get("blas", {})
+        except Exception:  # older NumPy
+            facts["blas"] = "unknown"
+    try:
+        import torch
+
+        facts["torch"] = torch.__version__
+        facts["torch_threads"] = torch.get_num_threads()
+    except ImportError:
+        facts["torch"] = None
+    try:
+        import sklearn
+
+        facts["sklearn"] = sklearn.__version__
+    except ImportError:
+        facts["sklearn"] = None
+    for be in backends:
+        if be.name == "cupy":
+            cp = be.xp
+            props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
+            facts["gpu"] = be.device
+            facts["gpu_memory_gib"] = round(props["totalGlobalMem"] / 2**30, 1)
+            facts["cuda_driver"] = cp.cuda.runtime.driverGetVersion()
+            facts["cuda_runtime"] = cp.cuda.runtime.runtimeGetVersion()
+            facts["cupy"] = cp.__version__
+            facts["tf32"] = os.environ.get("CUPY_TF32", "0")
+    return facts
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+# --------------------------------------------------------------------------
+# The suite
+# --------------------------------------------------------------------------
+def run_suite(models: dict[str, list[int]], batches: list[int | str], backends: list[Backend], *,
+              budget: float, repeats: int, gemm_n: int, peers: bool, tta: bool,
+              log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run every (backend, model, batch) and return the report as a dict."""
+    report: dict[str, Any] = {"facts": machine_facts(backends), "limits": {}, "results": [],
+                              "flops_per_sample": {m: step_flops(s) for m, s in models.items()}}
+    for be in backends:
+        n = gemm_n if be.name == "numpy" else max(gemm_n, 8192)
+        rate = gemm_rate(be, n, repeats=max(3, repeats))
+        report["limits"][be.name] = {"gemm_flops": rate, "gemm_n": n, "device": be.device}
+        log(f"{be.name}: float32 GEMM {n}³ at {rate / 1e9:,.1f} GFLOP/s on {be.device}")
+    for name, sizes in models.items():
+        for batch in batches:
+            b = N_TRAIN if batch == "full" else int(batch)
+            for be in backends:
+                flops = step_flops(sizes) * b
+                limit = report["limits"][be.name]["gemm_flops"]
+                row: dict[str, Any] = {"model": name, "sizes": sizes, "batch": batch, "backend": be.name,
+                                       "device": be.device}
+                t = time_ours(be, sizes, b, budget, repeats)
+                row.update(seconds_per_step=t, samples_per_second=b / t, fraction_of_limit=flops / t / limit)
+                if peers:
+                    dev = "cuda" if be.name == "cupy" else "cpu"
+                    tt = time_torch(dev, sizes, b, budget, repeats)
+                    if tt is not None:
+                        row["torch_samples_per_second"] = b / tt
+                        row["torch_fraction_of_limit"] = flops / tt / limit
+                        row["ours_over_torch"] = tt / t
+                    if be.name == "numpy" and batch != "full":
+                        ts = time_sklearn(sizes, b, budget, repeats)
+                        if ts is not None:
+                            row["sklearn_samples_per_second"] = b / ts
+                            row["ours_over_sklearn"] = ts / t
+                report["results"].append(row)
+                log(_row_text(row))
+    if tta:
+        for be in backends:
+            report.setdefault("time_to_accuracy", {})[be.name] = res = time_to_accuracy(be)
+            log(f"{be.name}: time to 89% on Fashion-MNIST: {res}")
+    return report
+
+
+def _row_text(r: dict[str, Any]) -> str:
+    text = (f"{r['backend']:5} {r['model']:9} batch {str(r['batch']):>5}: {r['samples_per_second']:>12,.0f} samples/s "
+            f"({r['fraction_of_limit']:.0%} of the GEMM limit)")
+    if "torch_samples_per_second" in r:
+        text += f"; torch {r['torch_samples_per_second']:,.0f} ({r['ours_over_torch']:.2f}x)"
+    if "sklearn_samples_per_second" in r:
+        text += f"; sklearn {r['sklearn_samples_per_second']:,.0f}"
+    return text
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    """The report as a Markdown table with the machine facts above it."""
+    f = report["facts"]
+    lines = [f"# gpu_backprop benchmark, {f['date']}", "",
+             f"- CPU: {f['cpu']}, {f['cores']} cores; NumPy {f['numpy']}; BLAS: {json.dumps(f.get('blas'))}",
+             f"- PyTorch: {f.get('torch')}; scikit-learn: {f.get('sklearn')}"]
+    if "gpu" in f:
+        lines.append(f"- GPU: {f['gpu']}, {f['gpu_memory_gib']} GiB; driver {f['cuda_driver']}, CUDA runtime "
+                     f"{f['cuda_runtime']}, CuPy {f['cupy']}, CUPY_TF32={f['tf32']}")
+    for name, lim in report["limits"].items():
+        lines.append(f"- {name}: measured float32 GEMM ({lim['gemm_n']}³) {lim['gemm_flops'] / 1e9:,.1f} GFLOP/s")
+    lines += ["", "Training steps (gather + scale + forward + backward + SGD momentum 0.9, float32, ReLU, softmax "
+              "cross-entropy) on data resident on the device; median of repeats after a warm-up. The limit is the "
+              "step's FLOPs at the measured GEMM rate.", "",
+              "| backend | model | batch | samples/s | ms/step | of limit | PyTorch samples/s | ours/PyTorch | "
+              "sklearn samples/s | ours/sklearn |",
+              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in report["results"]:
+        def fmt(key: str, spec: str = ",.0f") -> str:
+            return format(r[key], spec) if key in r else "—"
+        lines.append(f"| {r['backend']} | {r['model']} | {r['batch']} | {fmt('samples_per_second')} | "
+                     f"{r['seconds_per_step'] * 1e3:.3f} | {r['fraction_of_limit']:.1%} | "
+                     f"{fmt('torch_samples_per_second')} | {fmt('ours_over_torch', '.2f')} | "
+                     f"{fmt('sklearn_samples_per_second')} | {fmt('ours_over_sklearn', '.2f')} |")
+    for be, res in report.get("time_to_accuracy", {}).items():
+        lines += ["", f"Time to accuracy ({be}): " + (
+            res["skipped"] if "skipped" in res else
+            f"{res['seconds']:.1f} s to {max(res['accuracies']):.2%} test accuracy on Fashion-MNIST in "
+            f"{res['epochs']} epochs (target {res['target']:.0%}, {'reached' if res['reached'] else 'NOT reached'}; "
+            f"{res['includes']})")]
+    if report.get("notes"):
+        lines += ["", "## Notes", "", *report["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict[str, Any], path: Path) -> bool:
+    """Samples/s against batch size, log-log, one line per backend and peer, the limit dashed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    models = sorted({r["model"] for r in report["results"]})
+    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        rows = [r for r in report["results"] if r["model"] == model]
+        for be in sorted({r["backend"] for r in rows}):
+            mine = [r for r in rows if r["backend"] == be]
+            xs = [N_TRAIN if r["batch"] == "full" else r["batch"] for r in mine]
+            ax.plot(xs, [r["samples_per_second"] for r in mine], "o-", label=f"gpu_backprop ({be})")
+            for peer, key in (("PyTorch", "torch_samples_per_second"), ("scikit-learn", "sklearn_samples_per_second")):
+                pts = [(x, r[key]) for x, r in zip(xs, mine) if key in r]
+                if pts:
+                    ax.plot(*zip(*pts), "s--", label=f"{peer} ({'cuda' if be == 'cupy' else 'cpu'})")
+            limit = report["limits"][be]["gemm_flops"] / report["flops_per_sample"][model]
+            ax.axhline(limit, linestyle=":", color="gray", label=f"GEMM limit ({be})")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("batch size (60,000 = full batch)")
+        ax.set_ylabel("training samples/s")
+        ax.set_title(model)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:48]
+
+
+def _parse_batches(items: list[str]) -> list[int | str]:
+    out: list[int | str] = []
+    for item in items:
+        if item == "full":
+            out.append("full")
+        elif item.isdigit() and int(item) > 0:
+            out.append(int(item))
+        else:
+            raise SystemExit(f"error: --batch takes positive integers or 'full', got {item!r}")
+    return out
+
+
+def _parse_models(items: list[str]) -> dict[str, list[int]]:
+    models = {}
+    for item in items:
+        if item in MODELS:
+            models[item] = MODELS[item]
+        elif re.fullmatch(r"\d+(-\d+)+", item):
+            models[f"mlp-{item}"] = [int(s) for s in item.split("-")]
+        else:
+            raise SystemExit(f"error: --model takes {', '.join(MODELS)} or sizes like 784-512-10, got {item!r}")
+    return models
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m gpu_backprop bench [flags]``."""
+    p = argparse.ArgumentParser(prog="python -m gpu_backprop bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="a short run (under a minute on a 2-core CPU)")
+    p.add_argument("--model", nargs="+", help="mlp-256, mlp-1024, or sizes like 784-512-10 (default: both)")
+    p.add_argument("--batch", nargs="+", help="batch sizes and/or 'full' (default: 1 32 128 1024 full)")
+    p.add_argument("--backend", choices=["all", "numpy", "cupy"], default="all")
+    p.add_argument("--no-peers", action="store_true", help="skip PyTorch and scikit-learn")
+    p.add_argument("--no-tta", action="store_true", help="skip the time-to-accuracy run")
+    p.add_argument("--repeats", type=int, help="timed repeats per measurement (median taken)")
+    p.add_argument("--seconds", type=float, help="time budget of one repeat")
+    p.add_argument("--out", default=None, help="report directory (default: benchmarks/results)")
+    p.add_argument("--name", help="report file stem (default: DATE-DEVICE)")
+    args = p.parse_args(argv)
+
+    models = _parse_models(args.model or (["mlp-256"] if args.quick else list(MODELS)))
+    batches = _parse_batches(args.batch or (["1", "128", "full"] if args.quick else ["1", "32", "128", "1024", "full"]))
+    repeats = args.repeats or (3 if args.quick else 5)
+    budget = args.seconds or (0.3 if args.quick else 1.0)
+    backends = [get_backend("numpy")] if args.backend in ("all", "numpy") else []
+    if args.backend in ("all", "cupy"):
+        if cupy_available():
+            backends.append(get_backend("cupy"))
+        elif args.backend == "cupy":
+            print(f"error: {get_backend.__module__}: no CUDA device answers; run with --backend numpy",
+                  file=sys.stderr)
+            return 2
+    report = run_suite(models, batches, backends, budget=budget, repeats=repeats,
+                       gemm_n=1024 if args.quick else 2048, peers=not args.no_peers,
+                       tta=not (args.quick or args.no_tta))
+    report["command"] = "python -m gpu_backprop bench " + " ".join(argv if argv is not None else sys.argv[1:])
+    out = Path(args.out) if args.out else Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    device = backends[-1].device.split(":", 1)[-1] if backends else "none"
+    stem = args.name or f"{_dt.date.today().isoformat()}-{_slug(device)}"
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=1))
+    (out / f"{stem}.md").write_text(to_markdown(report))
+    made_png = plot(report, out / f"{stem}.png")
+    print(f"wrote {out / stem}.json, .md" + (", .png" if made_png else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
