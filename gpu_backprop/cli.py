@@ -33,7 +33,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                               batch_size="10", epochs=30, init="lecun_normal"),
     # the benchmark's network on Fashion-MNIST: ≥ 89% test accuracy
     "fashion": dict(dataset="fashion-mnist", hidden="256,256", activation="relu", loss="softmax_cross_entropy",
-                    optimizer="sgd", lr=0.05, momentum=0.9, batch_size="128", epochs=10),
+                    optimizer="sgd", lr=0.05, momentum=0.9, batch_size="128", epochs=10, schedule="cosine"),
     # a first run in seconds, offline
     "quick": dict(dataset="mnist-sample", hidden="256,256", epochs=5, batch_size="64", lr=0.05, momentum=0.9),
 }
@@ -45,6 +45,9 @@ DEFAULTS: dict[str, Any] = dict(
     patience=None, max_grad_norm=None, dtype="float32", out=None, resume=None, json=False, progress=True,
     distributed="none",
 )
+
+
+_COMM: Any = None  # the communicator of a distributed run, so that an error on one rank stops them all
 
 
 class UsageError(Exception):
@@ -115,10 +118,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return _train(args)
-    except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except (ValueError, TypeError, DataError, CheckpointError, BackendError, OSError) as exc:
+    except (UsageError, ValueError, TypeError, DataError, CheckpointError, BackendError, OSError) as exc:
+        if _COMM is not None and _COMM.size > 1:  # the other ranks would wait for this one forever
+            _COMM.abort(f"rank {_COMM.rank}: error: {exc}; stopping all {_COMM.size} ranks", code=2)
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -186,13 +188,15 @@ def _train(args: argparse.Namespace) -> int:
     if cfg["resume"] and not Path(cfg["resume"]).is_file():
         raise UsageError(f"--resume {cfg['resume']} does not exist; pass a checkpoint written with --out")
 
+    global _COMM
     comm = None
     if cfg["distributed"] != "none":
+        from .distributed import init_distributed
+
         try:
-            from .distributed import init_distributed
-        except ImportError as exc:
-            raise UsageError(f"distributed training is unavailable ({exc})") from None
-        comm = init_distributed(cfg["distributed"])
+            comm = _COMM = init_distributed(cfg["distributed"])
+        except (RuntimeError, ImportError) as exc:
+            raise UsageError(str(exc)) from None
     rank0 = comm is None or comm.rank == 0
 
     note = ""

@@ -227,6 +227,7 @@ def fit(
     resume: str | os.PathLike[str] | None = None,
     comm: Any = None,
     callback: Callable[[dict[str, float]], bool | None] | None = None,
+    check_every: int | None = None,
 ) -> History:
     """Train ``net`` with ``optimizer`` on ``(X, y)`` and return its :class:`History`.
 
@@ -289,6 +290,7 @@ def fit(
 
     loop = _Loop(net, optimizer, Xd, yd, scale, B, size, rank, comm, max_grad_norm, progress and rank == 0,
                  refresh_seconds, history)
+    loop.check_every = check_every if comm is not None and size > 1 else None
     best = (math.inf, None)
     bad_epochs = 0
     for epoch in range(start_epoch, epochs):
@@ -344,10 +346,10 @@ def _batch_size(batch_size: int | str, n: int, size: int) -> int:
     else:
         raise ValueError(f"batch_size must be a positive integer or 'full', got {batch_size!r}")
     if size > 1:
+        if n < size:
+            raise ValueError(f"{size} ranks but only {n} training samples; use fewer ranks")
         if b % size:
             raise ValueError(f"the global batch of {b} does not divide across {size} ranks; use a multiple of {size}")
-        if n < size:
-            raise ValueError(f"{size} ranks but only {n} training samples")
     return b
 
 
@@ -371,6 +373,7 @@ class _Loop:
         self.size, self.rank, self.comm = size, rank, comm
         self.max_grad_norm, self.progress, self.refresh, self.history = max_grad_norm, progress, refresh, history
         self.batches = _Batches(net, X, scale)
+        self.check_every: int | None = None
         xp = net.xp
         self.loss_sum = xp.zeros((), dtype=xp.float64)
         self.correct = xp.zeros((), dtype=xp.int64)
@@ -425,6 +428,8 @@ class _Loop:
                 norm = xp.sqrt(xp.vdot(net.flat_grads, net.flat_grads))
                 net.flat_grads *= xp.minimum(1.0, self.max_grad_norm / (norm + 1e-12)).astype(net.dtype)
             self.opt.step()
+            if self.check_every and (step0 + s + 1) % self.check_every == 0:
+                self.comm.check_same(f"the weights after step {step0 + s + 1}", net.flat_params)
             b = rows.shape[0]
             self.loss_sum += loss * b
             self.correct += _correct(xp, net.last_output, yb)
