@@ -34,7 +34,7 @@ from .layers import (
 from .losses import Loss, MeanSquaredError, SigmoidBinaryCrossEntropy, SoftmaxCrossEntropy
 from .network import MLP, Sequential
 from .optim import SGD, Adam, AdamW, Optimizer
-from .trainer import History, evaluate, fit
+from .trainer import DeviceMemoryError, History, evaluate, fit
 from .data import load_dataset
 from . import data, kernels, trainer  # noqa: E402 - submodules as attributes: gb.data, gb.kernels, gb.trainer
 
@@ -50,6 +50,7 @@ __all__ = [
     "BackendError",
     "BatchNorm",
     "Dense",
+    "DeviceMemoryError",
     "Dropout",
     "GradcheckError",
     "GradcheckResult",

@@ -135,6 +135,11 @@ class Backend:
         """Put ``a`` on this backend's device (no copy when it is already there)."""
         return to_device(a, self, dtype=dtype)
 
+    def free_cached_memory(self) -> None:
+        """Give the memory pool's cached blocks back to the device (a no-op on NumPy)."""
+        if self.name == "cupy":
+            self.xp.get_default_memory_pool().free_all_blocks()
+
     def synchronize(self) -> None:
         """Wait for all queued device work (a no-op on NumPy)."""
         if self.name == "cupy":

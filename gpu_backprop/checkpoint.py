@@ -92,6 +92,8 @@ def save_checkpoint(path: str | os.PathLike[str], net: Sequential, optimizer: Op
     }
     buf = io.BytesIO()
     np.savez(buf, __meta__=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
+    for stale in path.parent.glob(f".{path.stem}.*.tmp"):  # left by a process killed mid-write
+        stale.unlink(missing_ok=True)
     atomic_write_bytes(path, buf.getvalue())
     readable = {k: v for k, v in meta.items() if k != "sha256"} | {"file": path.name, "bytes": buf.tell()}
     atomic_write_bytes(path.with_suffix(".json"), json.dumps(readable, indent=2).encode())

@@ -54,13 +54,20 @@ class UsageError(Exception):
     """A bad flag or input: exit status 2 with this one line."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line (not the whole usage block)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
     from .data import DATASETS
     from .kernels import ACTIVATIONS
     from .losses import LOSSES
     from .optim import OPTIMIZERS
 
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="python -m gpu_backprop",
         description="Backpropagation in matrix form over whole mini-batches, on NumPy or CuPy.",
     )
@@ -118,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return _train(args)
-    except (UsageError, ValueError, TypeError, DataError, CheckpointError, BackendError, OSError) as exc:
+    except (UsageError, ValueError, TypeError, DataError, CheckpointError, BackendError, OSError,
+            MemoryError) as exc:
         if _COMM is not None and _COMM.size > 1:  # the other ranks would wait for this one forever
             _COMM.abort(f"rank {_COMM.rank}: error: {exc}; stopping all {_COMM.size} ranks", code=2)
         print(f"error: {exc}", file=sys.stderr)

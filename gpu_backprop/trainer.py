@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
 import warnings
 from collections.abc import Callable
@@ -34,7 +35,7 @@ from .checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
 from .network import Sequential
 from .optim import Optimizer
 
-__all__ = ["SCHEDULES", "History", "TrainingDiverged", "evaluate", "fit", "make_schedule"]
+__all__ = ["SCHEDULES", "DeviceMemoryError", "History", "TrainingDiverged", "evaluate", "fit", "make_schedule"]
 
 Array = Any
 Schedule = Callable[[int, int, int], float]  # (epoch, step, total_steps) -> lr factor
@@ -118,6 +119,27 @@ class History:
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite (the network keeps its last good weights)."""
+
+
+class DeviceMemoryError(MemoryError):
+    """A training step ran out of device memory; the network is unchanged and usable with a smaller batch."""
+
+
+def _as_memory_error(exc: BaseException, net: Sequential, batch: int) -> DeviceMemoryError | None:
+    """Turn CuPy's ``OutOfMemoryError`` (or NumPy's MemoryError) into one sentence that says what to do."""
+    if not isinstance(exc, MemoryError) and type(exc).__name__ != "OutOfMemoryError":
+        return None
+    text = str(exc)
+    asked = "the allocation failed"
+    if m := re.search(r"allocating ([\d,]+) bytes", text):  # CuPy
+        asked = f"it asked for {int(m.group(1).replace(',', '')) / 2**30:.2f} GiB more"
+    elif m := re.search(r"allocate ([\d.]+ [KMGT]?i?B)", text):  # NumPy
+        asked = f"it asked for {m.group(1)} more"
+    where = "GPU" if net.backend.is_gpu else "host"
+    return DeviceMemoryError(
+        f"out of {where} memory in a training step with batch {batch} ({asked}); the weights are unchanged; "
+        f"use a smaller batch size, e.g. --batch-size {max(1, batch // 4)}"
+    )
 
 
 # --------------------------------------------------------------------------
@@ -379,6 +401,14 @@ class _Loop:
         self.correct = xp.zeros((), dtype=xp.int64)
         self._good = self._snapshot()
 
+    def release(self) -> None:
+        """Drop every cached buffer so the device memory is free again."""
+        for layer in self.net.layers:
+            layer.release_buffers()
+        self.net.loss._buffers.clear()
+        self.batches._bufs.clear()
+        self.net.backend.free_cached_memory()
+
     def _snapshot(self) -> tuple[Array, dict[str, Array]]:
         return self.net.flat_params.copy(), {k: v.copy() for k, v in self.opt._buffers().items()}
 
@@ -421,7 +451,15 @@ class _Loop:
                 rows = rows[self.rank * shard:(self.rank + 1) * shard]
             xb, yb = self.batches.get(rows), self.y[rows]
             self.opt.lr = lr_at(step0 + s)
-            loss = net.train_step_grads(xb, yb)
+            try:
+                loss = net.train_step_grads(xb, yb)
+            except Exception as exc:  # out of memory: free the buffers, keep the weights, say what to do
+                error = _as_memory_error(exc, net, B)
+                if error is None:
+                    raise
+                bar.close()
+                self.release()
+                raise error from None
             if self.comm is not None and self.size > 1:
                 self.comm.allreduce_mean_(net.flat_grads)
             if self.max_grad_norm is not None:

@@ -218,3 +218,29 @@ def test_mnist_sample_reaches_93_percent_quickly() -> None:
     assert h.epochs[-1]["val_accuracy"] >= 0.93
     assert sum(e["seconds"] for e in h.epochs) < 60
     assert not math.isnan(h.epochs[-1]["samples_per_second"])
+
+
+class OutOfMemoryError(MemoryError):
+    """Stands in for cupy.cuda.memory.OutOfMemoryError (same name, same message format)."""
+
+
+def test_out_of_memory_is_one_sentence_and_the_model_stays_usable(monkeypatch: pytest.MonkeyPatch) -> None:
+    X, y = _toy()
+    net = gb.MLP([12, 16, 3], backend="numpy", seed=0)
+    opt = gb.SGD(net, lr=0.1, momentum=0.9)
+    before = net.flat_params.copy()
+    real = net.train_step_grads
+
+    def too_big(xb, yb):
+        if xb.shape[0] > 32:
+            raise OutOfMemoryError("Out of memory allocating 12,884,901,888 bytes (allocated so far: 1,024 bytes).")
+        return real(xb, yb)
+
+    monkeypatch.setattr(net, "train_step_grads", too_big)
+    with pytest.raises(gb.DeviceMemoryError) as info:
+        fit(net, opt, X, y, epochs=1, batch_size="full", progress=False)
+    text = str(info.value)
+    assert "batch 120" in text and "12.00 GiB" in text and "--batch-size 30" in text and "\n" not in text
+    np.testing.assert_array_equal(net.flat_params, before)  # untouched
+    h = fit(net, opt, X, y, epochs=2, batch_size=30, progress=False)  # and usable with a smaller batch
+    assert h.epochs[-1]["loss"] < h.epochs[0]["loss"] or len(h.epochs) == 2
