@@ -479,6 +479,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", nargs="+", help="batch sizes and/or 'full' (default: 1 32 128 1024 full)")
     p.add_argument("--backend", choices=["all", "numpy", "cupy"], default="all")
     p.add_argument("--no-peers", action="store_true", help="skip PyTorch and scikit-learn")
+    p.add_argument("--tf32", action="store_true", help="TF32 matrix products (CuPy); the limit is then the TF32 rate")
     p.add_argument("--no-tta", action="store_true", help="skip the time-to-accuracy run")
     p.add_argument("--repeats", type=int, help="timed repeats per measurement (median taken)")
     p.add_argument("--seconds", type=float, help="time budget of one repeat")
@@ -486,6 +487,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", help="report file stem (default: DATE-DEVICE)")
     args = p.parse_args(argv)
 
+    if args.tf32:
+        from .backend import set_tf32
+
+        set_tf32(True)
     models = _parse_models(args.model or (["mlp-256"] if args.quick else list(MODELS)))
     batches = _parse_batches(args.batch or (["1", "128", "full"] if args.quick else ["1", "32", "128", "1024", "full"]))
     repeats = args.repeats or (3 if args.quick else 5)

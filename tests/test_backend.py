@@ -109,3 +109,30 @@ def test_only_backend_and_kernels_import_cupy() -> None:
                  if p.name not in ("backend.py", "kernels.py")
                  and re.search(r"^\s*(import cupy|from cupy)", p.read_text(), re.M)]
     assert offenders == []
+
+
+def test_tf32_switch_is_recorded_for_the_next_gemm(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CUPY_TF32", raising=False)
+    assert not backend.tf32_enabled()
+    backend.set_tf32(True)
+    assert backend.tf32_enabled() and __import__("os").environ["CUPY_TF32"] == "1"
+    backend.set_tf32(False)
+    assert not backend.tf32_enabled()
+
+
+@pytest.mark.gpu
+def test_tf32_changes_float32_products_by_about_1e_3_at_most() -> None:
+    cp = backend.cupy_module()
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((512, 512)).astype(np.float32)
+    b = rng.standard_normal((512, 512)).astype(np.float32)
+    exact = a.astype(np.float64) @ b.astype(np.float64)
+    try:
+        backend.set_tf32(True)
+        tf32 = (cp.asarray(a) @ cp.asarray(b)).get()
+    finally:
+        backend.set_tf32(False)
+    fp32 = (cp.asarray(a) @ cp.asarray(b)).get()
+    scale = np.abs(exact).max()
+    assert np.abs(fp32 - exact).max() / scale < 1e-5
+    assert np.abs(tf32 - exact).max() / scale < 5e-3
