@@ -13,6 +13,10 @@ run and reports each regime as a fraction of it (the step's FLOPs over that
 rate). PyTorch (eager, CPU or CUDA) and scikit-learn's MLPClassifier run the
 same model, batch and optimiser side by side when they are importable.
 
+The frameworks are timed interleaved — a block of ours, a block of PyTorch's,
+a block of scikit-learn's, and again — so that all of them see the same drift
+of a noisy machine; the median block counts.
+
 Reports are JSON (every number), Markdown, and a PNG plot when matplotlib is
 installed, written to ``--out`` (default ``benchmarks/results``) under a name
 made of the date and the device.
@@ -56,52 +60,63 @@ def step_flops(sizes: list[int]) -> int:
 # --------------------------------------------------------------------------
 # Timing
 # --------------------------------------------------------------------------
-class _Timer:
-    """Median seconds per call of ``fn``: perf_counter on the CPU, CUDA events on a GPU."""
+class _Runner:
+    """One framework's training step, ready to be timed in blocks of ``calls`` steps.
 
-    def __init__(self, be: Backend | None) -> None:
-        self.gpu = be is not None and be.name == "cupy"
-        self.be = be
+    ``block()`` returns seconds per step for one block: CUDA events around the
+    block for CuPy, otherwise ``perf_counter`` after a synchronisation.
+    """
 
-    def __call__(self, fn: Callable[[], Any], calls: int, repeats: int, warmup: int = 1) -> float:
-        for _ in range(warmup):
-            fn()
-        self._sync()
-        times = []
-        for _ in range(repeats):
-            if self.gpu:
-                cp = self.be.xp
-                start, stop = cp.cuda.Event(), cp.cuda.Event()
-                start.record()
-                for _ in range(calls):
-                    fn()
-                stop.record()
-                stop.synchronize()
-                times.append(cp.cuda.get_elapsed_time(start, stop) / 1e3 / calls)
-            else:
-                t0 = time.perf_counter()
-                for _ in range(calls):
-                    fn()
-                self._sync()
-                times.append((time.perf_counter() - t0) / calls)
-        return statistics.median(times)
+    def __init__(self, step: Callable[[], Any], sync: Callable[[], None], events: Any = None,
+                 samples_per_call: int = 1) -> None:
+        self.step, self.sync, self.events, self.samples_per_call = step, sync, events, samples_per_call
+        self.calls = 1
+        self.times: list[float] = []
 
-    def _sync(self) -> None:
-        if self.be is not None:
-            self.be.synchronize()
+    def calibrate(self, budget: float) -> None:
+        self.step()  # warm-up (buffers, kernels compiled, caches)
+        self.sync()
+        t0 = time.perf_counter()
+        self.step()
+        self.sync()
+        self.calls = max(1, min(2000, int(budget / max(time.perf_counter() - t0, 1e-7))))
+
+    def block(self) -> None:
+        if self.events is not None:
+            start, stop = self.events.Event(), self.events.Event()
+            start.record()
+            for _ in range(self.calls):
+                self.step()
+            stop.record()
+            stop.synchronize()
+            self.times.append(self.events.get_elapsed_time(start, stop) / 1e3 / self.calls)
+            return
+        self.sync()
+        t0 = time.perf_counter()
+        for _ in range(self.calls):
+            self.step()
+        self.sync()
+        self.times.append((time.perf_counter() - t0) / self.calls)
+
+    @property
+    def seconds(self) -> float:
+        return statistics.median(self.times)
 
 
-def _calls_for(seconds_per_call: float, budget: float) -> int:
-    return max(1, min(2000, int(budget / max(seconds_per_call, 1e-7))))
+def _interleaved(runners: dict[str, _Runner], budget: float, repeats: int) -> dict[str, float]:
+    """Median seconds per step of each runner, their repeats interleaved (A B C A B C ...).
 
-
-def _probe(fn: Callable[[], Any], sync: Callable[[], None]) -> float:
-    fn()
-    sync()
-    t0 = time.perf_counter()
-    fn()
-    sync()
-    return time.perf_counter() - t0
+    Interleaving puts every framework under the same drift of a noisy machine; the short
+    pause between them lets the previous one's worker threads (PyTorch's OpenMP pool spins
+    after each op) go to sleep before the next one is timed.
+    """
+    for r in runners.values():
+        r.calibrate(budget)
+    for _ in range(repeats):
+        for r in runners.values():
+            time.sleep(0.05)
+            r.block()
+    return {name: r.seconds for name, r in runners.items()}
 
 
 def gemm_rate(be: Backend, n: int, repeats: int) -> float:
@@ -111,47 +126,44 @@ def gemm_rate(be: Backend, n: int, repeats: int) -> float:
     a = xp.asarray(rng.standard_normal((n, n), dtype=np.float32))
     b = xp.asarray(rng.standard_normal((n, n), dtype=np.float32))
     c = xp.empty((n, n), dtype=xp.float32)
-    t = _Timer(be)(lambda: xp.matmul(a, b, out=c), calls=3 if be.name == "cupy" else 1, repeats=repeats, warmup=2)
-    return 2.0 * n**3 / t
+    runner = _Runner(lambda: xp.matmul(a, b, out=c), be.synchronize, xp.cuda if be.name == "cupy" else None)
+    seconds = _interleaved({"gemm": runner}, budget=0.3, repeats=repeats)["gemm"]
+    return 2.0 * n**3 / seconds
 
 
 # --------------------------------------------------------------------------
 # Our training step and the peers'
 # --------------------------------------------------------------------------
-def _data(be: Backend | None, n: int, d: int, classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def _data(n: int, d: int, classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     return rng.integers(0, 256, (n, d), dtype=np.uint8), rng.integers(0, classes, n)
 
 
-def time_ours(be: Backend, sizes: list[int], batch: int, budget: float, repeats: int) -> float:
-    """Seconds per training step of gpu_backprop (gather + scale + forward + backward + SGD momentum)."""
+def ours(be: Backend, sizes: list[int], batch: int) -> _Runner:
+    """gpu_backprop's step: gather + scale on the device, forward, backward, SGD with momentum."""
     xp = be.xp
-    Xh, yh = _data(be, N_TRAIN if batch <= N_TRAIN else batch, sizes[0], sizes[-1])
+    Xh, yh = _data(max(N_TRAIN, batch), sizes[0], sizes[-1])
     X, y = xp.asarray(Xh), xp.asarray(yh)
     net = MLP(sizes, activation="relu", backend=be, seed=0)
     opt = SGD(net, lr=0.01, momentum=0.9)
     xb = xp.empty((batch, sizes[0]), dtype=net.dtype)
     staging = xp.empty((batch, sizes[0]), dtype=X.dtype) if be.name == "numpy" else None
-    n = X.shape[0]
-    order = kernels.random_permutation(xp, n, 0, 0)
+    order = kernels.random_permutation(xp, X.shape[0], 0, 0)
     state = {"i": 0}
 
     def step() -> None:
-        i = state["i"]
-        if i + batch > n:
-            i = 0
+        i = state["i"] if state["i"] + batch <= X.shape[0] else 0
         rows = order[i:i + batch]
         state["i"] = i + batch
         kernels.gather_scale(X, rows, 1.0 / 255, xb, staging)
         net.train_step_grads(xb, y[rows])
         opt.step()
 
-    per = _probe(step, be.synchronize)
-    return _Timer(be)(step, _calls_for(per, budget), repeats)
+    return _Runner(step, be.synchronize, xp.cuda if be.name == "cupy" else None)
 
 
-def time_torch(device: str, sizes: list[int], batch: int, budget: float, repeats: int) -> float | None:
-    """Seconds per training step of the same model in PyTorch eager (None if torch is missing)."""
+def torch_peer(device: str, sizes: list[int], batch: int) -> _Runner | None:
+    """The same model, data handling and optimiser in PyTorch eager (None if torch is missing)."""
     try:
         import torch
     except ImportError:
@@ -166,15 +178,13 @@ def time_torch(device: str, sizes: list[int], batch: int, budget: float, repeats
     model = torch.nn.Sequential(*layers).to(dev)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     lossf = torch.nn.CrossEntropyLoss()
-    Xh, yh = _data(None, N_TRAIN if batch <= N_TRAIN else batch, sizes[0], sizes[-1])
+    Xh, yh = _data(max(N_TRAIN, batch), sizes[0], sizes[-1])
     X, y = torch.from_numpy(Xh).to(dev), torch.from_numpy(yh).to(dev)
     order = torch.randperm(X.shape[0], device=dev)
     state = {"i": 0}
 
     def step() -> None:
-        i = state["i"]
-        if i + batch > X.shape[0]:
-            i = 0
+        i = state["i"] if state["i"] + batch <= X.shape[0] else 0
         rows = order[i:i + batch]
         state["i"] = i + batch
         xb = X.index_select(0, rows).float().mul_(1.0 / 255)
@@ -183,22 +193,11 @@ def time_torch(device: str, sizes: list[int], batch: int, budget: float, repeats
         opt.step()
 
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    per = _probe(step, sync)
-    calls = _calls_for(per, budget)
-    step()
-    sync()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            step()
-        sync()
-        times.append((time.perf_counter() - t0) / calls)
-    return statistics.median(times)
+    return _Runner(step, sync)
 
 
-def time_sklearn(sizes: list[int], batch: int, budget: float, repeats: int) -> float | None:
-    """Seconds per step of scikit-learn's MLPClassifier (SGD with momentum, partial_fit), or None."""
+def sklearn_peer(sizes: list[int], batch: int, budget: float) -> _Runner | None:
+    """scikit-learn's MLPClassifier (SGD with momentum); one call is a ``partial_fit`` pass over k batches."""
     try:
         import warnings
 
@@ -206,26 +205,20 @@ def time_sklearn(sizes: list[int], batch: int, budget: float, repeats: int) -> f
         from sklearn.neural_network import MLPClassifier
     except ImportError:
         return None
-    Xh, yh = _data(None, N_TRAIN if batch <= N_TRAIN else batch, sizes[0], sizes[-1])
+    Xh, yh = _data(max(N_TRAIN, batch), sizes[0], sizes[-1])
     X = Xh.astype(np.float32) / 255
     clf = MLPClassifier(hidden_layer_sizes=tuple(sizes[1:-1]), activation="relu", solver="sgd",
                         learning_rate_init=0.01, momentum=0.9, nesterovs_momentum=False, batch_size=batch,
                         random_state=0)
-    classes = np.arange(sizes[-1])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        clf.partial_fit(X[:batch], yh[:batch], classes=classes)
-        t0 = time.perf_counter()
-        clf.partial_fit(X[:batch], yh[:batch])
-        per = time.perf_counter() - t0
-        steps = max(1, min(N_TRAIN // batch, int(budget / max(per, 1e-6))))
-        chunk = X[: steps * batch], yh[: steps * batch]
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            clf.partial_fit(*chunk)  # one pass over `steps` mini-batches
-            times.append((time.perf_counter() - t0) / steps)
-    return statistics.median(times)
+    warnings.simplefilter("ignore", ConvergenceWarning)
+    clf.partial_fit(X[:batch], yh[:batch], classes=np.arange(sizes[-1]))
+    t0 = time.perf_counter()
+    clf.partial_fit(X[:batch], yh[:batch])
+    k = max(1, min(N_TRAIN // batch, int(budget / max(time.perf_counter() - t0, 1e-6))))
+    chunk = X[: k * batch], yh[: k * batch]
+    runner = _Runner(lambda: clf.partial_fit(*chunk), lambda: None)
+    runner.samples_per_call = k  # steps per call
+    return runner
 
 
 # --------------------------------------------------------------------------
@@ -327,34 +320,34 @@ def run_suite(models: dict[str, list[int]], batches: list[int | str], backends: 
         rate = gemm_rate(be, n, repeats=max(3, repeats))
         report["limits"][be.name] = {"gemm_flops": rate, "gemm_n": n, "device": be.device}
         log(f"{be.name}: float32 GEMM {n}³ at {rate / 1e9:,.1f} GFLOP/s on {be.device}")
-    # Ours first, then each peer in a phase of its own: a peer's worker threads (PyTorch's OpenMP
-    # pool spins after each op) never run while another framework is being timed.
-    cases = [(name, sizes, batch, be) for name, sizes in models.items() for batch in batches for be in backends]
     rows = []
-    for name, sizes, batch, be in cases:
-        b = N_TRAIN if batch == "full" else int(batch)
-        t = time_ours(be, sizes, b, budget, repeats)
-        limit = report["limits"][be.name]["gemm_flops"]
-        rows.append({"model": name, "sizes": sizes, "batch": batch, "backend": be.name, "device": be.device,
-                     "seconds_per_step": t, "samples_per_second": b / t,
-                     "fraction_of_limit": step_flops(sizes) * b / t / limit})
-        log(_row_text(rows[-1]))
-    if peers:
-        for row, (name, sizes, batch, be) in zip(rows, cases):
+    for name, sizes in models.items():
+        for batch in batches:
             b = N_TRAIN if batch == "full" else int(batch)
-            tt = time_torch("cuda" if be.name == "cupy" else "cpu", sizes, b, budget, repeats)
-            if tt is not None:
-                row["torch_samples_per_second"] = b / tt
-                row["torch_fraction_of_limit"] = step_flops(sizes) * b / tt / report["limits"][be.name]["gemm_flops"]
-                row["ours_over_torch"] = tt / row["seconds_per_step"]
-        for row, (name, sizes, batch, be) in zip(rows, cases):
-            if be.name == "numpy" and batch != "full":
-                ts = time_sklearn(sizes, int(batch), budget, repeats)
-                if ts is not None:
-                    row["sklearn_samples_per_second"] = int(batch) / ts
-                    row["ours_over_sklearn"] = ts / row["seconds_per_step"]
-        for row in rows:
-            log(_row_text(row))
+            for be in backends:
+                runners: dict[str, _Runner | None] = {"ours": ours(be, sizes, b)}
+                if peers:
+                    runners["torch"] = torch_peer("cuda" if be.name == "cupy" else "cpu", sizes, b)
+                    if be.name == "numpy" and batch != "full":
+                        runners["sklearn"] = sklearn_peer(sizes, b, budget)
+                present = {k: r for k, r in runners.items() if r is not None}
+                secs = _interleaved(present, budget, repeats)
+                secs = {k: t / present[k].samples_per_call for k, t in secs.items()}  # per step
+                limit = report["limits"][be.name]["gemm_flops"]
+                flops = step_flops(sizes) * b
+                row: dict[str, Any] = {"model": name, "sizes": sizes, "batch": batch, "backend": be.name,
+                                       "device": be.device, "seconds_per_step": secs["ours"],
+                                       "samples_per_second": b / secs["ours"],
+                                       "fraction_of_limit": flops / secs["ours"] / limit}
+                if "torch" in secs:
+                    row.update(torch_samples_per_second=b / secs["torch"],
+                               torch_fraction_of_limit=flops / secs["torch"] / limit,
+                               ours_over_torch=secs["torch"] / secs["ours"])
+                if "sklearn" in secs:
+                    row.update(sklearn_samples_per_second=b / secs["sklearn"],
+                               ours_over_sklearn=secs["sklearn"] / secs["ours"])
+                rows.append(row)
+                log(_row_text(row))
     report["results"] = rows
     if tta:
         for be in backends:
@@ -385,8 +378,9 @@ def to_markdown(report: dict[str, Any]) -> str:
     for name, lim in report["limits"].items():
         lines.append(f"- {name}: measured float32 GEMM ({lim['gemm_n']}³) {lim['gemm_flops'] / 1e9:,.1f} GFLOP/s")
     lines += ["", "Training steps (gather + scale + forward + backward + SGD momentum 0.9, float32, ReLU, softmax "
-              "cross-entropy) on data resident on the device; median of repeats after a warm-up. The limit is the "
-              "step's FLOPs at the measured GEMM rate.", "",
+              "cross-entropy) on data resident on the device (random bytes of MNIST's shape); the frameworks timed "
+              "interleaved, median of repeats after a warm-up. The limit is the step's FLOPs at the measured GEMM "
+              "rate.", "",
               "| backend | model | batch | samples/s | ms/step | of limit | PyTorch samples/s | ours/PyTorch | "
               "sklearn samples/s | ours/sklearn |",
               "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
