@@ -32,6 +32,7 @@ __all__ = [
     "get_backend",
     "is_cupy_array",
     "set_tf32",
+    "single_blas_thread",
     "tf32_enabled",
     "to_device",
     "to_numpy",
@@ -234,6 +235,27 @@ def set_tf32(enabled: bool) -> None:
 
         mode = linalg.COMPUTE_TYPE_TF32 if enabled else linalg.COMPUTE_TYPE_DEFAULT
         linalg.set_compute_type(np.float32, mode)
+
+
+def single_blas_thread(backend: Backend, batch: int) -> Any:
+    """A context in which BLAS runs on one thread, for single-sample training on the CPU.
+
+    Per-sample steps are a handful of matrix–vector products and rank-1
+    updates, bound by memory and call latency, where BLAS worker threads only
+    get in each other's way — and with SciPy loaded there are two OpenBLAS
+    thread pools (NumPy's and SciPy's) spinning against each other on the
+    same cores. Needs ``threadpoolctl`` (``pip install 'gpu_backprop[cpu]'``);
+    without it, or for other batches and backends, this does nothing.
+    """
+    import contextlib  # noqa: PLC0415
+
+    if backend.name != "numpy" or batch != 1:
+        return contextlib.nullcontext()
+    try:
+        from threadpoolctl import threadpool_limits  # noqa: PLC0415
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(1, user_api="blas")
 
 
 def tf32_enabled() -> bool:

@@ -234,6 +234,9 @@ class Dense(Layer):
         self.out_features = int(out_features)
         self.init = init
         self.activation: Activation | None = None  # set by the network when it fuses one
+        #: set by an optimiser that applies ``dW = x ⊗ dz`` itself for a single sample (BLAS ger)
+        self.defer_rank1 = False
+        self.rank1: tuple[Array, Array] | None = None
 
     def param_shapes(self, in_dim: int) -> dict[str, tuple[int, ...]]:
         if in_dim != self.in_features:
@@ -274,7 +277,10 @@ class Dense(Layer):
         dz = dy if act is None else kernels.activation_backward(dy, self._z, act.kind, act.alpha)
         x = self._x
         if x.shape[0] == 1 and xp is np:
-            np.multiply(x.T, dz, out=self.grads["W"])  # rank-1 outer product: no GEMM with k=1
+            if self.defer_rank1:
+                self.rank1 = (x[0], dz[0])  # the optimiser adds x ⊗ dz where it is needed
+            else:
+                np.multiply(x.T, dz, out=self.grads["W"])  # rank-1 outer product: no GEMM with k=1
         else:
             xp.matmul(x.T, dz, out=self.grads["W"])
         xp.sum(dz, axis=0, out=self.grads["b"])

@@ -145,13 +145,23 @@ class Sequential:
         self.params: dict[str, Array] = {}
         self.grads: dict[str, Array] = {}
         self._slots: dict[str, tuple[int, tuple[int, ...]]] = {}
+        self._layer_slots: dict[tuple[int, str], tuple[int, tuple[int, ...]]] = {}
         for k, (name, layer, pname, shape, _) in enumerate(entries):
             size = int(np.prod(shape))
             off = offsets[k]
             self._slots[name] = (off, shape)
+            self._layer_slots[(id(layer), pname)] = (off, shape)
             self.params[name] = layer.params[pname] = self.flat_params[off:off + size].reshape(shape)
             self.grads[name] = layer.grads[pname] = self.flat_grads[off:off + size].reshape(shape)
         self.reset_parameters(self.seed)
+
+    def view(self, flat: Array, layer: Layer, pname: str) -> Array:
+        """The view of ``layer``'s parameter ``pname`` in ``flat``, a buffer laid out like ``flat_params``.
+
+        Optimisers use it to reach one parameter's slice of their state (e.g. the velocity).
+        """
+        off, shape = self._layer_slots[(id(layer), pname)]
+        return flat[off:off + int(np.prod(shape))].reshape(shape)
 
     def reset_parameters(self, seed: int | None = None) -> None:
         """Draw fresh initial weights from ``seed`` (on the host, then copied to the device once)."""

@@ -17,6 +17,7 @@ import numpy as np
 
 from . import kernels
 from .backend import to_device, to_numpy
+from .layers import Dense
 from .network import Sequential
 
 __all__ = ["OPTIMIZERS", "SGD", "Adam", "AdamW", "Optimizer", "make_optimizer"]
@@ -55,6 +56,16 @@ class Optimizer:
     def step(self) -> None:
         """Apply one update from the gradients now in ``net.flat_grads``."""
         raise NotImplementedError
+
+    def train_step(self, X: Any, y: Any) -> Any:
+        """One training step on a checked batch: gradients, then the update. Returns the loss (a device scalar).
+
+        Optimisers may fuse the two (SGD does for single samples on the CPU);
+        the result is the same as ``net.train_step_grads(X, y)`` then ``step()``.
+        """
+        loss = self.net.train_step_grads(X, y)
+        self.step()
+        return loss
 
     def _buffers(self) -> dict[str, Any]:
         return {}
@@ -115,6 +126,60 @@ class SGD(Optimizer):
     def _buffers(self) -> dict[str, Any]:
         return {"velocity": self.velocity} if self.velocity is not None else {}
 
+    def train_step(self, X: Any, y: Any) -> Any:
+        """A step; for one sample on NumPy with SciPy present, the rank-1 update is fused (see below).
+
+        Per-sample SGD on a CPU is bound by memory passes over the weights: the
+        gradient ``dW = x ⊗ dz`` is a rank-1 matrix, and writing it out, then
+        folding it into the velocity, then into the weights, moves the weights'
+        bytes many times. Here the Dense layers hand over ``(x, dz)`` instead,
+        and BLAS does ``v ← μv``, ``v ← v + x ⊗ dz`` (ger) and ``w ← w − ηv``
+        (axpy) in place: three passes. The result equals the general path to
+        float rounding (tested); ``net.flat_grads`` is then not filled for the
+        Dense weights.
+        """
+        blas = _blas(self.net, X)
+        if blas is None:
+            return super().train_step(X, y)
+        dense = [layer for layer in self.net._steps if isinstance(layer, Dense)]
+        for layer in dense:
+            layer.defer_rank1 = True
+        try:
+            loss = self.net.train_step_grads(X, y)
+        finally:
+            for layer in dense:
+                layer.defer_rank1 = False
+        self._rank1_update(blas, dense)
+        self.steps += 1
+        return loss
+
+    def _rank1_update(self, blas: Any, dense: list[Dense]) -> None:
+        net, lr, mu, wd, k = self.net, self.lr, self.momentum, self.weight_decay, self.net.n_decay
+        p, g, v = net.flat_params, net.flat_grads, self.velocity
+        scal, axpy, ger = blas.get_blas_funcs(("scal", "axpy", "ger"), (p,))
+        weights = [(layer, net.view(p, layer, "W"), None if v is None else net.view(v, layer, "W"))
+                   for layer in dense]
+        if v is not None:  # v ← μ v + g + λ w
+            scal(mu, v)
+            if wd:
+                axpy(p[:k], v[:k], a=wd)
+            axpy(g[k:], v[k:])
+            for layer, _, vw in weights:
+                x, dz = layer.rank1
+                ger(1.0, dz, x, a=vw.T, overwrite_a=True)
+            if not self.nesterov:  # w ← w − η v
+                axpy(v, p, a=-lr)
+                return
+        # w ← w − η g' (plain SGD, or the gradient half of Nesterov's step)
+        if wd:
+            scal(1.0 - lr * wd, p[:k])
+        axpy(g[k:], p[k:], a=-lr)
+        for layer, pw, _ in weights:
+            x, dz = layer.rank1
+            ger(-lr, dz, x, a=pw.T, overwrite_a=True)
+        if v is not None:  # Nesterov: w ← w − η μ v
+            axpy(v, p, a=-lr * mu)
+
     def hyper(self) -> dict[str, Any]:
         return {"lr": self.lr, "momentum": self.momentum, "nesterov": self.nesterov,
                 "weight_decay": self.weight_decay}
@@ -164,6 +229,17 @@ class AdamW(Adam):
     def __init__(self, net: Sequential, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.01) -> None:
         super().__init__(net, lr, betas, eps, weight_decay)
+
+
+def _blas(net: Sequential, X: Any) -> Any:
+    """SciPy's BLAS wrappers when the fused single-sample path applies, else None."""
+    if X.shape[0] != 1 or net.backend.name != "numpy":
+        return None
+    try:
+        from scipy.linalg import blas
+    except ImportError:  # SciPy is optional: pip install 'gpu_backprop[cpu]'
+        return None
+    return blas
 
 
 _OPTIMIZERS: dict[str, type[Optimizer]] = {"sgd": SGD, "adam": Adam, "adamw": AdamW}

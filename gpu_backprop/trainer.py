@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from . import kernels
-from .backend import check_same_device, to_device
+from .backend import check_same_device, single_blas_thread, to_device
 from .checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
 from .network import Sequential
 from .optim import Optimizer
@@ -318,7 +318,8 @@ def fit(
     for epoch in range(start_epoch, epochs):
         t0 = time.perf_counter()
         order = kernels.random_permutation(net.xp, n, seed, epoch)
-        with np.errstate(over="ignore", invalid="ignore"):  # a diverging run is caught by the guard
+        with np.errstate(over="ignore", invalid="ignore"), single_blas_thread(net.backend, B // size):
+            # (a diverging run is caught by the guard; one BLAS thread is faster for single samples)
             stats = loop.run_epoch(epoch, epochs, order, lambda step, e=epoch: base_lr * sched(e, step, total_steps),
                                    epoch * steps_per_epoch)
         seconds = time.perf_counter() - t0
@@ -452,7 +453,10 @@ class _Loop:
             xb, yb = self.batches.get(rows), self.y[rows]
             self.opt.lr = lr_at(step0 + s)
             try:
-                loss = net.train_step_grads(xb, yb)
+                if self.comm is None and self.max_grad_norm is None:
+                    loss = self.opt.train_step(xb, yb)  # may fuse gradient and update (SGD, one sample)
+                else:
+                    loss = net.train_step_grads(xb, yb)
             except Exception as exc:  # out of memory: free the buffers, keep the weights, say what to do
                 error = _as_memory_error(exc, net, B)
                 if error is None:
@@ -460,12 +464,13 @@ class _Loop:
                 bar.close()
                 self.release()
                 raise error from None
-            if self.comm is not None and self.size > 1:
-                self.comm.allreduce_mean_(net.flat_grads)
-            if self.max_grad_norm is not None:
-                norm = xp.sqrt(xp.vdot(net.flat_grads, net.flat_grads))
-                net.flat_grads *= xp.minimum(1.0, self.max_grad_norm / (norm + 1e-12)).astype(net.dtype)
-            self.opt.step()
+            if self.comm is not None or self.max_grad_norm is not None:
+                if self.comm is not None and self.size > 1:
+                    self.comm.allreduce_mean_(net.flat_grads)
+                if self.max_grad_norm is not None:
+                    norm = xp.sqrt(xp.vdot(net.flat_grads, net.flat_grads))
+                    net.flat_grads *= xp.minimum(1.0, self.max_grad_norm / (norm + 1e-12)).astype(net.dtype)
+                self.opt.step()
             if self.check_every and (step0 + s + 1) % self.check_every == 0:
                 self.comm.check_same(f"the weights after step {step0 + s + 1}", net.flat_params)
             b = rows.shape[0]

@@ -118,3 +118,48 @@ def test_make_optimizer_by_name() -> None:
     assert isinstance(make_optimizer("adamw", net, lr=0.01), gb.AdamW)
     with pytest.raises(ValueError, match="unknown optimizer 'rmsprop'"):
         make_optimizer("rmsprop", net)
+
+
+try:
+    import scipy  # noqa: F401
+
+    NO_SCIPY = None
+except ImportError:
+    NO_SCIPY = "the fused single-sample path needs SciPy (pip install '.[cpu]')"
+needs_scipy = pytest.mark.skipif(NO_SCIPY is not None, reason=NO_SCIPY or "")
+
+
+@needs_scipy
+@pytest.mark.parametrize("momentum,nesterov,wd", [(0.0, False, 0.0), (0.0, False, 0.01), (0.9, False, 0.0),
+                                                  (0.9, False, 0.01), (0.8, True, 0.02)])
+@pytest.mark.parametrize("dtype,rtol", [("float64", 1e-12), ("float32", 2e-5)])
+def test_fused_single_sample_sgd_equals_the_general_path(momentum, nesterov, wd, dtype, rtol) -> None:
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((12, 7)).astype(dtype)
+    y = rng.integers(0, 3, 12)
+    nets = [gb.MLP([7, 9, 6, 3], activation="tanh", backend="numpy", dtype=dtype, seed=1, batchnorm=False)
+            for _ in range(2)]
+    opts = [gb.SGD(n, lr=0.05, momentum=momentum, nesterov=nesterov, weight_decay=wd) for n in nets]
+    for i in range(12):
+        xb, yb = X[i:i + 1], y[i:i + 1]
+        nets[0].train_step_grads(xb, yb)
+        opts[0].step()                 # the general path
+        opts[1].train_step(xb, yb)     # the fused rank-1 path
+    np.testing.assert_allclose(nets[1].flat_params, nets[0].flat_params, rtol=rtol, atol=rtol * 1e-2)
+    if momentum:
+        np.testing.assert_allclose(opts[1].velocity, opts[0].velocity, rtol=rtol, atol=rtol * 1e-2)
+
+
+@needs_scipy
+def test_fused_path_with_other_parameters_and_dropout() -> None:
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((6, 5))
+    y = rng.integers(0, 2, 6)
+    nets = [gb.Sequential([gb.Dense(5, 4), gb.Tanh(), gb.Dropout(0.3), gb.Dense(4, 2)], backend="numpy",
+                          dtype="float64", seed=2) for _ in range(2)]
+    opts = [gb.SGD(n, lr=0.1, momentum=0.5, weight_decay=0.01) for n in nets]
+    for i in range(6):
+        nets[0].train_step_grads(X[i:i + 1], y[i:i + 1])
+        opts[0].step()
+        opts[1].train_step(X[i:i + 1], y[i:i + 1])
+    np.testing.assert_allclose(nets[1].flat_params, nets[0].flat_params, rtol=1e-12)
