@@ -7,9 +7,9 @@ stderr that says what is wrong and how to fix it — never a traceback.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
-import os
 import sys
 import tempfile
 import time
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from ._io import atomic_write_bytes
 
 __all__ = ["PRESETS", "main"]
 
@@ -290,10 +291,10 @@ def _plot(history: Any, path: Path) -> None:
     b.set_ylabel("accuracy")
     b.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.png")
-    fig.savefig(tmp, dpi=100)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ import hashlib
 import io
 import os
 import struct
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -26,6 +25,8 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from ._io import atomic_write_bytes
 
 __all__ = [
     "DATASETS",
@@ -169,21 +170,7 @@ def write_idx(path: str | os.PathLike[str], array: np.ndarray) -> None:
     payload += array.tobytes()
     if path.suffix == ".gz":
         payload = gzip.compress(payload, mtime=0)
-    _atomic_write(path, payload)
-
-
-def _atomic_write(path: Path, payload: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, payload)
 
 
 # --------------------------------------------------------------------------
@@ -269,7 +256,7 @@ def _download(name: str, target: Path, fetch: Fetch) -> None:
             if got != md5:
                 errors.append(f"{mirror}: checksum mismatch (md5 {got}, expected {md5}); the download was deleted")
                 continue
-            _atomic_write(final, payload)
+            atomic_write_bytes(final, payload)
             break
         else:
             raise DataError(f"could not download {filename}: " + "; ".join(errors))

@@ -31,7 +31,8 @@ import numpy as np
 
 from . import kernels
 from .backend import check_same_device, single_blas_thread, to_device
-from .checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+from ._io import atomic_write_bytes
+from .checkpoint import load_checkpoint, save_checkpoint
 from .network import Sequential
 from .optim import Optimizer
 
