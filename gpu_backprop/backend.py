@@ -32,7 +32,7 @@ __all__ = [
     "get_backend",
     "is_cupy_array",
     "set_tf32",
-    "single_blas_thread",
+    "per_sample_blas",
     "tf32_enabled",
     "to_device",
     "to_numpy",
@@ -237,25 +237,30 @@ def set_tf32(enabled: bool) -> None:
         linalg.set_compute_type(np.float32, mode)
 
 
-def single_blas_thread(backend: Backend, batch: int) -> Any:
-    """A context in which BLAS runs on one thread, for single-sample training on the CPU.
+def per_sample_blas(backend: Backend, batch: int) -> Any:
+    """A context that sets BLAS threads up for single-sample training on the CPU.
 
-    Per-sample steps are a handful of matrix–vector products and rank-1
-    updates, bound by memory and call latency, where BLAS worker threads only
-    get in each other's way — and with SciPy loaded there are two OpenBLAS
-    thread pools (NumPy's and SciPy's) spinning against each other on the
-    same cores. Needs ``threadpoolctl`` (``pip install 'gpu_backprop[cpu]'``);
-    without it, or for other batches and backends, this does nothing.
+    Per-sample steps are matrix–vector products (NumPy's BLAS) and rank-1
+    updates (SciPy's BLAS, see ``SGD.train_step``). Measured on 2 cores, they
+    run fastest with NumPy's BLAS on one thread — its idle workers otherwise
+    spin against SciPy's, which load a second OpenBLAS — and SciPy's on all.
+    Needs ``threadpoolctl`` (``pip install 'gpu_backprop[cpu]'``); without it,
+    or for other batches and backends, this does nothing.
     """
     import contextlib  # noqa: PLC0415
 
     if backend.name != "numpy" or batch != 1:
         return contextlib.nullcontext()
     try:
-        from threadpoolctl import threadpool_limits  # noqa: PLC0415
+        from threadpoolctl import ThreadpoolController  # noqa: PLC0415
     except ImportError:
         return contextlib.nullcontext()
-    return threadpool_limits(1, user_api="blas")
+    controller = ThreadpoolController()
+    numpy_blas = [i["filepath"] for i in controller.info()
+                  if i.get("user_api") == "blas" and "numpy" in i["filepath"]]
+    if not numpy_blas:  # NumPy on a system BLAS: nothing of its own to tell apart
+        return controller.limit(limits=1, user_api="blas")
+    return controller.select(filepath=numpy_blas).limit(limits=1)
 
 
 def tf32_enabled() -> bool:

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__, kernels
-from .backend import Backend, cupy_available, get_backend, single_blas_thread
+from .backend import Backend, cupy_available, get_backend, per_sample_blas
 from .network import MLP
 from .optim import SGD
 
@@ -147,26 +147,29 @@ def _data(n: int, d: int, classes: int, seed: int = 0) -> tuple[np.ndarray, np.n
 
 
 def ours(be: Backend, sizes: list[int], batch: int) -> _Runner:
-    """gpu_backprop's step: gather + scale on the device, forward, backward, SGD with momentum."""
+    """gpu_backprop's step as :func:`gpu_backprop.fit` runs it: batch from the device-resident data, update."""
+    from .trainer import _Batches
+
     xp = be.xp
     Xh, yh = _data(max(N_TRAIN, batch), sizes[0], sizes[-1])
     X, y = xp.asarray(Xh), xp.asarray(yh)
     net = MLP(sizes, activation="relu", backend=be, seed=0)
     opt = SGD(net, lr=0.01, momentum=0.9)
-    xb = xp.empty((batch, sizes[0]), dtype=net.dtype)
-    staging = xp.empty((batch, sizes[0]), dtype=X.dtype) if be.name == "numpy" else None
+    batches = _Batches(net, X, 1.0 / 255)
     order = kernels.random_permutation(xp, X.shape[0], 0, 0)
     state = {"i": 0}
 
     def step() -> None:
+        if batch == X.shape[0]:  # full batch: the whole set, scaled once (as fit does)
+            opt.train_step(batches.full(), y)
+            return
         i = state["i"] if state["i"] + batch <= X.shape[0] else 0
         rows = order[i:i + batch]
         state["i"] = i + batch
-        kernels.gather_scale(X, rows, 1.0 / 255, xb, staging)
-        opt.train_step(xb, y[rows])  # what gb.fit runs: gradients and SGD update
+        opt.train_step(batches.get(rows), y[rows])
 
     return _Runner(step, be.synchronize, xp.cuda if be.name == "cupy" else None,
-                   context=lambda: single_blas_thread(be, batch))  # as gb.fit does
+                   context=lambda: per_sample_blas(be, batch))  # as gb.fit does
 
 
 def torch_peer(device: str, sizes: list[int], batch: int) -> _Runner | None:
@@ -188,15 +191,19 @@ def torch_peer(device: str, sizes: list[int], batch: int) -> _Runner | None:
     Xh, yh = _data(max(N_TRAIN, batch), sizes[0], sizes[-1])
     X, y = torch.from_numpy(Xh).to(dev), torch.from_numpy(yh).to(dev)
     order = torch.randperm(X.shape[0], device=dev)
+    whole = X.float().mul_(1.0 / 255) if batch == X.shape[0] else None  # full batch: scaled once, like ours
     state = {"i": 0}
 
     def step() -> None:
-        i = state["i"] if state["i"] + batch <= X.shape[0] else 0
-        rows = order[i:i + batch]
-        state["i"] = i + batch
-        xb = X.index_select(0, rows).float().mul_(1.0 / 255)
+        if whole is not None:
+            xb, yb = whole, y
+        else:
+            i = state["i"] if state["i"] + batch <= X.shape[0] else 0
+            rows = order[i:i + batch]
+            state["i"] = i + batch
+            xb, yb = X.index_select(0, rows).float().mul_(1.0 / 255), y.index_select(0, rows)
         opt.zero_grad(set_to_none=True)
-        lossf(model(xb), y.index_select(0, rows)).backward()
+        lossf(model(xb), yb).backward()
         opt.step()
 
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)

@@ -114,7 +114,20 @@ class SGD(Optimizer):
         if nesterov and self.momentum == 0.0:
             raise ValueError("Nesterov momentum needs momentum > 0")
         self.nesterov = bool(nesterov)
-        self.velocity = net.xp.zeros_like(net.flat_params) if self.momentum else None
+        self._velocity = net.xp.zeros_like(net.flat_params) if self.momentum else None
+        self._scale = 1.0  # the fused path keeps the velocity as _scale · _velocity (see train_step)
+
+    @property
+    def velocity(self) -> Any:
+        """The momentum buffer ``v`` (flat, laid out like the parameters), or None without momentum."""
+        if self._scale != 1.0:
+            self._velocity *= self._scale
+            self._scale = 1.0
+        return self._velocity
+
+    @velocity.setter
+    def velocity(self, value: Any) -> None:
+        self._velocity, self._scale = value, 1.0
 
     def step(self) -> None:
         net = self.net
@@ -124,7 +137,8 @@ class SGD(Optimizer):
         self.steps += 1
 
     def _buffers(self) -> dict[str, Any]:
-        return {"velocity": self.velocity} if self.velocity is not None else {}
+        v = self.velocity  # folds the fused path's scale back in
+        return {"velocity": v} if v is not None else {}
 
     def train_step(self, X: Any, y: Any) -> Any:
         """A step; for one sample on NumPy with SciPy present, the rank-1 update is fused (see below).
@@ -133,8 +147,10 @@ class SGD(Optimizer):
         gradient ``dW = x ⊗ dz`` is a rank-1 matrix, and writing it out, then
         folding it into the velocity, then into the weights, moves the weights'
         bytes many times. Here the Dense layers hand over ``(x, dz)`` instead,
-        and BLAS does ``v ← μv``, ``v ← v + x ⊗ dz`` (ger) and ``w ← w − ηv``
-        (axpy) in place: three passes. The result equals the general path to
+        and BLAS adds ``x ⊗ dz`` to the velocity in place (ger) and the
+        velocity to the weights (axpy). The velocity is kept as ``s·u`` with a
+        scalar ``s``, so ``v ← μv`` costs nothing (``s ← μs``) until ``s`` gets
+        small and is folded back in. The result equals the general path to
         float rounding (tested); ``net.flat_grads`` is then not filled for the
         Dense weights.
         """
@@ -155,30 +171,34 @@ class SGD(Optimizer):
 
     def _rank1_update(self, blas: Any, dense: list[Dense]) -> None:
         net, lr, mu, wd, k = self.net, self.lr, self.momentum, self.weight_decay, self.net.n_decay
-        p, g, v = net.flat_params, net.flat_grads, self.velocity
+        p, g = net.flat_params, net.flat_grads
         scal, axpy, ger = blas.get_blas_funcs(("scal", "axpy", "ger"), (p,))
-        weights = [(layer, net.view(p, layer, "W"), None if v is None else net.view(v, layer, "W"))
-                   for layer in dense]
-        if v is not None:  # v ← μ v + g + λ w
-            scal(mu, v)
+        u = self._velocity
+        if u is not None:
+            # v = s·u; v ← μ v + g' becomes s ← μ s, u ← u + g'/s: no pass over u for the decay
+            if mu * self._scale < 1e-3:  # fold s back in before 1/s grows large
+                scal(self._scale, u)
+                self._scale = 1.0
+            self._scale *= mu
+            inv = 1.0 / self._scale
             if wd:
-                axpy(p[:k], v[:k], a=wd)
-            axpy(g[k:], v[k:])
-            for layer, _, vw in weights:
+                axpy(p[:k], u[:k], a=wd * inv)
+            axpy(g[k:], u[k:], a=inv)
+            for layer in dense:
                 x, dz = layer.rank1
-                ger(1.0, dz, x, a=vw.T, overwrite_a=True)
+                ger(inv, dz, x, a=net.view(u, layer, "W").T, overwrite_a=True)
             if not self.nesterov:  # w ← w − η v
-                axpy(v, p, a=-lr)
+                axpy(u, p, a=-lr * self._scale)
                 return
         # w ← w − η g' (plain SGD, or the gradient half of Nesterov's step)
         if wd:
             scal(1.0 - lr * wd, p[:k])
         axpy(g[k:], p[k:], a=-lr)
-        for layer, pw, _ in weights:
+        for layer in dense:
             x, dz = layer.rank1
-            ger(-lr, dz, x, a=pw.T, overwrite_a=True)
-        if v is not None:  # Nesterov: w ← w − η μ v
-            axpy(v, p, a=-lr * mu)
+            ger(-lr, dz, x, a=net.view(p, layer, "W").T, overwrite_a=True)
+        if u is not None:  # Nesterov: w ← w − η μ v
+            axpy(u, p, a=-lr * mu * self._scale)
 
     def hyper(self) -> dict[str, Any]:
         return {"lr": self.lr, "momentum": self.momentum, "nesterov": self.nesterov,

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from . import kernels
-from .backend import check_same_device, single_blas_thread, to_device
+from .backend import check_same_device, per_sample_blas, to_device
 from ._io import atomic_write_bytes
 from .checkpoint import load_checkpoint, save_checkpoint
 from .network import Sequential
@@ -189,6 +189,17 @@ class _Batches:
     def __init__(self, net: Sequential, X: Array, scale: float) -> None:
         self.net, self.X, self.scale = net, X, scale
         self._bufs: dict[int, tuple[Array, Array | None]] = {}
+        self._full: Array | None = None
+
+    def full(self) -> Array:
+        """The whole data set scaled, in its stored order: made once, then reused.
+
+        A full batch is the same matrix every step (the order of its rows does not
+        change the gradient), so it is gathered and scaled only the first time.
+        """
+        if self._full is None:
+            self._full = self.get(self.net.xp.arange(self.X.shape[0], dtype=self.net.xp.int64)).copy()
+        return self._full
 
     def get(self, rows: Array) -> Array:
         b = rows.shape[0]
@@ -319,8 +330,8 @@ def fit(
     for epoch in range(start_epoch, epochs):
         t0 = time.perf_counter()
         order = kernels.random_permutation(net.xp, n, seed, epoch)
-        with np.errstate(over="ignore", invalid="ignore"), single_blas_thread(net.backend, B // size):
-            # (a diverging run is caught by the guard; one BLAS thread is faster for single samples)
+        with np.errstate(over="ignore", invalid="ignore"), per_sample_blas(net.backend, B // size):
+            # (a diverging run is caught by the guard; BLAS threads set up for single samples)
             stats = loop.run_epoch(epoch, epochs, order, lambda step, e=epoch: base_lr * sched(e, step, total_steps),
                                    epoch * steps_per_epoch)
         seconds = time.perf_counter() - t0
@@ -409,6 +420,7 @@ class _Loop:
             layer.release_buffers()
         self.net.loss._buffers.clear()
         self.batches._bufs.clear()
+        self.batches._full = None
         self.net.backend.free_cached_memory()
 
     def _snapshot(self) -> tuple[Array, dict[str, Array]]:
@@ -447,11 +459,12 @@ class _Loop:
                    disable=not self.progress, leave=False, dynamic_ncols=True)
         last = t_start = time.perf_counter()
         diverged = None
+        whole = B == n and self.size == 1  # full-batch gradient descent: the same batch every step
         for s in range(steps):
             rows = order[s * B:(s + 1) * B]
             if self.size > 1:
                 rows = rows[self.rank * shard:(self.rank + 1) * shard]
-            xb, yb = self.batches.get(rows), self.y[rows]
+            xb, yb = (self.batches.full(), self.y) if whole else (self.batches.get(rows), self.y[rows])
             self.opt.lr = lr_at(step0 + s)
             try:
                 if self.comm is None and self.max_grad_norm is None:
