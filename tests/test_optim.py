@@ -163,3 +163,21 @@ def test_fused_path_with_other_parameters_and_dropout() -> None:
         opts[0].step()
         opts[1].train_step(X[i:i + 1], y[i:i + 1])
     np.testing.assert_allclose(nets[1].flat_params, nets[0].flat_params, rtol=1e-12)
+
+
+@needs_scipy
+def test_fused_path_folds_its_velocity_scale_back_over_many_steps() -> None:
+    """μ = 0.9 shrinks the scale below 1e-3 every ~65 steps; 200 steps cross that fold three times."""
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((200, 6))
+    y = rng.integers(0, 3, 200)
+    nets = [gb.MLP([6, 8, 3], backend="numpy", dtype="float64", seed=3) for _ in range(2)]
+    opts = [gb.SGD(n, lr=0.02, momentum=0.9, weight_decay=1e-3) for n in nets]
+    for i in range(200):
+        nets[0].train_step_grads(X[i:i + 1], y[i:i + 1])
+        opts[0].step()
+        opts[1].train_step(X[i:i + 1], y[i:i + 1])
+    np.testing.assert_allclose(nets[1].flat_params, nets[0].flat_params, rtol=1e-10, atol=1e-13)
+    np.testing.assert_allclose(opts[1].velocity, opts[0].velocity, rtol=1e-10, atol=1e-13)
+    state = opts[1].state_dict()
+    np.testing.assert_allclose(state["velocity"], opts[0].velocity, rtol=1e-10, atol=1e-13)
