@@ -464,9 +464,9 @@ class _Loop:
             rows = order[s * B:(s + 1) * B]
             if self.size > 1:
                 rows = rows[self.rank * shard:(self.rank + 1) * shard]
-            xb, yb = (self.batches.full(), self.y) if whole else (self.batches.get(rows), self.y[rows])
             self.opt.lr = lr_at(step0 + s)
             try:
+                xb, yb = (self.batches.full(), self.y) if whole else (self.batches.get(rows), self.y[rows])
                 if self.comm is None and self.max_grad_norm is None:
                     loss = self.opt.train_step(xb, yb)  # may fuse gradient and update (SGD, one sample)
                 else:

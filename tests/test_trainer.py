@@ -244,3 +244,27 @@ def test_out_of_memory_is_one_sentence_and_the_model_stays_usable(monkeypatch: p
     np.testing.assert_array_equal(net.flat_params, before)  # untouched
     h = fit(net, opt, X, y, epochs=2, batch_size=30, progress=False)  # and usable with a smaller batch
     assert h.epochs[-1]["loss"] < h.epochs[0]["loss"] or len(h.epochs) == 2
+
+
+@pytest.mark.gpu
+def test_real_gpu_out_of_memory_under_a_pool_limit() -> None:
+    """With CuPy's memory pool capped, a full-batch step that needs more fails as one sentence and the model lives."""
+    from gpu_backprop import backend
+
+    cp = backend.cupy_module()
+    pool = cp.get_default_memory_pool()
+    rng = np.random.default_rng(0)
+    X = rng.integers(0, 256, (20_000, 784), dtype=np.uint8)
+    y = rng.integers(0, 10, 20_000)
+    net = gb.MLP([784, 2048, 2048, 10], backend="cupy", seed=0)
+    opt = gb.SGD(net, lr=0.01, momentum=0.9)
+    before = net.flat_params.copy()
+    pool.set_limit(size=pool.used_bytes() + 200 * 2**20)  # 200 MiB more than the model and the data need
+    try:
+        with pytest.raises(gb.DeviceMemoryError, match="out of GPU memory .* batch 20000 .*--batch-size 5000"):
+            fit(net, opt, X, y, epochs=1, batch_size="full", progress=False)
+        assert bool((net.flat_params == before).all())
+        h = fit(net, opt, X[:2000], y[:2000], epochs=1, batch_size=64, progress=False)
+        assert np.isfinite(h.epochs[-1]["loss"])
+    finally:
+        pool.set_limit(size=0)
