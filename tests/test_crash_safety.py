@@ -42,8 +42,14 @@ def test_sigkill_while_checkpointing_never_loses_the_latest_checkpoint(tmp_path:
     rnd = random.Random(0)
     epochs_seen = []
     for _ in range(KILLS):
+        before = ckpt.stat().st_mtime_ns if ckpt.exists() else None
         proc = _start(ckpt)
-        time.sleep(rnd.uniform(0.35, 0.8))  # python start-up is ~0.3 s; then it trains and checkpoints
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:  # wait until it checkpoints once more
+            if ckpt.exists() and ckpt.stat().st_mtime_ns != before:
+                break
+            time.sleep(0.01)
+        time.sleep(rnd.uniform(0.0, 0.25))  # then kill it at a random moment of its training
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
         if ckpt.exists():
