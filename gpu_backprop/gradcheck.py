@@ -162,7 +162,7 @@ def _check_network(net: Sequential, X: Array, y: Array, eps: float, atol: float,
     if y is None:
         raise ValueError("gradcheck of a network needs targets y")
     net64 = net if net.dtype == np.float64 else net.copy(dtype="float64")
-    X, y = net64.check_inputs(get_array_module(X).asarray(X, dtype=np.float64) if hasattr(X, "dtype") else X, y)
+    X, y = net64.check_inputs(X, y)  # converts X to the network's float64
     chk = _Checker(atol, rtol, f"{type(net).__name__} ({net64.loss!r})", f"X {X.shape}: {_fmt(X)}; y: {_fmt(y)}")
     saved = net64._layer_states()
 

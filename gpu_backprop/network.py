@@ -13,7 +13,6 @@ parameters after them, so weight decay applies to a prefix.
 
 from __future__ import annotations
 
-import copy as _copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -367,9 +366,7 @@ class Sequential:
     def copy(self, *, dtype: Any = None, backend: str | Backend | None = None) -> Sequential:
         """A deep copy, optionally in another dtype or on another backend."""
         be = self.backend if backend is None else get_backend(backend)
-        layers = [_copy.copy(layer) for layer in self.layers]
-        for layer in layers:
-            layer.__init__(**_init_args(layer))  # fresh buffers and views
+        layers = [type(layer)(**_init_args(layer)) for layer in self.layers]  # fresh buffers and views
         new = Sequential(layers, loss=type(self.loss)(), backend=be,
                          dtype=self.dtype if dtype is None else dtype, seed=self.seed, input_dim=self.input_dim)
         new.load_state_dict(self.state_dict())

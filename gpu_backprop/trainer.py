@@ -442,6 +442,20 @@ class _Loop:
                 return f"the weights {name}"
         return "the loss itself"
 
+    def _step(self, xb: Array, yb: Array) -> Array:
+        """Gradients (averaged over the ranks), optional clipping, the update; returns the loss."""
+        net, xp = self.net, self.net.xp
+        if self.comm is None and self.max_grad_norm is None:
+            return self.opt.train_step(xb, yb)  # may fuse gradient and update (SGD, one sample)
+        loss = net.train_step_grads(xb, yb)
+        if self.comm is not None and self.size > 1:
+            self.comm.allreduce_mean_(net.flat_grads)
+        if self.max_grad_norm is not None:
+            norm = xp.sqrt(xp.vdot(net.flat_grads, net.flat_grads))
+            net.flat_grads *= xp.minimum(1.0, self.max_grad_norm / (norm + 1e-12)).astype(net.dtype)
+        self.opt.step()
+        return loss
+
     def run_epoch(self, epoch: int, epochs: int, order: Array, lr_at: Callable[[int], float],
                   step0: int) -> dict[str, Any]:
         from tqdm import tqdm
@@ -467,10 +481,7 @@ class _Loop:
             self.opt.lr = lr_at(step0 + s)
             try:
                 xb, yb = (self.batches.full(), self.y) if whole else (self.batches.get(rows), self.y[rows])
-                if self.comm is None and self.max_grad_norm is None:
-                    loss = self.opt.train_step(xb, yb)  # may fuse gradient and update (SGD, one sample)
-                else:
-                    loss = net.train_step_grads(xb, yb)
+                loss = self._step(xb, yb)
             except Exception as exc:  # out of memory: free the buffers, keep the weights, say what to do
                 error = _as_memory_error(exc, net, B)
                 if error is None:
@@ -478,13 +489,6 @@ class _Loop:
                 bar.close()
                 self.release()
                 raise error from None
-            if self.comm is not None or self.max_grad_norm is not None:
-                if self.comm is not None and self.size > 1:
-                    self.comm.allreduce_mean_(net.flat_grads)
-                if self.max_grad_norm is not None:
-                    norm = xp.sqrt(xp.vdot(net.flat_grads, net.flat_grads))
-                    net.flat_grads *= xp.minimum(1.0, self.max_grad_norm / (norm + 1e-12)).astype(net.dtype)
-                self.opt.step()
             if self.check_every and (step0 + s + 1) % self.check_every == 0:
                 self.comm.check_same(f"the weights after step {step0 + s + 1}", net.flat_params)
             b = rows.shape[0]
