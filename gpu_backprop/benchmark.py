@@ -481,7 +481,9 @@ def _parse_models(items: list[str]) -> dict[str, list[int]]:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m gpu_backprop bench [flags]``."""
-    p = argparse.ArgumentParser(prog="python -m gpu_backprop bench", description=__doc__.split("\n\n")[0])
+    from .cli import _Parser  # one-line errors, like the rest of the command line
+
+    p = _Parser(prog="python -m gpu_backprop bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="a short run (under a minute on a 2-core CPU)")
     p.add_argument("--model", nargs="+", help="mlp-256, mlp-1024, or sizes like 784-512-10 (default: both)")
     p.add_argument("--batch", nargs="+", help="batch sizes and/or 'full' (default: 1 32 128 1024 full)")

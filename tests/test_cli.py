@@ -114,3 +114,12 @@ def test_module_entry_point_reports_bad_flags_without_traceback() -> None:
     proc = subprocess.run([sys.executable, "-m", "gpu_backprop", "train", "--batch-size", "-3"],
                           capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+def test_bench_is_reachable_through_the_module(capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main(["bench", "--help"])
+    assert info.value.code == 0 and "--quick" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as info:
+        cli.main(["bench", "--backend", "tpu"])
+    assert info.value.code == 2 and "invalid choice" in capsys.readouterr().err
