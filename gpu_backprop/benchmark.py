@@ -24,11 +24,9 @@ made of the date and the device.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import datetime as _dt
 import json
-import math
 import os
 import platform
 import re
