@@ -68,7 +68,8 @@ def save_checkpoint(path: str | os.PathLike[str], net: Sequential, optimizer: Op
         "sha256": _digest(arrays),
     }
     buf = io.BytesIO()
-    np.savez(buf, __meta__=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
+    arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    np.savez(buf, **arrays)  # type: ignore[arg-type]  # (NumPy's stub types **kwds as the allow_pickle flag)
     for stale in path.parent.glob(f".{path.stem}.*.tmp"):  # left by a process killed mid-write
         stale.unlink(missing_ok=True)
     atomic_write_bytes(path, buf.getvalue())

@@ -115,7 +115,10 @@ def _numerical(f: Callable[[], float], x: Array, eps: float, mode: str, directio
 
 def _project(analytic: np.ndarray, kind: str, u: np.ndarray | None) -> np.ndarray:
     a = np.asarray(to_numpy(analytic), dtype=np.float64).ravel()
-    return a if kind == "full" else np.array(a @ u)
+    if kind == "full":
+        return a
+    assert u is not None
+    return np.array(a @ u)
 
 
 def gradcheck(

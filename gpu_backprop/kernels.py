@@ -272,6 +272,7 @@ def softmax_cross_entropy(
             e[rows, labels] -= 1
             np.multiply(e, scale, out=e)
     else:
+        assert targets is not None, "give labels or targets"
         np.sum(targets * (lse - z), axis=1, out=loss_rows)
         if dz is not None:
             np.divide(e, s, out=e)
@@ -299,7 +300,7 @@ _define("momentum_sgd", "T g, T lr, T mu, T wd, int64 n_decay, bool nesterov", "
 
 
 def sgd_update(
-    p: Array, g: Array, v: Array | None, scratch: Array | None, *,
+    p: Array, g: Array, v: Array | None, scratch: Array, *,
     lr: float, momentum: float, weight_decay: float, nesterov: bool, n_decay: int,
 ) -> None:
     """One SGD step in place over flat buffers (PyTorch's convention, no dampening).

@@ -337,8 +337,8 @@ class BatchNorm(Layer):
         self.num_features = int(num_features)
         self.momentum = float(momentum)
         self.eps = float(eps)
-        self.running_mean: Array | None = None
-        self.running_var: Array | None = None
+        self.running_mean: Array = None  # allocated on the first forward, on the input's device
+        self.running_var: Array = None
 
     def param_shapes(self, in_dim: int) -> dict[str, tuple[int, ...]]:
         if in_dim != self.num_features:

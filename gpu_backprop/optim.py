@@ -120,7 +120,7 @@ class SGD(Optimizer):
     @property
     def velocity(self) -> Any:
         """The momentum buffer ``v`` (flat, laid out like the parameters), or None without momentum."""
-        if self._scale != 1.0:
+        if self._scale != 1.0 and self._velocity is not None:
             self._velocity *= self._scale
             self._scale = 1.0
         return self._velocity
@@ -185,7 +185,7 @@ class SGD(Optimizer):
                 axpy(p[:k], u[:k], a=wd * inv)
             axpy(g[k:], u[k:], a=inv)
             for layer in dense:
-                x, dz = layer.rank1
+                x, dz = _rank1(layer)
                 ger(inv, dz, x, a=net.view(u, layer, "W").T, overwrite_a=True)
             if not self.nesterov:  # w ← w − η v
                 axpy(u, p, a=-lr * self._scale)
@@ -195,7 +195,7 @@ class SGD(Optimizer):
             scal(1.0 - lr * wd, p[:k])
         axpy(g[k:], p[k:], a=-lr)
         for layer in dense:
-            x, dz = layer.rank1
+            x, dz = _rank1(layer)
             ger(-lr, dz, x, a=net.view(p, layer, "W").T, overwrite_a=True)
         if u is not None:  # Nesterov: w ← w − η μ v
             axpy(u, p, a=-lr * mu * self._scale)
@@ -249,6 +249,12 @@ class AdamW(Adam):
     def __init__(self, net: Sequential, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.01) -> None:
         super().__init__(net, lr, betas, eps, weight_decay)
+
+
+def _rank1(layer: Dense) -> tuple[Any, Any]:
+    """The ``(x, dz)`` a Dense layer handed over instead of writing ``dW = x ⊗ dz``."""
+    assert layer.rank1 is not None, "the layer ran its backward without defer_rank1"
+    return layer.rank1
 
 
 def _blas(net: Sequential, X: Any) -> Any:

@@ -325,14 +325,14 @@ def fit(
     loop = _Loop(net, optimizer, Xd, yd, scale, B, size, rank, comm, max_grad_norm, progress and rank == 0,
                  refresh_seconds, history)
     loop.check_every = check_every if comm is not None and size > 1 else None
-    best = (math.inf, None)
+    best_loss, best_state, best_epoch = math.inf, None, 0  # for early stopping
     bad_epochs = 0
     for epoch in range(start_epoch, epochs):
         t0 = time.perf_counter()
         order = kernels.random_permutation(net.xp, n, seed, epoch)
         with np.errstate(over="ignore", invalid="ignore"), per_sample_blas(net.backend, B // size):
             # (a diverging run is caught by the guard; BLAS threads set up for single samples)
-            stats = loop.run_epoch(epoch, epochs, order, lambda step, e=epoch: base_lr * sched(e, step, total_steps),
+            stats = loop.run_epoch(epoch, epochs, order, _lr_at(base_lr, sched, epoch, total_steps),
                                    epoch * steps_per_epoch)
         seconds = time.perf_counter() - t0
         record = {"epoch": epoch + 1, "lr": optimizer.lr, "seconds": seconds,
@@ -348,13 +348,13 @@ def fit(
         if rank == 0 and progress:
             _print_epoch(record, epochs)
         if patience is not None:
-            if record["val_loss"] < best[0]:
-                best, bad_epochs = (record["val_loss"], (net.state_dict(), epoch + 1)), 0
+            if record["val_loss"] < best_loss:
+                best_loss, best_state, best_epoch, bad_epochs = record["val_loss"], net.state_dict(), epoch + 1, 0
             else:
                 bad_epochs += 1
                 if bad_epochs >= patience:
                     history.stopped_reason = (f"early stopping: validation loss did not improve for {patience} "
-                                              f"epochs; restored the weights of epoch {best[1][1]}")
+                                              f"epochs; restored the weights of epoch {best_epoch}")
                     break
         stop = bool(callback(record)) if callback is not None else False
         if checkpoint is not None and rank == 0:
@@ -363,10 +363,15 @@ def fit(
         if stop:
             history.stopped_reason = f"stopped by the callback after epoch {epoch + 1}"
             break
-    if patience is not None and best[1] is not None and best[1][1] != len(history.epochs):
-        net.load_state_dict(best[1][0])
-        history.best_epoch = best[1][1]
+    if best_state is not None and best_epoch != len(history.epochs):
+        net.load_state_dict(best_state)
+        history.best_epoch = best_epoch
     return history
+
+
+def _lr_at(base_lr: float, schedule: Schedule, epoch: int, total_steps: int) -> Callable[[int], float]:
+    """The learning rate at each global step of ``epoch``."""
+    return lambda step: base_lr * schedule(epoch, step, total_steps)
 
 
 def _batch_size(batch_size: int | str, n: int, size: int) -> int:
