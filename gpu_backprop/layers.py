@@ -131,10 +131,7 @@ class Activation(Layer):
     """
 
     kind = "identity"
-
-    def __init__(self, alpha: float = 0.01) -> None:
-        super().__init__()
-        self.alpha = float(alpha)
+    alpha = 0.0  # the slope of LeakyReLU's negative side; unused by the others
 
     def forward(self, x: Array, train: bool = False) -> Array:
         a = self._buffer("A", x.shape, x)
@@ -172,6 +169,12 @@ class LeakyReLU(Activation):
     """``f(z) = z`` for z > 0, ``αz`` otherwise; ``f' = 1`` or ``α``."""
 
     kind = "leaky_relu"
+
+    def __init__(self, alpha: float = 0.01) -> None:
+        super().__init__()
+        if not 0.0 < alpha < 1.0:
+            raise ValueError(f"LeakyReLU alpha must be in (0, 1), got {alpha}")
+        self.alpha = float(alpha)
 
 
 class Sigmoid(Activation):

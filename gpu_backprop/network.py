@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from .backend import Backend, check_same_device, get_backend, is_cupy_array, to_device, to_numpy
-from .layers import Activation, BatchNorm, Dense, Dropout, Layer, make_activation
+from .layers import Activation, BatchNorm, Dense, Dropout, Layer, LeakyReLU, make_activation
 from .losses import Loss, make_loss
 
 __all__ = ["MLP", "Sequential"]
@@ -406,7 +406,7 @@ def _init_args(layer: Layer) -> dict[str, Any]:
         return {"num_features": layer.num_features, "momentum": layer.momentum, "eps": layer.eps}
     if isinstance(layer, Dropout):
         return {"p": layer.p, "seed": layer.seed}
-    if isinstance(layer, Activation):
+    if isinstance(layer, LeakyReLU):
         return {"alpha": layer.alpha}
     return {}
 
