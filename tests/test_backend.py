@@ -136,3 +136,14 @@ def test_tf32_changes_float32_products_by_about_1e_3_at_most() -> None:
     scale = np.abs(exact).max()
     assert np.abs(fp32 - exact).max() / scale < 1e-5
     assert np.abs(tf32 - exact).max() / scale < 5e-3
+
+
+def test_a_pytorch_tensor_is_shared_not_copied() -> None:
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed (it is only a peer, never a dependency)")
+    t = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+    a = gb.to_device(t, "numpy")
+    t[0, 0] = 42.0
+    assert a[0, 0] == 42.0 and a.shape == (3, 4)
+    net = gb.MLP([4, 2], backend="numpy")
+    loss, _ = net.loss_and_grads(t, torch.tensor([0, 1, 1]))
+    assert np.isfinite(loss)
