@@ -28,9 +28,10 @@ PRESETS: dict[str, dict[str, Any]] = {
                            output_activation="sigmoid", optimizer="sgd", lr=3.0, momentum=0.0,
                            batch_size="10", epochs=30, init="glorot_normal"),
     # Nielsen, ch. 3: 784-100-10 sigmoid, cross-entropy on sigmoid outputs, L2 with λ = 5 over the
-    # n training samples (his w ← (1 − ηλ/n) w − η∇C₀ is SGD with weight_decay = λ/n), ≈98%
+    # n training samples (his w ← (1 − ηλ/n) w − η∇C₀ is SGD with weight_decay = λ/n, n taken from
+    # the data set actually loaded), ≈98%
     "book-crossentropy": dict(dataset="mnist", hidden="100", activation="sigmoid", loss="bce",
-                              optimizer="sgd", lr=0.5, momentum=0.0, weight_decay=5.0 / 60_000,
+                              optimizer="sgd", lr=0.5, momentum=0.0, l2_lambda=5.0,
                               batch_size="10", epochs=30, init="lecun_normal"),
     # the benchmark's network on Fashion-MNIST: ≥ 89% test accuracy
     "fashion": dict(dataset="fashion-mnist", hidden="256,256", activation="relu", loss="softmax_cross_entropy",
@@ -42,7 +43,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 DEFAULTS: dict[str, Any] = dict(
     backend=None, dataset=None, data_dir=None, hidden="256,256", activation="relu",
     loss="softmax_cross_entropy", output_activation=None, init="auto", optimizer="sgd", lr=0.05,
-    momentum=0.9, nesterov=False, weight_decay=0.0, batch_size="128", epochs=5, seed=0, schedule=None,
+    momentum=0.9, nesterov=False, weight_decay=0.0, l2_lambda=None, batch_size="128", epochs=5, seed=0, schedule=None,
     patience=None, max_grad_norm=None, dtype="float32", tf32=False, out=None, resume=None, json=False, progress=True,
     distributed="none",
 )
@@ -218,18 +219,22 @@ def _train(args: argparse.Namespace) -> int:
     backend = gb.get_backend(cfg["backend"])
     if cfg["tf32"]:
         gb.backend.set_tf32(True)
+    weight_decay = cfg["weight_decay"]
+    if cfg["l2_lambda"] is not None and args.weight_decay is None:  # a preset's λ/n, n = this training set
+        weight_decay = cfg["l2_lambda"] / len(ds.y_train)
     sizes = [int(ds.x_train[0].size), *hidden, ds.num_classes if cfg["loss"] != "bce" or ds.num_classes > 2 else 1]
     if rank0:
         print(f"gpu_backprop {__version__}: training on {ds.name}{note}: {len(ds.y_train):,} train / "
               f"{len(ds.y_test):,} test samples from {ds.source}")
         print(f"backend {backend.name} on {backend.device} ({backend.reason}); network {'-'.join(map(str, sizes))} "
               f"{cfg['activation']}, loss {cfg['loss']}, {cfg['optimizer']} lr {cfg['lr']}"
-              f"{' momentum ' + str(cfg['momentum']) if cfg['optimizer'] == 'sgd' and cfg['momentum'] else ''}, "
+              f"{' momentum ' + str(cfg['momentum']) if cfg['optimizer'] == 'sgd' and cfg['momentum'] else ''}"
+              f"{f' weight decay {weight_decay:.3g}' if weight_decay else ''}, "
               f"batch {batch_size}, {cfg['epochs']} epochs, seed {cfg['seed']}, {cfg['dtype']}"
               + (f", {comm.size} ranks ({comm.engine})" if comm is not None else ""), flush=True)
     net = gb.MLP(sizes, activation=cfg["activation"], loss=cfg["loss"], output_activation=cfg["output_activation"],
                  init=cfg["init"], backend=backend, dtype=cfg["dtype"], seed=cfg["seed"])
-    opt_kwargs: dict[str, Any] = {"lr": cfg["lr"], "weight_decay": cfg["weight_decay"]}
+    opt_kwargs: dict[str, Any] = {"lr": cfg["lr"], "weight_decay": weight_decay}
     if cfg["optimizer"] == "sgd":
         opt_kwargs.update(momentum=cfg["momentum"], nesterov=bool(cfg["nesterov"]))
     opt = make_optimizer(cfg["optimizer"], net, **opt_kwargs)

@@ -276,7 +276,8 @@ def fit(
     schedule : a learning-rate schedule (see :func:`make_schedule`); cosine and
         one-cycle span all ``epochs``, so resume a run with the ``epochs`` it started with.
     patience : stop when the validation loss has not improved for this many
-        epochs, and restore the best weights.
+        epochs, and restore the best weights. (A resumed run counts afresh from
+        the epoch it resumes at: the best weights are not part of a checkpoint.)
     max_grad_norm : clip the gradient to this global L2 norm.
     checkpoint : a path; a checkpoint is written there (atomically) after every epoch.
     resume : a checkpoint to continue from; the run continues exactly as if

@@ -123,3 +123,15 @@ def test_bench_is_reachable_through_the_module(capsys) -> None:
     with pytest.raises(SystemExit) as info:
         cli.main(["bench", "--backend", "tpu"])
     assert info.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+def test_book_crossentropy_decay_is_lambda_over_the_training_set_loaded(capsys) -> None:
+    """Nielsen's L2 term is λ/n with n the training samples: 5/8,000 on the shipped sample, not 5/60,000."""
+    base = ["train", "--preset", "book-crossentropy", "--dataset", "mnist-sample", "--epochs", "1", "--hidden", "8",
+            "--no-progress"]
+    code, out, err = run(base, capsys)
+    assert code == 0, err
+    assert "weight decay 0.000625," in out.splitlines()[1]
+    code, out, err = run([*base, "--weight-decay", "0"], capsys)  # an explicit flag wins over the preset
+    assert code == 0, err
+    assert "weight decay" not in out.splitlines()[1]
