@@ -1,0 +1,717 @@
+"""Per-sample SGD fused into one launch: a run of K samples, forward, backward and update, in one kernel.
+
+Per-sample (batch-1) SGD through the general path costs about twenty launches a
+sample (three GEMMs forward, five backward, the elementwise steps, the
+optimiser), each a few microseconds on a GPU and tens of microseconds of Python:
+far from the 100,000 samples/s the project aims for. Here a whole run of
+samples is one launch of one persistent kernel, and the same mathematics is
+written a second time in NumPy as its readable specification.
+
+    loss_sum, correct = per_sample_sgd(net, opt, X, y, order)   # samples X[order[0]], X[order[1]], ...
+
+The mathematics, sample by sample (one row ``x``, label ``t``; a Dense layer l
+holds ``W`` (D, M) and ``b`` (M,), activation f; N = 1)::
+
+    h⁰ = x,   hˡ⁺¹ = f(hˡ W + b)                         forward
+    d = softmax(h^L) − onehot(t)                         softmax cross-entropy, dZ = (A − Y)/N
+    for l = L−1 … 0:
+        dz = d ⊙ f'(hˡ⁺¹)                                 (f' from the output)
+        d  = W dz            (layers after the first)     dX = dZ Wᵀ, with W before its update
+        W ← sgd(W, hˡ ⊗ dz), b ← sgd(b, dz)               dW = Xᵀ dZ is a rank-1 matrix
+    sgd(p, g):  g' = g + λp (weights only);  v ← μv + g';  p ← p − η v   (Nesterov: p ← p − η (g' + μv))
+
+Updating layer l right after its ``dX`` is computed is the same as updating
+all layers after the backward pass: ``dX`` reads W before the update, and no
+later step of the sample reads layer l again. So the weights after K samples
+equal those of ``net.train_step_grads(x[None], t[None]); opt.step()`` repeated
+K times, to float rounding (tested).
+
+The kernel (``per_sample_sgd`` in :data:`KERNEL_SOURCE`) is one persistent,
+cooperative grid, one block per SM, that loops over the samples. Its phases are
+separated by a grid-wide barrier; per sample, for L layers, there are 2L − 1:
+
+    F_l    l = 1 … L−1   zˡ += hˡ⁻¹ Wˡ  (hˡ⁻¹ = f(zˡ⁻¹ + bˡ⁻¹) computed on the fly; atomics into zˡ)
+    B_L−1                softmax cross-entropy in every warp, update W^{L−1}, dX += W dz (atomics)
+    B_l    l = L−2 … 1   dz = dX ⊙ f'(hˡ⁺¹), update Wˡ and bˡ, dX for the layer before
+    B_0 + F_0(next)      update W⁰, and with the new weights start the next sample's z⁰ += x' W⁰
+
+Each warp owns the same tiles of each weight matrix (R rows × 32 columns) in
+the forward and the backward phases, so a weight is only ever read and written
+by one SM, while everything that crosses SMs (z, h, dX, biases) goes through
+L2 (``__ldcg``, atomics). See docs/gpu_fast_path.md for the design, the
+expected bound (an estimate, not a measurement) and what remains to measure.
+
+Supported: Dense layers with fused identity/relu/leaky_relu/sigmoid/tanh
+activations, at least one hidden layer, softmax cross-entropy on integer labels,
+SGD with or without (Nesterov) momentum and weight decay, float32 or float64,
+inputs float or uint8 (scaled on the fly: the data set stays on the device as
+it is). Anything else runs through the general path.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import backend, kernels
+from .layers import Dense
+from .losses import SoftmaxCrossEntropy
+from .network import Sequential
+from .optim import SGD
+
+__all__ = [
+    "KERNEL_SOURCE",
+    "LayerSpec",
+    "PerSampleUnsupported",
+    "can_fuse",
+    "kernel_source",
+    "layer_specs",
+    "per_sample_sgd",
+    "per_sample_sgd_reference",
+    "scratch_size",
+]
+
+Array = Any
+ACT_CODES = {"identity": 0, "relu": 1, "leaky_relu": 2, "sigmoid": 3, "tanh": 4}
+BLOCK = 256  # threads per block of the fused kernel: 8 warps
+MIN_TILE_ROWS = 4  # a warp's tile is at least 4 rows × 32 columns (fewer atomics per column)
+
+
+class PerSampleUnsupported(ValueError):
+    """The network or optimiser is outside what the fused per-sample kernel implements."""
+
+
+# --------------------------------------------------------------------------
+# What the kernel needs to know about a network
+# --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LayerSpec:
+    """One Dense layer as the fused kernel sees it: shapes, offsets in the flat buffer, activation."""
+
+    d_in: int
+    d_out: int
+    w_offset: int
+    b_offset: int
+    activation: str
+    alpha: float
+
+
+def layer_specs(net: Sequential) -> list[LayerSpec]:
+    """The Dense layers of ``net`` in order, or :class:`PerSampleUnsupported` saying what does not fit."""
+    if not isinstance(net, Sequential):
+        raise TypeError(f"per_sample_sgd takes a gpu_backprop network, got {type(net).__name__}")
+    if not isinstance(net.loss, SoftmaxCrossEntropy):
+        raise PerSampleUnsupported(
+            f"the fused per-sample step implements softmax cross-entropy only, this network uses {net.loss.name}")
+    if net.dtype.name not in ("float32", "float64"):
+        raise PerSampleUnsupported(f"the fused per-sample step runs float32 or float64, not {net.dtype.name}")
+    specs = []
+    for layer in net._steps:
+        if not isinstance(layer, Dense):
+            raise PerSampleUnsupported(
+                f"the fused per-sample step takes Dense layers with activations only, not {type(layer).__name__}")
+        idx = net.layers.index(layer)
+        act = layer.activation
+        specs.append(LayerSpec(layer.in_features, layer.out_features, net._slots[f"layers.{idx}.W"][0],
+                               net._slots[f"layers.{idx}.b"][0], act.kind if act is not None else "identity",
+                               act.alpha if act is not None else 0.0))
+    if len(specs) < 2:
+        raise PerSampleUnsupported("the fused per-sample step needs at least one hidden layer (two Dense layers)")
+    return specs
+
+
+def _check_optimizer(net: Sequential, opt: Any) -> None:
+    if not isinstance(opt, SGD):
+        raise PerSampleUnsupported(f"the fused per-sample step implements SGD, not {type(opt).__name__}")
+    if opt.net is not net:
+        raise ValueError("the optimizer was built for another network; build it with gb.SGD(net, ...)")
+
+
+# --------------------------------------------------------------------------
+# The NumPy reference: the readable specification of the kernel
+# --------------------------------------------------------------------------
+def _sgd_inplace(p: Array, v: Array | None, g: Array, n_decayed: int, *, lr: float, mu: float, wd: float,
+                 nesterov: bool) -> None:
+    """``kernels.sgd_update`` for one parameter: ``g' = g + λp`` on its first ``n_decayed`` entries, then the step."""
+    pf, gf = p.reshape(-1), g.reshape(-1)
+    if wd and n_decayed:
+        gf[:n_decayed] += wd * pf[:n_decayed]
+    if v is None:
+        pf -= lr * gf
+        return
+    vf = v.reshape(-1)
+    vf *= mu
+    vf += gf
+    pf -= lr * (gf + mu * vf if nesterov else vf)
+
+
+def per_sample_sgd_reference(net: Sequential, opt: SGD, X: Array, y: Array, order: Array, *,
+                             scale: float = 1.0, lr: float | Array | None = None) -> tuple[Array, Array]:
+    """The fused kernel's algorithm in NumPy, sample by sample, layer by layer (see the module docstring).
+
+    Trains ``net`` in place on ``X[order[0]], X[order[1]], ...`` and returns
+    ``(loss_sum, correct)``: the summed loss before each update and the
+    number of samples whose prediction (argmax) was right, as 0-d arrays.
+    ``lr`` is a float, one rate per sample, or None for ``opt.lr``.
+    """
+    specs = layer_specs(net)
+    _check_optimizer(net, opt)
+    xp = net.xp
+    dtype = net.dtype
+    order_h = np.asarray(backend.to_numpy(order)).reshape(-1)
+    y_h = np.asarray(backend.to_numpy(y))
+    lrs = _per_sample_rates(opt, lr, len(order_h))
+    mu, wd, nesterov = opt.momentum, opt.weight_decay, opt.nesterov
+    velocity = opt.velocity  # None without momentum
+    flat, n_decay = net.flat_params, net.n_decay
+
+    def view(buf: Array, off: int, shape: tuple[int, ...]) -> Array:
+        return buf[off:off + int(np.prod(shape))].reshape(shape)
+
+    layers = []
+    for s in specs:
+        W, b = view(flat, s.w_offset, (s.d_in, s.d_out)), view(flat, s.b_offset, (s.d_out,))
+        vW = view(velocity, s.w_offset, W.shape) if velocity is not None else None
+        vb = view(velocity, s.b_offset, b.shape) if velocity is not None else None
+        decayed_w = int(np.clip(n_decay - s.w_offset, 0, W.size))
+        decayed_b = int(np.clip(n_decay - s.b_offset, 0, b.size))
+        layers.append((s, W, b, vW, vb, decayed_w, decayed_b))
+
+    loss_sum, correct = 0.0, 0
+    for k, row in enumerate(order_h):
+        rate = float(lrs[k])
+        x = X[int(row)].astype(dtype)
+        if scale != 1.0:
+            x *= scale                                    # as kernels.gather_scale does
+        t = int(y_h[int(row)])
+        # forward: h[l+1] = f(h[l] W + b)
+        h = [x]
+        for s, W, b, *_ in layers:
+            z = h[-1] @ W
+            h.append(kernels.bias_activation(z, b, s.activation, s.alpha))
+        # softmax cross-entropy: loss = logsumexp(out) - out[t], d out = softmax(out) - onehot(t)
+        out = h[-1]
+        e = xp.exp(out - out.max())
+        total = e.sum()
+        loss_sum += float(xp.log(total) + out.max() - out[t])
+        correct += int(int(out.argmax()) == t)
+        d = e * (1 / total)
+        d[t] -= 1
+        # backward, updating each layer as soon as its dX is known
+        for li in range(len(layers) - 1, -1, -1):
+            s, W, b, vW, vb, decayed_w, decayed_b = layers[li]
+            dz = kernels.activation_backward(d, h[li + 1], s.activation, s.alpha)
+            if li > 0:
+                d = W @ dz                                 # dX = dZ Wᵀ, before W changes
+            _sgd_inplace(W, vW, xp.outer(h[li], dz), decayed_w, lr=rate, mu=mu, wd=wd, nesterov=nesterov)
+            _sgd_inplace(b, vb, dz.copy(), decayed_b, lr=rate, mu=mu, wd=wd, nesterov=nesterov)
+    opt.steps += len(order_h)
+    return xp.asarray(loss_sum, dtype=xp.float64), xp.asarray(correct, dtype=xp.int64)
+
+
+def _per_sample_rates(opt: SGD, lr: float | Array | None, k: int) -> np.ndarray:
+    """One learning rate per sample, on the host (float64)."""
+    if lr is None:
+        return np.full(k, opt.lr)
+    if np.ndim(lr) == 0:
+        return np.full(k, float(lr))
+    rates = np.asarray(backend.to_numpy(lr), dtype=np.float64).reshape(-1)
+    if rates.shape != (k,):
+        raise ValueError(f"lr has {rates.size} rates for {k} samples; pass one per sample or a single float")
+    return rates
+
+
+# --------------------------------------------------------------------------
+# The CUDA kernel
+# --------------------------------------------------------------------------
+#: The fused per-sample kernel. ``kernel_source(net, ...)`` prepends the
+#: network's shapes (``NL``, ``SUM_OUT``, the ``c_*`` tables) and the types
+#: ``real`` (float/double) and ``xin_t`` (the data set's element type).
+KERNEL_SOURCE = r"""
+#ifndef SPIN_LIMIT
+#define SPIN_LIMIT 20000000000LL              // clock cycles (about 10 s) before a barrier gives up
+#endif
+#ifndef VOLATILE_LOAD
+#define VOLATILE_LOAD(p) (*(volatile const unsigned int*)(p))
+#define VOLATILE_LOAD_INT(p) (*(volatile const int*)(p))
+#define SPIN_PAUSE()
+#endif
+
+// ---- activations: f(z) and f' from the output a = f(z), as in gpu_backprop.kernels ----
+__device__ __forceinline__ real act_f(int kind, real x, real alpha) {
+    switch (kind) {
+        case 1: return x > (real)0 ? x : (real)0;
+        case 2: return x > (real)0 ? x : alpha * x;
+        case 3: return (real)0.5 * tanh((real)0.5 * x) + (real)0.5;
+        case 4: return tanh(x);
+        default: return x;
+    }
+}
+
+__device__ __forceinline__ real act_grad(int kind, real a, real alpha) {
+    switch (kind) {
+        case 1: return a > (real)0 ? (real)1 : (real)0;
+        case 2: return a > (real)0 ? (real)1 : alpha;
+        case 3: return a * ((real)1 - a);
+        case 4: return (real)1 - a * a;
+        default: return (real)1;
+    }
+}
+
+__device__ __forceinline__ real warp_sum(real v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ real warp_max(real v) {
+    for (int o = 16; o > 0; o >>= 1) { real u = __shfl_xor_sync(0xffffffffu, v, o); v = u > v ? u : v; }
+    return v;
+}
+
+// A grid-wide barrier for a co-resident grid (cooperative launch): block leaders count
+// arrivals; the last one resets the count and bumps the generation the others wait on.
+// The state (count, generation) is left ready for the next barrier and the next launch.
+__device__ __forceinline__ void grid_barrier(unsigned int* state, int* err) {
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        const unsigned int gen = VOLATILE_LOAD(state + 1);
+        __threadfence();
+        if (atomicAdd(state, 1u) == gridDim.x - 1) {
+            atomicExch(state, 0u);
+            __threadfence();
+            atomicAdd(state + 1, 1u);
+        } else {
+            const long long t0 = clock64();
+            while (VOLATILE_LOAD(state + 1) == gen) {
+                if (VOLATILE_LOAD_INT(err)) break;
+                if (clock64() - t0 > SPIN_LIMIT) { atomicExch(err, 1); break; }
+                SPIN_PAUSE();
+            }
+        }
+        __threadfence();
+    }
+    __syncthreads();
+}
+
+// The tiles of layer l: R rows x 32 columns each, ceil(M / 32) column groups; warp w owns
+// tiles w, w + nwarps, ... in every phase, so each weight stays with one SM.
+__device__ __forceinline__ int tile_rows(int l, int nwarps) {
+    const int groups = (c_out[l] + 31) / 32;
+    int r = (c_in[l] * groups + nwarps - 1) / nwarps;
+    return r < MIN_TILE_ROWS ? MIN_TILE_ROWS : r;
+}
+
+__device__ __forceinline__ int tile_count(int l, int rows) {
+    return ((c_in[l] + rows - 1) / rows) * ((c_out[l] + 31) / 32);
+}
+
+// One SGD step for one parameter entry (kernels.sgd_update, momentum_sgd).
+__device__ __forceinline__ real sgd_entry(real p, real g, real* v, long long idx, real lr, real mu, real wd,
+                                          long long n_decay, int momentum, int nesterov) {
+    if (idx < n_decay) g += wd * p;
+    if (!momentum) return p - lr * g;
+    const real vn = mu * v[idx] + g;
+    v[idx] = vn;
+    return p - lr * (nesterov ? g + mu * vn : vn);
+}
+
+// Input i of layer l for the current sample: the data row for l = 0, else f(z + b) of layer l-1.
+__device__ __forceinline__ real layer_input(int l, int i, const real* zacc, const real* params,
+                                            const xin_t* xrow, real scale) {
+    if (l == 0) return (real)xrow[i] * scale;
+    const int k = l - 1;
+    return act_f(c_act[k], __ldcg(zacc + c_hoff[k] + i) + __ldcg(params + c_boff[k] + i), c_alpha[k]);
+}
+
+extern "C" __global__ void __launch_bounds__(BLOCK)
+per_sample_sgd(real* params, real* velocity, const xin_t* X, const long long* labels, const long long* order,
+               const long long n_samples, const real scale, const real lr, const real* lrs, const int use_lrs,
+               const real mu, const real wd, const long long n_decay, const int momentum, const int nesterov,
+               real* scratch, unsigned int* barrier, int* err, double* loss_out, long long* correct_out)
+{
+    const int lane = threadIdx.x & 31;
+    const int gtid = blockIdx.x * blockDim.x + threadIdx.x;
+    const int nthreads = gridDim.x * blockDim.x;
+    const int warp = gtid >> 5;
+    const int nwarps = nthreads >> 5;
+    const int D0 = c_in[0];
+    const int C = c_out[NL - 1];
+    real* zacc = scratch;                  // [2][SUM_OUT]: pre-activations without bias, one per parity
+    real* hbuf = scratch + 2 * SUM_OUT;    // outputs of the hidden layers; dz of the last layer
+    real* dxb = scratch + 3 * SUM_OUT;     // dX accumulators of the hidden layers
+    double loss_sum = 0.0;
+    long long n_correct = 0;
+
+    // prologue: z of sample 0 starts at zero, then its first layer's forward
+    for (int t = gtid; t < SUM_OUT; t += nthreads) zacc[t] = (real)0;
+    grid_barrier(barrier, err);
+    {
+        const xin_t* x0 = X + order[0] * (long long)D0;
+        const int R = tile_rows(0, nwarps), M = c_out[0];
+        for (int tile = warp; tile < tile_count(0, R); tile += nwarps) {
+            const int groups = (M + 31) / 32, col = (tile % groups) * 32 + lane, r0 = (tile / groups) * R;
+            const int r1 = r0 + R < D0 ? r0 + R : D0;
+            real acc = 0;
+            for (int i = r0; i < r1; ++i) {
+                const real xi = (real)x0[i] * scale;
+                if (xi != (real)0 && col < M) acc += xi * params[c_woff[0] + (long long)i * M + col];
+            }
+            if (col < M) atomicAdd(zacc + c_hoff[0] + col, acc);
+        }
+    }
+    grid_barrier(barrier, err);
+
+    for (long long k = 0; k < n_samples; ++k) {
+        const int p = (int)(k & 1);
+        real* zp = zacc + p * SUM_OUT;
+        real* znext = zacc + (1 - p) * SUM_OUT;
+        const long long row = order[k];
+        const xin_t* xrow = X + row * (long long)D0;
+        const long long label = labels[row];
+        const real rate = use_lrs ? lrs[k] : lr;
+
+        // ---- F_l, l = 1 .. NL-1: z^l += h^{l-1} W^l; side jobs: keep h^{l-1}, clear dX^{l-1} ----
+        for (int l = 1; l < NL; ++l) {
+            const int Dl = c_in[l], M = c_out[l];
+            for (int t = gtid; t < Dl; t += nthreads) {
+                hbuf[c_hoff[l - 1] + t] = layer_input(l, t, zp, params, xrow, scale);
+                dxb[c_hoff[l - 1] + t] = (real)0;
+            }
+            if (l == 1) for (int t = gtid; t < SUM_OUT; t += nthreads) znext[t] = (real)0;
+            const int R = tile_rows(l, nwarps), groups = (M + 31) / 32;
+            for (int tile = warp; tile < tile_count(l, R); tile += nwarps) {
+                const int col = (tile % groups) * 32 + lane, r0 = (tile / groups) * R;
+                const int r1 = r0 + R < Dl ? r0 + R : Dl;
+                real acc = 0;
+                for (int i = r0; i < r1; ++i) {
+                    const real hi = layer_input(l, i, zp, params, xrow, scale);
+                    if (hi != (real)0 && col < M) acc += hi * params[c_woff[l] + (long long)i * M + col];
+                }
+                if (col < M) atomicAdd(zp + c_hoff[l] + col, acc);
+            }
+            grid_barrier(barrier, err);
+        }
+
+        // ---- B_{NL-1}: softmax cross-entropy (every warp), update the last layer, dX before it ----
+        {
+            const int l = NL - 1, Dl = c_in[l], kind = c_act[l];
+            const real alpha = c_alpha[l];
+            const real* z = zp + c_hoff[l];
+            const real* b = params + c_boff[l];
+            // out_j = f(z_j + b_j); m = max, s = sum exp(out - m): every warp computes them
+            real m = act_f(kind, __ldcg(z) + __ldcg(b), alpha);
+            for (int j = lane; j < C; j += 32) { real o = act_f(kind, __ldcg(z + j) + __ldcg(b + j), alpha); m = o > m ? o : m; }
+            m = warp_max(m);
+            real s = 0;
+            for (int j = lane; j < C; j += 32) s += exp(act_f(kind, __ldcg(z + j) + __ldcg(b + j), alpha) - m);
+            s = warp_sum(s);
+            const real inv = (real)1 / s;
+            if (warp == 0) {   // keep dz for the bias update, count the loss and the prediction
+                int best = 0;
+                real best_v = act_f(kind, __ldcg(z) + __ldcg(b), alpha);
+                for (int j = 1; j < C; ++j) {
+                    const real o = act_f(kind, __ldcg(z + j) + __ldcg(b + j), alpha);
+                    if (o > best_v) { best_v = o; best = j; }
+                }
+                for (int j = lane; j < C; j += 32) {
+                    const real o = act_f(kind, __ldcg(z + j) + __ldcg(b + j), alpha);
+                    hbuf[c_hoff[l] + j] = (exp(o - m) * inv - (j == label ? (real)1 : (real)0)) * act_grad(kind, o, alpha);
+                }
+                if (lane == 0) {
+                    const real o_t = act_f(kind, __ldcg(z + label) + __ldcg(b + label), alpha);
+                    loss_sum += (double)(log(s) + m - o_t);
+                    n_correct += best == label;
+                }
+            }
+            const int R = tile_rows(l, nwarps), groups = (C + 31) / 32;
+            for (int tile = warp; tile < tile_count(l, R); tile += nwarps) {
+                const int col = (tile % groups) * 32 + lane, r0 = (tile / groups) * R;
+                const int r1 = r0 + R < Dl ? r0 + R : Dl;
+                real dz = 0;
+                if (col < C) {
+                    const real o = act_f(kind, __ldcg(z + col) + __ldcg(b + col), alpha);
+                    dz = (exp(o - m) * inv - (col == label ? (real)1 : (real)0)) * act_grad(kind, o, alpha);
+                }
+                for (int i = r0; i < r1; ++i) {
+                    const real xi = __ldcg(hbuf + c_hoff[l - 1] + i);
+                    real part = 0;
+                    if (col < C) {
+                        const long long idx = c_woff[l] + (long long)i * C + col;
+                        const real w = params[idx];
+                        part = w * dz;
+                        params[idx] = sgd_entry(w, xi * dz, velocity, idx, rate, mu, wd, n_decay, momentum, nesterov);
+                    }
+                    part = warp_sum(part);
+                    if (lane == 0) atomicAdd(dxb + c_hoff[l - 1] + i, part);
+                }
+            }
+            grid_barrier(barrier, err);
+        }
+
+        // ---- B_l, l = NL-2 .. 0: dz = dX (.) f'(h), update W^l and b^l, dX before it; B_0 also runs
+        //      the next sample's F_0 with the new weights. The last layer's bias is updated in the
+        //      first of these phases (nobody reads it there). ----
+        for (int l = NL - 2; l >= 0; --l) {
+            const int Dl = c_in[l], M = c_out[l], kind = c_act[l];
+            const real alpha = c_alpha[l];
+            const bool next = (l == 0) && (k + 1 < n_samples);
+            const xin_t* xnext = next ? X + order[k + 1] * (long long)D0 : xrow;
+            for (int t = gtid; t < M; t += nthreads) {
+                const real dz = __ldcg(dxb + c_hoff[l] + t) * act_grad(kind, __ldcg(hbuf + c_hoff[l] + t), alpha);
+                const long long idx = c_boff[l] + t;
+                params[idx] = sgd_entry(__ldcg(params + idx), dz, velocity, idx, rate, mu, wd, n_decay, momentum,
+                                        nesterov);
+            }
+            if (l == NL - 2) {
+                for (int t = gtid; t < C; t += nthreads) {
+                    const long long idx = c_boff[NL - 1] + t;
+                    params[idx] = sgd_entry(__ldcg(params + idx), __ldcg(hbuf + c_hoff[NL - 1] + t), velocity, idx,
+                                            rate, mu, wd, n_decay, momentum, nesterov);
+                }
+            }
+            const int R = tile_rows(l, nwarps), groups = (M + 31) / 32;
+            for (int tile = warp; tile < tile_count(l, R); tile += nwarps) {
+                const int col = (tile % groups) * 32 + lane, r0 = (tile / groups) * R;
+                const int r1 = r0 + R < Dl ? r0 + R : Dl;
+                real dz = 0, acc = 0;
+                if (col < M) dz = __ldcg(dxb + c_hoff[l] + col) * act_grad(kind, __ldcg(hbuf + c_hoff[l] + col), alpha);
+                for (int i = r0; i < r1; ++i) {
+                    const real xi = l == 0 ? (real)xrow[i] * scale : __ldcg(hbuf + c_hoff[l - 1] + i);
+                    real part = 0;
+                    if (col < M) {
+                        const long long idx = c_woff[l] + (long long)i * M + col;
+                        const real w = params[idx];
+                        part = w * dz;
+                        const real wn = sgd_entry(w, xi * dz, velocity, idx, rate, mu, wd, n_decay, momentum, nesterov);
+                        params[idx] = wn;
+                        if (next) {
+                            const real xn = (real)xnext[i] * scale;
+                            if (xn != (real)0) acc += xn * wn;
+                        }
+                    }
+                    if (l > 0) {
+                        part = warp_sum(part);
+                        if (lane == 0) atomicAdd(dxb + c_hoff[l - 1] + i, part);
+                    }
+                }
+                if (next && col < M) atomicAdd(znext + c_hoff[0] + col, acc);
+            }
+            grid_barrier(barrier, err);
+        }
+    }
+    if (gtid == 0) { *loss_out = loss_sum; *correct_out = n_correct; }
+}
+"""
+
+_CTYPE = {"float32": "float", "float64": "double", "uint8": "unsigned char"}
+
+
+def kernel_source(net: Sequential, x_dtype: Any = "uint8", *, block: int = BLOCK) -> str:
+    """The CUDA source of the fused per-sample kernel for ``net``'s shapes and dtype.
+
+    ``x_dtype`` is the element type of the data set the kernel reads rows from
+    (uint8 images, or the network's float dtype). The network's layer sizes,
+    parameter offsets and activations are compiled in as constant tables.
+    """
+    specs = layer_specs(net)
+    xd = np.dtype(x_dtype).name
+    if xd not in ("uint8", net.dtype.name):
+        raise PerSampleUnsupported(f"the fused per-sample step reads uint8 or {net.dtype.name} data, not {xd}")
+    hoff = np.concatenate([[0], np.cumsum([s.d_out for s in specs])]).astype(int)
+
+    def table(ctype: str, name: str, values: list[Any]) -> str:
+        return f"__constant__ {ctype} {name}[NL] = {{{', '.join(str(v) for v in values)}}};"
+
+    real = _CTYPE[net.dtype.name]
+    head = [
+        f"// fused per-sample SGD for {' -> '.join(str(s.d_in) for s in specs)} -> {specs[-1].d_out}, {real}",
+        f"typedef {real} real;",
+        f"typedef {_CTYPE[xd]} xin_t;",
+        f"#define NL {len(specs)}",
+        f"#define SUM_OUT {int(hoff[-1])}",
+        f"#define BLOCK {int(block)}",
+        f"#define MIN_TILE_ROWS {MIN_TILE_ROWS}",
+        table("int", "c_in", [s.d_in for s in specs]),
+        table("int", "c_out", [s.d_out for s in specs]),
+        table("long long", "c_woff", [f"{s.w_offset}LL" for s in specs]),
+        table("long long", "c_boff", [f"{s.b_offset}LL" for s in specs]),
+        table("int", "c_hoff", [int(h) for h in hoff[:-1]]),
+        table("int", "c_act", [ACT_CODES[s.activation] for s in specs]),
+        table("real", "c_alpha", [repr(float(s.alpha)) for s in specs]),
+    ]
+    return "\n".join(head) + "\n" + KERNEL_SOURCE
+
+
+def scratch_size(net: Sequential) -> int:
+    """Elements of the kernel's scratch buffer: z twice (by sample parity), hidden outputs, dX."""
+    return 4 * sum(s.d_out for s in layer_specs(net))
+
+
+class _Plan:
+    """The compiled kernel and its device buffers for one network and data type, built once."""
+
+    def __init__(self, net: Sequential, x_dtype: np.dtype, blocks: int | None, cooperative: bool) -> None:
+        cp = backend.cupy_module()
+        self.source = kernel_source(net, x_dtype)
+        self.kernel = cp.RawKernel(self.source, "per_sample_sgd", enable_cooperative_groups=cooperative)
+        self.scratch = cp.zeros(scratch_size(net), dtype=net.dtype)
+        self.barrier = cp.zeros(2, dtype=cp.uint32)
+        self.err = cp.zeros(1, dtype=cp.int32)
+        self.dummy = cp.zeros(1, dtype=net.dtype)
+        dev = cp.cuda.Device()
+        sms = int(dev.attributes["MultiProcessorCount"])
+        try:  # never ask for more blocks than fit at once: the barrier needs them all resident
+            per_sm = cp.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(self.kernel.kernel.ptr, BLOCK, 0)
+        except Exception:  # noqa: BLE001 - an older CuPy without the binding: one block per SM fits
+            per_sm = 1
+        self.blocks = max(1, min(blocks or sms, sms * max(per_sm, 1)))
+
+    def check(self) -> None:
+        """Raise if a barrier timed out in an earlier launch (a synchronisation: for tests and debugging)."""
+        if int(self.err.get()[0]):
+            self.err.fill(0)
+            self.barrier.fill(0)
+            raise RuntimeError("the fused per-sample kernel's grid barrier timed out (were all blocks resident?); "
+                               "pass fewer blocks= or use method='general'")
+
+
+_plans: weakref.WeakKeyDictionary[Sequential, dict[tuple[str, int | None, bool], _Plan]] = weakref.WeakKeyDictionary()
+
+
+def _plan(net: Sequential, x_dtype: np.dtype, blocks: int | None, cooperative: bool) -> _Plan:
+    per_net = _plans.setdefault(net, {})
+    key = (x_dtype.name, blocks, cooperative)
+    if key not in per_net:
+        per_net[key] = _Plan(net, x_dtype, blocks, cooperative)
+    return per_net[key]
+
+
+def can_fuse(net: Sequential, opt: Any) -> bool:
+    """Whether the fused kernel implements this network and optimiser (else use the general path)."""
+    try:
+        layer_specs(net)
+        _check_optimizer(net, opt)
+    except (PerSampleUnsupported, TypeError, ValueError):
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------
+# The public entry
+# --------------------------------------------------------------------------
+def per_sample_sgd(net: Sequential, opt: SGD, X: Array, y: Array, order: Array, *, scale: float = 1.0,
+                   lr: float | Array | None = None, method: str = "auto", blocks: int | None = None,
+                   cooperative: bool = True, check: bool = False) -> tuple[Array, Array]:
+    """Per-sample SGD over ``X[order[0]], X[order[1]], ...``: one update per sample, in order.
+
+    Parameters
+    ----------
+    X : the data set on the network's device, ``(N, D)`` C-contiguous, uint8
+        (multiplied by ``scale`` on the fly, e.g. 1/255) or the network's dtype.
+    y : integer labels ``(N,)`` (int64 on a GPU).
+    order : int64 indices ``(K,)`` into X: the samples of this run, in order.
+        On a GPU their range is not checked (that would synchronise) unless ``check=True``.
+    lr : None for ``opt.lr``, a float, or one rate per sample (K,) for schedules.
+    method : ``"auto"`` (the fused kernel on CuPy where the network fits it,
+        else the general path), ``"kernel"``, ``"reference"`` (the NumPy
+        specification) or ``"general"`` (``opt.train_step`` per sample).
+    blocks : blocks of the fused kernel's grid (default: one per SM).
+    check : validate ``order`` and, after the kernel, its barrier status (both synchronise).
+
+    Returns ``(loss_sum, correct)`` as 0-d device arrays (float64, int64): the
+    summed loss of the K samples, each before its update, and how many were
+    predicted right. Nothing is read back to the host unless ``check=True``.
+    After the fused kernel, ``net.flat_grads`` and ``net.last_output`` are not filled.
+    """
+    if method not in ("auto", "kernel", "reference", "general"):
+        raise ValueError(f"unknown method {method!r}; choose auto, kernel, reference or general")
+    if not isinstance(net, Sequential) or not isinstance(opt, SGD) or opt.net is not net:
+        raise TypeError("per_sample_sgd needs a gpu_backprop network and an SGD optimizer built for it")
+    _check_data(net, X, y, order, check)
+    if method == "auto":
+        method = "kernel" if net.backend.is_gpu and can_fuse(net, opt) else "general"
+    if method == "reference":
+        return per_sample_sgd_reference(net, opt, X, y, order, scale=scale, lr=lr)
+    if method == "general":
+        return _general(net, opt, X, y, order, scale, lr)
+    if not net.backend.is_gpu:
+        raise backend.BackendError("method='kernel' runs on CuPy; this network is on NumPy (use method='auto')")
+    return _launch(net, opt, X, y, order, scale, lr, blocks, cooperative, check)
+
+
+def _check_data(net: Sequential, X: Array, y: Array, order: Array, check: bool) -> None:
+    backend.check_same_device(net.backend, X=X, y=y, order=order)
+    if X.ndim != 2 or X.shape[1] != net.input_dim:
+        raise ValueError(f"X must be (N, {net.input_dim}), got shape {X.shape}")
+    if X.dtype != np.uint8 and X.dtype != net.dtype:
+        raise TypeError(f"X has dtype {X.dtype}; pass uint8 data (with scale=) or {net.dtype.name}")
+    if y.shape != (X.shape[0],) or y.dtype.kind not in "iu":
+        raise ValueError(f"y must be integer labels of shape ({X.shape[0]},), got {y.dtype} {y.shape}")
+    if order.ndim != 1 or order.dtype.kind not in "iu":
+        raise ValueError(f"order must be a 1-D integer array of row indices, got {order.dtype} {order.shape}")
+    if check and order.size:
+        lo, hi = int(order.min()), int(order.max())
+        if lo < 0 or hi >= X.shape[0]:
+            raise ValueError(f"order holds rows {lo}..{hi} but X has {X.shape[0]} rows")
+
+
+def _general(net: Sequential, opt: SGD, X: Array, y: Array, order: Array, scale: float,
+             lr: float | Array | None) -> tuple[Array, Array]:
+    """The general path, one sample at a time: what the fused kernel must equal."""
+    xp = net.xp
+    rates = _per_sample_rates(opt, lr, int(order.shape[0]))
+    xb = xp.empty((1, X.shape[1]), dtype=net.dtype)
+    staging = None if X.dtype == net.dtype else xp.empty((1, X.shape[1]), dtype=X.dtype)
+    loss_sum = xp.zeros((), dtype=xp.float64)
+    correct = xp.zeros((), dtype=xp.int64)
+    saved = opt.lr
+    try:
+        for k in range(order.shape[0]):
+            rows = order[k:k + 1]
+            opt.lr = float(rates[k])
+            kernels.gather_scale(X, rows, scale, xb, staging)
+            yb = y[rows]
+            loss_sum += opt.train_step(xb, yb)
+            correct += (net.last_output.argmax(axis=1) == yb).sum()
+    finally:
+        opt.lr = saved
+    return loss_sum, correct
+
+
+def _launch(net: Sequential, opt: SGD, X: Array, y: Array, order: Array, scale: float, lr: float | Array | None,
+            blocks: int | None, cooperative: bool, check: bool) -> tuple[Array, Array]:
+    cp = backend.cupy_module()
+    layer_specs(net)
+    _check_optimizer(net, opt)
+    k = int(order.shape[0])
+    if k == 0:
+        return cp.zeros((), dtype=cp.float64), cp.zeros((), dtype=cp.int64)
+    plan = _plan(net, np.dtype(X.dtype), blocks, cooperative)
+    real = net.dtype.type
+    use_lrs = lr is not None and np.ndim(lr) != 0
+    if use_lrs:
+        lrs = cp.asarray(lr, dtype=net.dtype).reshape(-1)
+        if lrs.shape != (k,):
+            raise ValueError(f"lr has {lrs.size} rates for {k} samples; pass one per sample or a single float")
+    else:
+        lrs = plan.dummy
+    rate = opt.lr if lr is None or use_lrs else float(lr)
+    velocity = opt.velocity
+    loss_sum, correct = cp.empty((), dtype=cp.float64), cp.empty((), dtype=cp.int64)  # written by the kernel
+    X = cp.ascontiguousarray(X)
+    labels = y if y.dtype == cp.int64 else y.astype(cp.int64)
+    order = order if order.dtype == cp.int64 else order.astype(cp.int64)
+    plan.kernel(
+        (plan.blocks,), (BLOCK,),
+        (net.flat_params, velocity if velocity is not None else plan.dummy, X, labels, order, np.int64(k),
+         real(scale), real(rate), lrs, np.int32(use_lrs), real(opt.momentum), real(opt.weight_decay),
+         np.int64(net.n_decay), np.int32(velocity is not None), np.int32(opt.nesterov),
+         plan.scratch, plan.barrier, plan.err, loss_sum, correct),
+    )
+    opt.steps += k
+    if check:
+        plan.check()
+    return loss_sum, correct
