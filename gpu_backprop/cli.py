@@ -132,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        if _COMM is not None and _COMM.size > 1:  # a rank still in an all-reduce would never see the signal
+            _COMM.abort(f"rank {_COMM.rank}: interrupted; stopping all {_COMM.size} ranks; the last checkpoint "
+                        "(if --out was given) is intact", code=130)
         print("interrupted; the last checkpoint (if --out was given) is intact", file=sys.stderr)
         return 130
 
@@ -232,6 +235,8 @@ def _train(args: argparse.Namespace) -> int:
               f"{f' weight decay {weight_decay:.3g}' if weight_decay else ''}, "
               f"batch {batch_size}, {cfg['epochs']} epochs, seed {cfg['seed']}, {cfg['dtype']}"
               + (f", {comm.size} ranks ({comm.engine})" if comm is not None else ""), flush=True)
+        if comm is not None:
+            print(comm.describe(), flush=True)  # which pid is which rank, for the launcher's messages
     net = gb.MLP(sizes, activation=cfg["activation"], loss=cfg["loss"], output_activation=cfg["output_activation"],
                  init=cfg["init"], backend=backend, dtype=cfg["dtype"], seed=cfg["seed"])
     opt_kwargs: dict[str, Any] = {"lr": cfg["lr"], "weight_decay": weight_decay}

@@ -25,6 +25,7 @@ __all__ = [
     "activation_forward",
     "adam_update",
     "bias_activation",
+    "column_sum",
     "dropout_forward",
     "hash_uniform",
     "random_permutation",
@@ -129,7 +130,7 @@ _PARALLEL_MIN = 1 << 20  # below this, a thread hand-off costs more than it save
 _WORKERS = min(os.cpu_count() or 1, 8)
 
 
-def _in_parallel(body: Any, n: int) -> None:
+def _in_parallel(body: Any, n: int, min_n: int = _PARALLEL_MIN) -> None:
     """Run ``body(slice)`` over ``range(n)`` split across the CPU cores (NumPy releases the GIL).
 
     Elementwise NumPy is single-threaded; an optimiser step over a few million
@@ -137,7 +138,7 @@ def _in_parallel(body: Any, n: int) -> None:
     """
     global _POOL
     workers = _WORKERS
-    if n < _PARALLEL_MIN or workers == 1:
+    if n < min_n or workers == 1:
         body(slice(0, n))
         return
     if _POOL is None:
@@ -147,6 +148,99 @@ def _in_parallel(body: Any, n: int) -> None:
     step = -(-n // workers)
     step = -(-step // 64) * 64  # keep chunk boundaries aligned
     list(_POOL.map(body, [slice(i, min(i + step, n)) for i in range(0, n, step)]))
+
+
+_BLOCK_BYTES = 1 << 18  # a row block of 256 KB stays in L2 between the passes over it
+
+
+def _in_row_blocks(body: Any, n_rows: int, row_bytes: int) -> None:
+    """Run ``body(rows)`` over cache-sized blocks of rows, the blocks split across the CPU cores.
+
+    For the elementwise work on large batches (a full batch is 60,000 rows):
+    several passes over one block hit the cache instead of memory, and two
+    cores move about twice the bytes. Small arrays take one call, as before.
+    """
+    if n_rows * row_bytes < 4 * _PARALLEL_MIN:
+        body(slice(0, n_rows))
+        return
+    per_block = max(1, _BLOCK_BYTES // row_bytes)
+
+    def part(sl: slice) -> None:
+        lo, hi, _ = sl.indices(n_rows)
+        for i in range(lo, hi, per_block):
+            body(slice(i, min(i + per_block, hi)))
+
+    _in_parallel(part, n_rows, min_n=0)
+
+
+_SCIPY_BLAS: Any = None  # scipy.linalg.blas once looked for; False when SciPy is not installed
+_MIN_ROWS = 2  # one-row products stay on NumPy's gemv: SciPy's gemm with one row measured 2x slower
+
+
+def scipy_blas() -> Any:
+    """``scipy.linalg.blas``, or None without SciPy (it is optional: ``pip install 'gpu_backprop[cpu]'``)."""
+    global _SCIPY_BLAS
+    if _SCIPY_BLAS is None:
+        try:
+            from scipy.linalg import blas as _SCIPY_BLAS
+        except ImportError:
+            _SCIPY_BLAS = False
+    return _SCIPY_BLAS or None
+
+
+def _gemm_call(a: Array, b: Array, out: Array) -> tuple[Any, tuple[Any, int], tuple[Any, int]] | None:
+    """SciPy's ``?gemm`` and its operands for ``out = a b``, or None where it does not apply.
+
+    BLAS is column-major: ``outᵀ = bᵀ aᵀ``, and the transpose of a row-major array is a
+    column-major one, so every operand that is row-major or a transposed view of one is
+    read in place (a ``trans`` flag instead of a copy); ``out`` must be row-major. Plain
+    ndarrays only: a subclass (such as :mod:`gpu_backprop.launches`' traced arrays) takes
+    ``numpy.matmul``, which it can see.
+    """
+    blas = scipy_blas()
+    if (blas is None or type(out) is not np.ndarray or out.ndim != 2 or out.shape[0] < _MIN_ROWS
+            or not out.flags.c_contiguous or out.dtype.char not in "fd"):
+        return None
+    ops = []
+    for m in (b, a):
+        if type(m) is not np.ndarray or m.ndim != 2 or m.dtype != out.dtype or np.may_share_memory(m, out):
+            return None
+        mt = m.T
+        if mt.flags.f_contiguous:
+            ops.append((mt, 0))
+        elif mt.flags.c_contiguous:
+            ops.append((m, 1))
+        else:
+            return None
+    return blas.get_blas_funcs("gemm", (out,)), ops[0], ops[1]
+
+
+def matmul(a: Array, b: Array, out: Array, alpha: float = 1.0, beta: float = 0.0) -> Array:
+    """``out = alpha · a b + beta · out``: the products of a step (``Z = X W``, ``dW = Xᵀ dZ``, ``dX = dZ Wᵀ``).
+
+    ``out`` is ``(N, M)`` and row-major; ``a`` ``(N, K)`` and ``b`` ``(K, M)`` may be transposed
+    views. CuPy: cuBLAS through ``cupy.matmul``. NumPy, two rows or more: SciPy's BLAS
+    ``gemm`` when SciPy is installed, so that a training step runs on one BLAS — NumPy and
+    SciPy each bring an OpenBLAS, and one's idle workers spin (about 0.1 s after each call)
+    against the other's — and ``beta = 1`` accumulates into ``out`` with no pass of its own.
+    Otherwise (one row: per-sample steps keep NumPy's gemv) ``numpy.matmul``.
+    """
+    call = None if _on_gpu(out) else _gemm_call(a, b, out)
+    if call is not None:
+        gemm, (A, ta), (B, tb) = call
+        c = gemm(alpha, A, B, beta=beta, c=out.T, trans_a=ta, trans_b=tb, overwrite_c=1)
+        if not np.may_share_memory(c, out):  # SciPy made a copy after all: put the result where it belongs
+            out[...] = c.T
+        return out
+    xp = backend.get_array_module(out)
+    if alpha == 1.0 and beta == 0.0:
+        return xp.matmul(a, b, out=out)
+    prod = xp.matmul(a, b)
+    if beta != 1.0:
+        out *= beta
+    prod *= alpha
+    out += prod
+    return out
 
 
 def _on_gpu(*arrays: Array) -> bool:
@@ -170,9 +264,14 @@ def bias_activation(z: Array, b: Array | None, kind: str, alpha: float = 0.01) -
         else:
             _elementwise(f"bias_{kind}_fwd")(b, alpha, z)
         return z
-    if b is not None:
-        np.add(z, b, out=z)
-    _np_act_inplace(z, kind, alpha)
+
+    def body(rows: slice) -> None:
+        zr = z[rows]
+        if b is not None:
+            np.add(zr, b, out=zr)
+        _np_act_inplace(zr, kind, alpha)
+
+    _in_row_blocks(body, z.shape[0], z[:1].nbytes)
     return z
 
 
@@ -191,7 +290,22 @@ def activation_backward(d: Array, a: Array, kind: str, alpha: float = 0.01) -> A
     if _on_gpu(d, a):
         _elementwise(f"{kind}_bwd")(a, alpha, d)
         return d
-    return _np_act_grad(a, kind, alpha, d)
+    _in_row_blocks(lambda rows: _np_act_grad(a[rows], kind, alpha, d[rows]), d.shape[0], d[:1].nbytes)
+    return d
+
+
+def column_sum(d: Array, out: Array) -> Array:
+    """``out = Σ_rows d``: the bias gradient ``db`` of a Dense layer, ``(N, M) -> (M,)``.
+
+    NumPy sums a large batch in one part per core, then adds the parts.
+    """
+    if _on_gpu(d) or d.nbytes < 4 * _PARALLEL_MIN:
+        backend.get_array_module(d).sum(d, axis=0, out=out)
+        return out
+    parts: list[np.ndarray] = []  # list.append is atomic under the GIL
+    _in_parallel(lambda rows: parts.append(d[rows].sum(axis=0)), d.shape[0], min_n=0)
+    np.sum(parts, axis=0, out=out)
+    return out
 
 
 # --------------------------------------------------------------------------

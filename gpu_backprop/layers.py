@@ -237,7 +237,8 @@ class Dense(Layer):
         self.out_features = int(out_features)
         self.init = init
         self.activation: Activation | None = None  # set by the network when it fuses one
-        #: set by an optimiser that applies ``dW = x ⊗ dz`` itself for a single sample (BLAS ger)
+        #: set by an optimiser that applies ``dW = Xᵀ dZ`` itself (NumPy: BLAS ger for one sample, gemm for
+        #: a batch); ``rank1`` then holds ``(x, dz)`` (vectors for one sample, the batch matrices otherwise)
         self.defer_rank1 = False
         self.rank1: tuple[Array, Array] | None = None
 
@@ -262,10 +263,9 @@ class Dense(Layer):
         return self.out_features
 
     def forward(self, x: Array, train: bool = False) -> Array:
-        xp = get_array_module(x)
         W, b = self.params["W"], self.params["b"]
         z = self._buffer("Z", (x.shape[0], self.out_features), x)
-        xp.matmul(x, W, out=z)
+        kernels.matmul(x, W, z)
         act = self.activation
         if act is None:
             kernels.bias_activation(z, b, "identity")
@@ -279,18 +279,17 @@ class Dense(Layer):
         act = self.activation
         dz = dy if act is None else kernels.activation_backward(dy, self._z, act.kind, act.alpha)
         x = self._x
-        if x.shape[0] == 1 and xp is np:
-            if self.defer_rank1:
-                self.rank1 = (x[0], dz[0])  # the optimiser adds x ⊗ dz where it is needed
-            else:
-                np.multiply(x.T, dz, out=self.grads["W"])  # rank-1 outer product: no GEMM with k=1
+        if self.defer_rank1 and xp is np:  # the optimiser adds Xᵀ dZ where it is needed
+            self.rank1 = (x[0], dz[0]) if x.shape[0] == 1 else (x, dz)
+        elif x.shape[0] == 1 and xp is np:
+            np.multiply(x.T, dz, out=self.grads["W"])  # rank-1 outer product: no GEMM with k=1
         else:
-            xp.matmul(x.T, dz, out=self.grads["W"])
-        xp.sum(dz, axis=0, out=self.grads["b"])
+            kernels.matmul(x.T, dz, self.grads["W"])
+        kernels.column_sum(dz, self.grads["b"])
         if not need_dx:
             return None
         dx = self._buffer("dX", x.shape, dz)
-        xp.matmul(dz, self.params["W"].T, out=dx)
+        kernels.matmul(dz, self.params["W"].T, dx)
         return dx
 
     def equations(self, n: int, in_dim: int) -> list[str]:

@@ -131,9 +131,13 @@ class SGD(Optimizer):
 
     def step(self) -> None:
         net = self.net
-        kernels.sgd_update(net.flat_params, net.flat_grads, self.velocity, self._scratch,
-                           lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
-                           nesterov=self.nesterov, n_decay=net.n_decay)
+        blas = kernels.scipy_blas() if net.backend.name == "numpy" else None
+        if blas is not None:  # BLAS scal/axpy over the flat buffers: fewer passes than NumPy's, on the BLAS
+            self._rank1_update(blas, [], lazy=False)  # that runs the products too (see kernels.matmul)
+        else:
+            kernels.sgd_update(net.flat_params, net.flat_grads, self.velocity, self._scratch,
+                               lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
+                               nesterov=self.nesterov, n_decay=net.n_decay)
         self.steps += 1
 
     def _buffers(self) -> dict[str, Any]:
@@ -141,7 +145,7 @@ class SGD(Optimizer):
         return {"velocity": v} if v is not None else {}
 
     def train_step(self, X: Any, y: Any) -> Any:
-        """A step; for one sample on NumPy with SciPy present, the rank-1 update is fused (see below).
+        """A step; on NumPy with SciPy present, ``dW`` goes straight into the update (see below).
 
         Per-sample SGD on a CPU is bound by memory passes over the weights: the
         gradient ``dW = x ⊗ dz`` is a rank-1 matrix, and writing it out, then
@@ -150,11 +154,13 @@ class SGD(Optimizer):
         and BLAS adds ``x ⊗ dz`` to the velocity in place (ger) and the
         velocity to the weights (axpy). The velocity is kept as ``s·u`` with a
         scalar ``s``, so ``v ← μv`` costs nothing (``s ← μs``) until ``s`` gets
-        small and is folded back in. The result equals the general path to
-        float rounding (tested); ``net.flat_grads`` is then not filled for the
-        Dense weights.
+        small and is folded back in. A batch goes the same way with ``gemm``
+        adding ``Xᵀ dZ / s`` to ``u`` (``beta = 1``: no pass of its own), except
+        with Nesterov momentum, which needs ``dW`` twice. The result equals the
+        general path to float rounding (tested); ``net.flat_grads`` is then not
+        filled for the Dense weights.
         """
-        blas = _blas(self.net, X)
+        blas = _blas(self.net, X, self.nesterov)
         if blas is None:
             return super().train_step(X, y)
         dense = [layer for layer in self.net._steps if isinstance(layer, Dense)]
@@ -169,34 +175,41 @@ class SGD(Optimizer):
         self.steps += 1
         return loss
 
-    def _rank1_update(self, blas: Any, dense: list[Dense]) -> None:
+    def _rank1_update(self, blas: Any, dense: list[Dense], lazy: bool = True) -> None:
+        """The update with BLAS, adding each deferred layer's ``Xᵀ dZ`` itself (see :meth:`train_step`).
+
+        ``lazy`` keeps the velocity as ``s·u``; ``step()`` does not (``s = 1``, one ``scal`` for the
+        decay), so that its rounding never depends on when ``s`` was folded back in.
+        """
         net, lr, mu, wd, k = self.net, self.lr, self.momentum, self.weight_decay, self.net.n_decay
         p, g = net.flat_params, net.flat_grads
         scal, axpy, ger = blas.get_blas_funcs(("scal", "axpy", "ger"), (p,))
         u = self._velocity
+        s = k if dense else 0  # without deferred layers every gradient is in g, the weights' too
         if u is not None:
             # v = s·u; v ← μ v + g' becomes s ← μ s, u ← u + g'/s: no pass over u for the decay
-            if mu * self._scale < 1e-3:  # fold s back in before 1/s grows large
+            if self._scale != 1.0 and (mu * self._scale < 1e-3 or not lazy):  # fold s back in before 1/s grows
                 scal(self._scale, u)
                 self._scale = 1.0
-            self._scale *= mu
+            if lazy:
+                self._scale *= mu
+            else:
+                scal(mu, u)
             inv = 1.0 / self._scale
             if wd:
                 axpy(p[:k], u[:k], a=wd * inv)
-            axpy(g[k:], u[k:], a=inv)
+            axpy(g[s:], u[s:], a=inv)
             for layer in dense:
-                x, dz = _rank1(layer)
-                ger(inv, dz, x, a=net.view(u, layer, "W").T, overwrite_a=True)
+                _add_xt_dz(ger, inv, _rank1(layer), net.view(u, layer, "W"))
             if not self.nesterov:  # w ← w − η v
                 axpy(u, p, a=-lr * self._scale)
                 return
         # w ← w − η g' (plain SGD, or the gradient half of Nesterov's step)
         if wd:
             scal(1.0 - lr * wd, p[:k])
-        axpy(g[k:], p[k:], a=-lr)
+        axpy(g[s:], p[s:], a=-lr)
         for layer in dense:
-            x, dz = _rank1(layer)
-            ger(-lr, dz, x, a=net.view(p, layer, "W").T, overwrite_a=True)
+            _add_xt_dz(ger, -lr, _rank1(layer), net.view(p, layer, "W"))
         if u is not None:  # Nesterov: w ← w − η μ v
             axpy(u, p, a=-lr * mu * self._scale)
 
@@ -257,15 +270,20 @@ def _rank1(layer: Dense) -> tuple[Any, Any]:
     return layer.rank1
 
 
-def _blas(net: Sequential, X: Any) -> Any:
-    """SciPy's BLAS wrappers when the fused single-sample path applies, else None."""
-    if X.shape[0] != 1 or net.backend.name != "numpy":
+def _blas(net: Sequential, X: Any, nesterov: bool = False) -> Any:
+    """SciPy's BLAS wrappers when the fused path applies (NumPy; a batch without Nesterov), else None."""
+    if net.backend.name != "numpy" or (X.shape[0] != 1 and nesterov):
         return None
-    try:
-        from scipy.linalg import blas
-    except ImportError:  # SciPy is optional: pip install 'gpu_backprop[cpu]'
-        return None
-    return blas
+    return kernels.scipy_blas()  # None without SciPy, which is optional: pip install 'gpu_backprop[cpu]'
+
+
+def _add_xt_dz(ger: Any, alpha: float, x_dz: tuple[Any, Any], target: Any) -> None:
+    """``target += alpha · Xᵀ dZ`` in place: BLAS ger for one sample (vectors), gemm for a batch."""
+    x, dz = x_dz
+    if x.ndim == 1:
+        ger(alpha, dz, x, a=target.T, overwrite_a=True)
+    else:
+        kernels.matmul(x.T, dz, target, alpha=alpha, beta=1.0)
 
 
 _OPTIMIZERS: dict[str, type[Optimizer]] = {"sgd": SGD, "adam": Adam, "adamw": AdamW}

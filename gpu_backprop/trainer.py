@@ -404,6 +404,9 @@ def _print_epoch(r: dict[str, float], epochs: int) -> None:
     tqdm.write(text)
 
 
+_RANK_REFRESH_STEPS = 50  # with several ranks, the progress refresh (and divergence check) every this many steps
+
+
 class _Loop:
     """One epoch of steps, with the device accumulators and the divergence guard."""
 
@@ -502,9 +505,12 @@ class _Loop:
             self.correct += _correct(xp, net.last_output, yb)
             seen += b
             now = time.perf_counter()
-            if now - last >= self.refresh or s == steps - 1:
+            # several ranks refresh at the same steps and decide on the global loss, so that they all
+            # stop (and restore the same weights) together: a rank left alone would wait forever
+            if (now - last >= self.refresh if self.size == 1 else (s + 1) % _RANK_REFRESH_STEPS == 0) \
+                    or s == steps - 1:
                 total = float(self.loss_sum)  # the one synchronisation: at a progress refresh
-                if not math.isfinite(total):
+                if not math.isfinite(total if self.size == 1 else self.comm.allreduce_sum_scalar(total)):
                     where = self._first_bad_layer()
                     self._restore()
                     diverged = (f"training diverged: the loss became {total / max(seen, 1)} between steps "

@@ -3,34 +3,153 @@
 from __future__ import annotations
 
 import json
+import math
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
+
 from gpu_backprop import benchmark
+from gpu_backprop.backend import get_backend
+from gpu_backprop.network import MLP
+from gpu_backprop.optim import SGD
 
 
 def test_step_flops_match_the_counts_in_the_docs() -> None:
-    assert benchmark.step_flops([784, 256, 256, 10]) == 1_211_392
-    assert benchmark.step_flops([784, 1024, 1024, 10]) == 9_564_160
+    # forward 2·Σ sᵢsᵢ₊₁ + dW 2·Σ sᵢsᵢ₊₁ + dX 2·Σ sᵢsᵢ₊₁ without the first layer
+    assert benchmark.step_flops([784, 256, 256, 10]) == 4 * (784 * 256 + 256 * 256 + 256 * 10) + 2 * (256 * 256 + 2560)
+    assert round(benchmark.step_flops([784, 256, 256, 10]) / 1e6, 2) == 1.21
+    assert round(benchmark.step_flops([784, 1024, 1024, 10]) / 1e6, 2) == 9.56
+
+
+def _is_positive_number(x: object) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
 
 
 def test_quick_run_writes_a_well_formed_report(tmp_path: Path) -> None:
     code = benchmark.main(["--quick", "--model", "20-16-10", "--batch", "1", "8", "full", "--repeats", "1",
-                           "--seconds", "0.02", "--no-peers", "--out", str(tmp_path), "--name", "r"])
+                           "--seconds", "0.02", "--gemm-n", "256", "--no-peers", "--breakdown", "1", "full",
+                           "--out", str(tmp_path), "--name", "r"])
     assert code == 0
     report = json.loads((tmp_path / "r.json").read_text())
-    assert report["facts"]["cpu"] and report["facts"]["numpy"]
-    assert report["limits"]["numpy"]["gemm_flops"] > 0
+    facts = report["facts"]
+    for key in ("date", "cpu", "cores", "numpy", "blas", "env", "python"):
+        assert facts[key], key
+    assert _is_positive_number(report["limits"]["numpy"]["gemm_flops"])
+    assert report["flops_per_sample"] == {"mlp-20-16-10": benchmark.step_flops([20, 16, 10])}
     assert [r["batch"] for r in report["results"]] == [1, 8, "full"]
     for r in report["results"]:
-        assert r["samples_per_second"] > 0 and r["seconds_per_step"] > 0 and r["fraction_of_limit"] > 0
+        for key in ("samples_per_second", "seconds_per_step", "fraction_of_limit"):
+            assert _is_positive_number(r[key]), (key, r)
+        n = 60_000 if r["batch"] == "full" else r["batch"]
+        assert r["samples_per_second"] == pytest.approx(n / r["seconds_per_step"])
+        assert "torch_samples_per_second" not in r  # --no-peers
+    assert [b["batch"] for b in report["breakdown"]] == [1, "full"]
+    for b in report["breakdown"]:
+        for key in ("step", "gather", "fwd_bwd", "update", "gemm"):
+            assert _is_positive_number(b[key]), (key, b)
     md = (tmp_path / "r.md").read_text()
-    assert "| numpy | mlp-20-16-10 | full |" in md
+    assert "| numpy | mlp-20-16-10 | full |" in md and "## Where a step's time goes" in md
+    assert "Command: `python -m gpu_backprop bench --quick" in md
+    png = tmp_path / "r.png"
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert not png.exists()
+    else:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_bad_flags_are_refused(tmp_path: Path) -> None:
-    import pytest
+@pytest.mark.parametrize("flags, message", [
+    (["--batch", "0"], "--batch"),
+    (["--batch", "ten"], "--batch"),
+    (["--model", "resnet"], "--model"),
+    (["--model", "784-0-10"], "--model"),
+    (["--repeats", "0"], "--repeats"),
+    (["--seconds", "-1"], "--seconds"),
+    (["--name", "../x"], "--name"),
+])
+def test_bad_flags_are_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                           flags: list[str], message: str) -> None:
+    with pytest.raises(SystemExit) as exc:
+        benchmark.main([*flags, "--out", str(tmp_path)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not list(tmp_path.iterdir())  # nothing written
 
-    with pytest.raises(SystemExit, match="--batch"):
-        benchmark.main(["--batch", "0", "--out", str(tmp_path)])
-    with pytest.raises(SystemExit, match="--model"):
-        benchmark.main(["--model", "resnet", "--out", str(tmp_path)])
+
+def test_the_script_in_benchmarks_runs_from_a_source_tree(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, str(root / "benchmarks" / "run.py"), "--help"], capture_output=True,
+                         text=True, cwd=tmp_path, env={"PATH": "/usr/bin:/bin"}, timeout=60)
+    assert out.returncode == 0 and "--quick" in out.stdout
+
+
+def test_other_processes_load_is_measured() -> None:
+    if benchmark._machine_busy_seconds() is None:
+        pytest.skip("no /proc/stat here")
+    meter = benchmark._LoadMeter()
+    meter.start()
+    subprocess.run([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 0.4: pass"],
+                   check=True)
+    assert meter.stop() > 0.4  # the child's busy loop is someone else's work (close to 1 core)
+
+
+class _FakeRunner(benchmark._Runner):
+    """A runner whose blocks take no time and report a scripted load."""
+
+    def __init__(self, loads: list[float]) -> None:
+        super().__init__(lambda: None, lambda: None)
+        self.script = list(loads)
+
+    def block(self) -> None:
+        self.times.append(1.0)
+        self.loads.append(self.script.pop(0))
+
+
+def test_blocks_under_load_are_timed_again_but_not_forever() -> None:
+    quiet_after_one = _FakeRunner([0.9, 0.0, 0.0])
+    always_busy = _FakeRunner([0.9, 0.7, 0.8] * 2)
+    patience = benchmark.Quiet(max_load=0.25, patience=0.0)  # no waiting in a test
+    benchmark._interleaved({"a": quiet_after_one, "b": always_busy}, budget=0.0, repeats=2, quiet=patience,
+                           reruns=2)
+    assert quiet_after_one.loads == [0.0, 0.0] and quiet_after_one.rerun == 1
+    assert always_busy.loads == [0.7, 0.7] and always_busy.rerun == 4  # the least loaded of three tries
+    assert always_busy.load == 0.7
+
+
+def test_targets_are_checked_with_their_margin() -> None:
+    sizes = benchmark.MODELS["mlp-1024"]
+    report = {"results": [
+        {"backend": "numpy", "sizes": sizes, "batch": 128, "ours_over_torch": 1.38},
+        {"backend": "numpy", "sizes": sizes, "batch": "full", "fraction_of_limit": 0.81},
+        {"backend": "numpy", "sizes": [784, 10], "batch": 1, "ours_over_torch": 9.0},  # another model
+    ]}
+    got = {t["batch"]: t for t in benchmark.check_targets(report)}
+    assert set(got) == {128, "full"}
+    assert got[128]["met"] and got[128]["ratio_to_target"] == pytest.approx(1.2)
+    assert not got["full"]["met"] and got["full"]["ratio_to_target"] == pytest.approx(0.9)
+
+
+def test_report_names_say_date_and_device() -> None:
+    facts = {"date": "2026-11-22T13:00:00", "cpu": "AMD EPYC 7B13 64-Core Processor", "cores": 2}
+    assert benchmark.default_stem([get_backend("numpy")], facts) == "2026-11-22-cpu-amd-epyc-7b13-2core"
+
+
+def test_the_timed_single_sample_step_gives_the_general_paths_weights() -> None:
+    """The benchmark times ``opt.train_step`` (fused for one sample); it must train like grads + step."""
+    sizes = [20, 16, 12, 10]
+    step = benchmark._OurStep(get_backend("numpy"), sizes, 1)
+    ref = MLP(sizes, backend="numpy", seed=0)
+    ref_opt = SGD(ref, lr=benchmark.LR, momentum=benchmark.MOMENTUM)
+    for _ in range(60):
+        xb, yb = step.next_batch()
+        ref.train_step_grads(xb, yb)
+        ref_opt.step()
+        step.opt.train_step(xb, yb)
+    for name, p in ref.params.items():
+        np.testing.assert_allclose(step.net.params[name], p, rtol=2e-5, atol=2e-6, err_msg=name)
+    assert not np.array_equal(ref.params["layers.0.W"], MLP(sizes, backend="numpy", seed=0).params["layers.0.W"])
