@@ -29,6 +29,12 @@ On a CPU, ranks that share the cores should not oversubscribe them: each
 configuration ``RxT`` runs R ranks with T BLAS threads each (the default
 compares 1 rank on all the cores, 1 rank on one core, and R ranks sharing
 the cores).
+
+On a shared machine: the configurations are run ``--repeats`` times,
+interleaved; the driver first waits (``--wait-quiet``) for other work to
+leave the CPUs idle, and makes a run again when other processes took more
+than ``--max-others`` of the CPU time during it (from /proc/stat, less what
+this benchmark's own processes used). The report says how busy it was.
 """
 
 from __future__ import annotations
@@ -120,7 +126,7 @@ def measure(comm: Communicator, be: gb.Backend, sizes: list[int], batch: int, st
         "compute_seconds": med["compute"], "wait_seconds": med["wait"], "allreduce_seconds": med["allreduce"],
         "update_seconds": med["update"],
         "allreduce_share": med["allreduce"] / (wall / steps) if several else 0.0,
-        "buffer_bytes": nbytes, "allreduce_bytes": nbytes if several else 0, "algbw_gb_per_s": algbw,
+        "parameters": net.num_params, "buffer_bytes": nbytes, "allreduce_bytes": nbytes if several else 0, "algbw_gb_per_s": algbw,
         "busbw_gb_per_s": algbw * 2 * (comm.size - 1) / comm.size if algbw is not None else None,
     }
 
@@ -282,8 +288,8 @@ def _markdown(report: dict[str, Any]) -> str:
         "split of a step the median over the runs."
     )
     volume = (
-        f"All-reduce volume: {first['buffer_bytes']:,} bytes per step (the flat float32 gradient buffer, "
-        f"{first['buffer_bytes'] // 4:,} parameters), in one all-reduce; one rank makes none."
+        f"All-reduce volume: {first['buffer_bytes']:,} bytes per step (the flat float32 gradient buffer: "
+        f"{first['parameters']:,} parameters and their alignment padding), in one all-reduce; one rank makes none."
     )
     header = (
         "| ranks x BLAS threads | global batch | samples/s (range over runs) | ms/step | compute ms | wait ms "

@@ -376,7 +376,8 @@ class MPICommunicator(Communicator):
         shown = ", ".join(f"rank {r} = pid {pid} on {host}" for r, (pid, host) in enumerate(self.processes[:16]))
         more = f", and {self.size - 16} more" if self.size > 16 else ""
         cuda = "; CUDA-aware" if self.cuda_aware and self.engine == "mpi" else ""
-        return f"{self.size} ranks ({self.engine}, {self.library}{cuda}): {shown}{more}"
+        ranks = f"{self.size} rank" + ("s" if self.size != 1 else "")
+        return f"{ranks} ({self.engine}, {self.library}{cuda}): {shown}{more}"
 
     def _check_root(self, root: int) -> None:
         if not 0 <= root < self.size:

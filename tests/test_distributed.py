@@ -203,6 +203,23 @@ def test_the_command_line_refuses_a_batch_that_does_not_divide(tmp_path: Path) -
     assert "the global batch of 127 does not divide across 2 ranks; use a multiple of 2" in proc.stderr
 
 
+@needs_mpi
+def test_the_scaling_benchmark_reports_what_it_measured(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scaling.py"), "--configs", "1x1", "2x1",
+                           "--sizes", "20-16-4", "--batch", "8", "--steps", "3", "--warmup", "1", "--repeats", "1",
+                           "--wait-quiet", "0", "--retries", "0", "--name", "test", "--out", str(tmp_path)],
+                          check=False, capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(next(tmp_path.glob("*-scaling-test.json")).read_text())
+    one, two = sorted(report["rows"], key=lambda r: r["ranks"])
+    nbytes = gb.MLP([20, 16, 4], backend="numpy").flat_grads.nbytes  # 404 parameters, padded
+    assert (one["ranks"], one["allreduce_bytes"], two["ranks"], two["allreduce_bytes"]) == (1, 0, 2, nbytes)
+    assert two["parameters"] == 20 * 16 + 16 + 16 * 4 + 4
+    assert two["busbw_gb_per_s"] == pytest.approx(two["algbw_gb_per_s"])  # 2 (R - 1) / R = 1 for two ranks
+    assert two["shard"] == 4 and two["samples_per_second"] > 0
+    assert f"All-reduce volume: {nbytes:,} bytes per step" in next(tmp_path.glob("*-scaling-test.md")).read_text()
+
+
 # --------------------------------------------------------------------------
 # Without MPI
 # --------------------------------------------------------------------------
