@@ -284,7 +284,7 @@ class Dense(Layer):
         elif x.shape[0] == 1 and xp is np:
             np.multiply(x.T, dz, out=self.grads["W"])  # rank-1 outer product: no GEMM with k=1
         else:
-            kernels.matmul(x.T, dz, self.grads["W"])
+            kernels.matmul(x.T, dz, self.grads["W"], batch=x.shape[0])
         kernels.column_sum(dz, self.grads["b"])
         if not need_dx:
             return None

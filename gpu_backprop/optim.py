@@ -131,13 +131,9 @@ class SGD(Optimizer):
 
     def step(self) -> None:
         net = self.net
-        blas = kernels.scipy_blas() if net.backend.name == "numpy" else None
-        if blas is not None:  # BLAS scal/axpy over the flat buffers: fewer passes than NumPy's, on the BLAS
-            self._rank1_update(blas, [], lazy=False)  # that runs the products too (see kernels.matmul)
-        else:
-            kernels.sgd_update(net.flat_params, net.flat_grads, self.velocity, self._scratch,
-                               lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
-                               nesterov=self.nesterov, n_decay=net.n_decay)
+        kernels.sgd_update(net.flat_params, net.flat_grads, self.velocity, self._scratch,
+                           lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
+                           nesterov=self.nesterov, n_decay=net.n_decay)
         self.steps += 1
 
     def _buffers(self) -> dict[str, Any]:
@@ -154,9 +150,10 @@ class SGD(Optimizer):
         and BLAS adds ``x ⊗ dz`` to the velocity in place (ger) and the
         velocity to the weights (axpy). The velocity is kept as ``s·u`` with a
         scalar ``s``, so ``v ← μv`` costs nothing (``s ← μs``) until ``s`` gets
-        small and is folded back in. A batch goes the same way with ``gemm``
-        adding ``Xᵀ dZ / s`` to ``u`` (``beta = 1``: no pass of its own), except
-        with Nesterov momentum, which needs ``dW`` twice. The result equals the
+        small and is folded back in. A batch of up to ``kernels.SCIPY_MAX_BATCH``
+        rows goes the same way with ``gemm`` adding ``Xᵀ dZ / s`` to ``u``
+        (``beta = 1``: no pass of its own), except with Nesterov momentum, which
+        needs ``dW`` twice; larger batches gain nothing. The result equals the
         general path to float rounding (tested); ``net.flat_grads`` is then not
         filled for the Dense weights.
         """
@@ -175,30 +172,22 @@ class SGD(Optimizer):
         self.steps += 1
         return loss
 
-    def _rank1_update(self, blas: Any, dense: list[Dense], lazy: bool = True) -> None:
-        """The update with BLAS, adding each deferred layer's ``Xᵀ dZ`` itself (see :meth:`train_step`).
-
-        ``lazy`` keeps the velocity as ``s·u``; ``step()`` does not (``s = 1``, one ``scal`` for the
-        decay), so that its rounding never depends on when ``s`` was folded back in.
-        """
+    def _rank1_update(self, blas: Any, dense: list[Dense]) -> None:
+        """The update with BLAS, adding each deferred layer's ``Xᵀ dZ`` itself (see :meth:`train_step`)."""
         net, lr, mu, wd, k = self.net, self.lr, self.momentum, self.weight_decay, self.net.n_decay
         p, g = net.flat_params, net.flat_grads
         scal, axpy, ger = blas.get_blas_funcs(("scal", "axpy", "ger"), (p,))
         u = self._velocity
-        s = k if dense else 0  # without deferred layers every gradient is in g, the weights' too
         if u is not None:
             # v = s·u; v ← μ v + g' becomes s ← μ s, u ← u + g'/s: no pass over u for the decay
-            if self._scale != 1.0 and (mu * self._scale < 1e-3 or not lazy):  # fold s back in before 1/s grows
+            if mu * self._scale < 1e-3:  # fold s back in before 1/s grows large
                 scal(self._scale, u)
                 self._scale = 1.0
-            if lazy:
-                self._scale *= mu
-            else:
-                scal(mu, u)
+            self._scale *= mu
             inv = 1.0 / self._scale
             if wd:
                 axpy(p[:k], u[:k], a=wd * inv)
-            axpy(g[s:], u[s:], a=inv)
+            axpy(g[k:], u[k:], a=inv)
             for layer in dense:
                 _add_xt_dz(ger, inv, _rank1(layer), net.view(u, layer, "W"))
             if not self.nesterov:  # w ← w − η v
@@ -207,7 +196,7 @@ class SGD(Optimizer):
         # w ← w − η g' (plain SGD, or the gradient half of Nesterov's step)
         if wd:
             scal(1.0 - lr * wd, p[:k])
-        axpy(g[s:], p[s:], a=-lr)
+        axpy(g[k:], p[k:], a=-lr)
         for layer in dense:
             _add_xt_dz(ger, -lr, _rank1(layer), net.view(p, layer, "W"))
         if u is not None:  # Nesterov: w ← w − η μ v
@@ -271,8 +260,10 @@ def _rank1(layer: Dense) -> tuple[Any, Any]:
 
 
 def _blas(net: Sequential, X: Any, nesterov: bool = False) -> Any:
-    """SciPy's BLAS wrappers when the fused path applies (NumPy; a batch without Nesterov), else None."""
-    if net.backend.name != "numpy" or (X.shape[0] != 1 and nesterov):
+    """SciPy's BLAS wrappers when the fused path applies (NumPy; one sample, or a small batch without
+    Nesterov), else None."""
+    n = X.shape[0]
+    if net.backend.name != "numpy" or (n != 1 and (nesterov or n > kernels.SCIPY_MAX_BATCH)):
         return None
     return kernels.scipy_blas()  # None without SciPy, which is optional: pip install 'gpu_backprop[cpu]'
 
@@ -283,7 +274,7 @@ def _add_xt_dz(ger: Any, alpha: float, x_dz: tuple[Any, Any], target: Any) -> No
     if x.ndim == 1:
         ger(alpha, dz, x, a=target.T, overwrite_a=True)
     else:
-        kernels.matmul(x.T, dz, target, alpha=alpha, beta=1.0)
+        kernels.matmul(x.T, dz, target, alpha=alpha, beta=1.0, batch=x.shape[0])
 
 
 _OPTIMIZERS: dict[str, type[Optimizer]] = {"sgd": SGD, "adam": Adam, "adamw": AdamW}

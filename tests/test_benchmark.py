@@ -31,6 +31,7 @@ def _is_positive_number(x: object) -> bool:
 def test_quick_run_writes_a_well_formed_report(tmp_path: Path) -> None:
     code = benchmark.main(["--quick", "--model", "20-16-10", "--batch", "1", "8", "full", "--repeats", "1",
                            "--seconds", "0.02", "--gemm-n", "256", "--no-peers", "--breakdown", "1", "full",
+                           "--patience", "0",  # a busy CI machine must not make the test wait
                            "--out", str(tmp_path), "--name", "r"])
     assert code == 0
     report = json.loads((tmp_path / "r.json").read_text())
@@ -153,3 +154,44 @@ def test_the_timed_single_sample_step_gives_the_general_paths_weights() -> None:
     for name, p in ref.params.items():
         np.testing.assert_allclose(step.net.params[name], p, rtol=2e-5, atol=2e-6, err_msg=name)
     assert not np.array_equal(ref.params["layers.0.W"], MLP(sizes, backend="numpy", seed=0).params["layers.0.W"])
+
+
+class _HostEvents:
+    """Stands in for ``cupy.cuda`` (``Event()``, ``get_elapsed_time``) so the GPU timing branch runs here."""
+
+    class Event:
+        def record(self) -> None:
+            import time
+
+            self.t = time.perf_counter()
+
+        def synchronize(self) -> None:
+            pass
+
+    @staticmethod
+    def get_elapsed_time(start: _HostEvents.Event, stop: _HostEvents.Event) -> float:
+        return (stop.t - start.t) * 1e3  # milliseconds, as CuPy's
+
+
+def test_event_timed_blocks_give_seconds_per_step() -> None:
+    import time
+
+    runner = benchmark._Runner(lambda: time.sleep(0.002), lambda: None, _HostEvents)
+    runner.calibrate(0.05)
+    runner.block()
+    assert runner.calls >= 5 and 0.002 <= runner.seconds < 0.05
+
+
+def test_a_second_run_gets_its_own_name_and_render_rewrites_the_markdown(tmp_path: Path) -> None:
+    flags = ["--quick", "--model", "12-8-3", "--batch", "4", "--repeats", "1", "--seconds", "0.01", "--gemm-n", "64",
+             "--no-peers", "--patience", "0", "--out", str(tmp_path)]
+    assert benchmark.main(flags) == 0 and benchmark.main(flags) == 0
+    first, second = sorted(tmp_path.glob("*.json"), key=lambda p: len(p.name))
+    assert second.stem == first.stem + "-2"  # the first report is not overwritten
+    md = first.with_suffix(".md")
+    md.unlink()
+    assert benchmark.main(["--render", str(first)]) == 0
+    assert "| numpy | mlp-12-8-3 | 4 |" in md.read_text()
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    assert benchmark.main(["--render", str(bad)]) == 2
