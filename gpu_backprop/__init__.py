@@ -36,7 +36,7 @@ from .network import MLP, Sequential
 from .optim import SGD, Adam, AdamW, Optimizer
 from .trainer import DeviceMemoryError, History, evaluate, fit
 from .data import load_dataset
-from . import data, kernels, launches, persample, trainer  # noqa: E402 - submodules as attributes
+from . import data, kernels, trainer  # noqa: E402 - submodules as attributes
 
 __version__ = "0.1.0"
 

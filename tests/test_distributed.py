@@ -280,7 +280,7 @@ def test_cuda_aware_detection_can_be_forced(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_mpi4py_is_imported_only_when_asked_for() -> None:
-    code = ("import sys, gpu_backprop, gpu_backprop.distributed, gpu_backprop.cli; "
+    code = ("import sys, gpu_backprop, gpu_backprop.distributed, gpu_backprop.tools.cli; "
             "assert 'mpi4py' not in sys.modules, 'imported'; "
             "gpu_backprop.distributed.init_distributed('none')")
     proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60,

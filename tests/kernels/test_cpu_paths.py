@@ -1,7 +1,7 @@
 """The CPU fast paths compute what the plain NumPy passes compute.
 
 Large arrays (≥ 4 MB) are processed in cache-sized row blocks split across the
-cores (``kernels._in_row_blocks``): the activations, their derivatives, the
+cores (``kernels._cpu.in_row_blocks``): the activations, their derivatives, the
 optimiser update and the bias gradient. Each is compared here with the single
 pass it replaces, on arrays big enough to take the blocked path.
 """
@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from gpu_backprop import kernels
+from gpu_backprop.kernels import _cpu, activations
 from gpu_backprop.network import MLP
 from gpu_backprop.optim import SGD
 
@@ -22,19 +23,19 @@ BIG = (1500, 1100)  # 6.6 MB of float32: blocked, and the blocks do not divide i
 def single_pass(monkeypatch: pytest.MonkeyPatch):
     """A context that turns the blocked paths back into one pass on one thread."""
     def off() -> None:
-        monkeypatch.setattr(kernels, "_BLOCK_BYTES", 1 << 40)
-        monkeypatch.setattr(kernels, "_WORKERS", 1)
+        monkeypatch.setattr(_cpu, "BLOCK_BYTES", 1 << 40)
+        monkeypatch.setattr(_cpu, "WORKERS", 1)
     return off
 
 
 def test_big_arrays_take_the_blocked_path(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[slice] = []
     z = np.ones(BIG, dtype=np.float32)
-    kernels._in_row_blocks(seen.append, z.shape[0], z[:1].nbytes)
+    _cpu.in_row_blocks(seen.append, z.shape[0], z[:1].nbytes)
     assert len(seen) > 2 and sorted(s.start for s in seen)[0] == 0
     assert sum(s.stop - s.start for s in seen) == BIG[0]
     small: list[slice] = []
-    kernels._in_row_blocks(small.append, 128, 1024 * 4)
+    _cpu.in_row_blocks(small.append, 128, 1024 * 4)
     assert small == [slice(0, 128)]
 
 
@@ -47,11 +48,11 @@ def test_blocked_activation_and_derivative_equal_one_pass(kind: str) -> None:
     a = z.copy()
     kernels.bias_activation(a, b, kind, 0.1)
     ref = z + b
-    kernels._np_act_inplace(ref, kind, 0.1)
+    activations.np_forward(ref, kind, 0.1)
     np.testing.assert_array_equal(a, ref)
     got = d.copy()
     kernels.activation_backward(got, a, kind, 0.1)
-    np.testing.assert_array_equal(got, kernels._np_act_grad(a, kind, 0.1, d.copy()))
+    np.testing.assert_array_equal(got, activations.np_grad(a, kind, 0.1, d.copy()))
 
 
 def test_column_sum_is_the_bias_gradient() -> None:
@@ -114,7 +115,7 @@ needs_scipy = pytest.mark.skipif(kernels.scipy_blas() is None, reason="SciPy is 
 @pytest.fixture
 def no_scipy(monkeypatch: pytest.MonkeyPatch):
     """A context that makes gpu_backprop behave as if SciPy were not installed (pure NumPy)."""
-    return lambda: monkeypatch.setattr(kernels, "_SCIPY_BLAS", False)
+    return lambda: monkeypatch.setattr(_cpu, "_scipy_blas", False)
 
 
 @needs_scipy
@@ -129,7 +130,7 @@ def test_matmul_on_scipy_blas_equals_numpy(dtype: str, ta: bool, tb: bool, alpha
     a, b = (a.T if ta else a), (b.T if tb else b)  # transposed views, read in place
     out0 = rng.standard_normal((n, m)).astype(dtype)
     out = out0.copy()
-    assert kernels._gemm_call(a, b, out) is not None  # this case does go to SciPy
+    assert _cpu.gemm_call(a, b, out) is not None  # this case does go to SciPy
     got = kernels.matmul(a, b, out, alpha=alpha, beta=beta)
     assert got is out
     ref = alpha * (a.astype(np.float64) @ b.astype(np.float64)) + beta * out0
@@ -141,11 +142,11 @@ def test_matmul_falls_back_to_numpy_where_blas_cannot_read_in_place(no_scipy) ->
     a = rng.standard_normal((40, 60)).astype(np.float32)[:, ::2]  # strided: neither C nor F order
     b = rng.standard_normal((30, 8)).astype(np.float32)
     out = np.full((40, 8), np.nan, dtype=np.float32)
-    assert kernels._gemm_call(a, b, out) is None
-    assert kernels._gemm_call(a[:1], b, out[:1]) is None  # one row: NumPy's gemv
+    assert _cpu.gemm_call(a, b, out) is None
+    assert _cpu.gemm_call(a[:1], b, out[:1]) is None  # one row: NumPy's gemv
     c = np.ascontiguousarray(a)
-    assert kernels._gemm_call(c, b, out) is not None or kernels.scipy_blas() is None
-    assert kernels._gemm_call(c, b, out, batch=kernels.SCIPY_MAX_BATCH + 1) is None  # a large batch: NumPy's
+    assert _cpu.gemm_call(c, b, out) is not None or kernels.scipy_blas() is None
+    assert _cpu.gemm_call(c, b, out, batch=kernels.SCIPY_MAX_BATCH + 1) is None  # a large batch: NumPy's
     np.testing.assert_allclose(kernels.matmul(a, b, out), a @ b, rtol=1e-6)
     no_scipy()
     out2 = np.zeros((40, 8), dtype=np.float32)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from gpu_backprop import cli
+from gpu_backprop.tools import cli
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 QUICK = ["train", "--dataset", "mnist-sample", "--epochs", "1", "--hidden", "32", "--no-progress"]
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpu_backprop import benchmark
+from gpu_backprop.tools import bench as benchmark
+from gpu_backprop.tools.bench import peers, report, suite, timing
 from gpu_backprop.backend import get_backend
 from gpu_backprop.network import MLP
 from gpu_backprop.optim import SGD
@@ -19,9 +20,9 @@ from gpu_backprop.optim import SGD
 
 def test_step_flops_match_the_counts_in_the_docs() -> None:
     # forward 2·Σ sᵢsᵢ₊₁ + dW 2·Σ sᵢsᵢ₊₁ + dX 2·Σ sᵢsᵢ₊₁ without the first layer
-    assert benchmark.step_flops([784, 256, 256, 10]) == 4 * (784 * 256 + 256 * 256 + 256 * 10) + 2 * (256 * 256 + 2560)
-    assert round(benchmark.step_flops([784, 256, 256, 10]) / 1e6, 2) == 1.21
-    assert round(benchmark.step_flops([784, 1024, 1024, 10]) / 1e6, 2) == 9.56
+    assert suite.step_flops([784, 256, 256, 10]) == 4 * (784 * 256 + 256 * 256 + 256 * 10) + 2 * (256 * 256 + 2560)
+    assert round(suite.step_flops([784, 256, 256, 10]) / 1e6, 2) == 1.21
+    assert round(suite.step_flops([784, 1024, 1024, 10]) / 1e6, 2) == 9.56
 
 
 def _is_positive_number(x: object) -> bool:
@@ -39,7 +40,7 @@ def test_quick_run_writes_a_well_formed_report(tmp_path: Path) -> None:
     for key in ("date", "cpu", "cores", "numpy", "blas", "env", "python"):
         assert facts[key], key
     assert _is_positive_number(report["limits"]["numpy"]["gemm_flops"])
-    assert report["flops_per_sample"] == {"mlp-20-16-10": benchmark.step_flops([20, 16, 10])}
+    assert report["flops_per_sample"] == {"mlp-20-16-10": suite.step_flops([20, 16, 10])}
     assert [r["batch"] for r in report["results"]] == [1, 8, "full"]
     for r in report["results"]:
         for key in ("samples_per_second", "seconds_per_step", "fraction_of_limit"):
@@ -83,23 +84,23 @@ def test_bad_flags_are_one_line_and_exit_2(tmp_path: Path, capsys: pytest.Captur
 
 
 def test_the_script_in_benchmarks_runs_from_a_source_tree(tmp_path: Path) -> None:
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, str(root / "benchmarks" / "run.py"), "--help"], capture_output=True,
                          text=True, cwd=tmp_path, env={"PATH": "/usr/bin:/bin"}, timeout=60)
     assert out.returncode == 0 and "--quick" in out.stdout
 
 
 def test_other_processes_load_is_measured() -> None:
-    if benchmark._machine_busy_seconds() is None:
+    if timing.machine_busy_seconds() is None:
         pytest.skip("no /proc/stat here")
-    meter = benchmark._LoadMeter()
+    meter = timing.LoadMeter()
     meter.start()
     subprocess.run([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 0.4: pass"],
                    check=True)
     assert meter.stop() > 0.4  # the child's busy loop is someone else's work (close to 1 core)
 
 
-class _FakeRunner(benchmark._Runner):
+class _FakeRunner(timing.Runner):
     """A runner whose blocks take no time and report a scripted load."""
 
     def __init__(self, loads: list[float]) -> None:
@@ -114,8 +115,8 @@ class _FakeRunner(benchmark._Runner):
 def test_blocks_under_load_are_timed_again_but_not_forever() -> None:
     quiet_after_one = _FakeRunner([0.9, 0.0, 0.0])
     always_busy = _FakeRunner([0.9, 0.7, 0.8] * 2)
-    patience = benchmark.Quiet(max_load=0.25, patience=0.0)  # no waiting in a test
-    benchmark._interleaved({"a": quiet_after_one, "b": always_busy}, budget=0.0, repeats=2, quiet=patience,
+    patience = timing.Quiet(max_load=0.25, patience=0.0)  # no waiting in a test
+    timing.interleaved({"a": quiet_after_one, "b": always_busy}, budget=0.0, repeats=2, quiet=patience,
                            reruns=2)
     assert quiet_after_one.loads == [0.0, 0.0] and quiet_after_one.rerun == 1
     assert always_busy.loads == [0.7, 0.7] and always_busy.rerun == 4  # the least loaded of three tries
@@ -123,13 +124,13 @@ def test_blocks_under_load_are_timed_again_but_not_forever() -> None:
 
 
 def test_targets_are_checked_with_their_margin() -> None:
-    sizes = benchmark.MODELS["mlp-1024"]
+    sizes = suite.MODELS["mlp-1024"]
     report = {"results": [
         {"backend": "numpy", "sizes": sizes, "batch": 128, "ours_over_torch": 1.38},
         {"backend": "numpy", "sizes": sizes, "batch": "full", "fraction_of_limit": 0.81},
         {"backend": "numpy", "sizes": [784, 10], "batch": 1, "ours_over_torch": 9.0},  # another model
     ]}
-    got = {t["batch"]: t for t in benchmark.check_targets(report)}
+    got = {t["batch"]: t for t in suite.check_targets(report)}
     assert set(got) == {128, "full"}
     assert got[128]["met"] and got[128]["ratio_to_target"] == pytest.approx(1.2)
     assert not got["full"]["met"] and got["full"]["ratio_to_target"] == pytest.approx(0.9)
@@ -137,15 +138,15 @@ def test_targets_are_checked_with_their_margin() -> None:
 
 def test_report_names_say_date_and_device() -> None:
     facts = {"date": "2026-11-22T13:00:00", "cpu": "AMD EPYC 7B13 64-Core Processor", "cores": 2}
-    assert benchmark.default_stem([get_backend("numpy")], facts) == "2026-11-22-cpu-amd-epyc-7b13-2core"
+    assert report.default_stem([get_backend("numpy")], facts) == "2026-11-22-cpu-amd-epyc-7b13-2core"
 
 
 def test_the_timed_single_sample_step_gives_the_general_paths_weights() -> None:
     """The benchmark times ``opt.train_step`` (fused for one sample); it must train like grads + step."""
     sizes = [20, 16, 12, 10]
-    step = benchmark._OurStep(get_backend("numpy"), sizes, 1)
+    step = peers.OurStep(get_backend("numpy"), sizes, 1)
     ref = MLP(sizes, backend="numpy", seed=0)
-    ref_opt = SGD(ref, lr=benchmark.LR, momentum=benchmark.MOMENTUM)
+    ref_opt = SGD(ref, lr=peers.LR, momentum=peers.MOMENTUM)
     for _ in range(60):
         xb, yb = step.next_batch()
         ref.train_step_grads(xb, yb)
@@ -176,7 +177,7 @@ class _HostEvents:
 def test_event_timed_blocks_give_seconds_per_step() -> None:
     import time
 
-    runner = benchmark._Runner(lambda: time.sleep(0.002), lambda: None, _HostEvents)
+    runner = timing.Runner(lambda: time.sleep(0.002), lambda: None, _HostEvents)
     runner.calibrate(0.05)
     runner.block()
     assert runner.calls >= 5 and 0.002 <= runner.seconds < 0.05

@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from . import kernels
-from .backend import Backend, BackendError
+from .. import kernels
+from ..backend import Backend, BackendError
 
 __all__ = ["LaunchCount", "count_gpu_launches", "count_launches", "launch_budget", "trace"]
 
@@ -258,6 +258,10 @@ _KERNEL_LAUNCHES: dict[str, Callable[..., tuple[list[str], int]]] = {
 }
 
 
+#: kernels functions that launch no kernel of their own: matmul is cuBLAS, which the traced arrays count
+_NOT_KERNELS = {"matmul", "scipy_blas"}
+
+
 def _one_launch(name: str) -> Callable[..., tuple[list[str], int]]:
     return lambda *a, **k: ([name], 0)
 
@@ -314,7 +318,7 @@ def trace() -> Iterator[LaunchCount]:
     counts = LaunchCount()
     saved_np = {name: getattr(np, name) for name in _CREATION}
     saved_k = {name: getattr(kernels, name) for name in {*_KERNEL_LAUNCHES, *kernels.__all__}
-               if callable(getattr(kernels, name, None))}
+               if callable(getattr(kernels, name, None)) and name not in _NOT_KERNELS}
     try:
         for name, launch in _CREATION.items():
             setattr(np, name, _traced_creation(saved_np[name], launch))
@@ -353,8 +357,8 @@ def launch_budget(net: Any, batch_size: int, *, momentum: float = 0.9) -> dict[s
     At batch 1 the NumPy path forms ``dW = x ⊗ dz`` as an elementwise product
     where CuPy runs a GEMM: one launch either way.
     """
-    from .optim import SGD  # here: the trainer and optimisers are only needed for the budget
-    from .trainer import fit
+    from ..optim import SGD  # here: the trainer and optimisers are only needed for the budget
+    from ..trainer import fit
 
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -388,7 +392,7 @@ def count_gpu_launches(fn: Callable[[], Any]) -> dict[str, Any]:
     after ``fn``. Returns ``{"kernels": n, "memsets": n, "memcpys": n, "by_name": {kernel: n}}``.
     Not yet run on a GPU (written against cupti-python's documented bindings).
     """
-    from .backend import cupy_module
+    from ..backend import cupy_module
 
     cp = cupy_module()
     try:

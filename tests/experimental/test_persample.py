@@ -22,8 +22,9 @@ import numpy as np
 import pytest
 
 import gpu_backprop as gb
-from gpu_backprop import backend, kernels, launches, persample
-from gpu_backprop.persample import PerSampleUnsupported, per_sample_sgd, per_sample_sgd_reference
+from gpu_backprop import backend, kernels
+from gpu_backprop.experimental import launches, persample
+from gpu_backprop.experimental.persample import PerSampleUnsupported, per_sample_sgd, per_sample_sgd_reference
 
 NVCC = shutil.which("nvcc")
 GXX = shutil.which("g++")

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from gpu_backprop import backend, kernels
+from gpu_backprop.kernels import _cpu, _cuda
 
 F64 = np.float64
 
@@ -262,9 +263,9 @@ NVCC = shutil.which("nvcc")
 @pytest.mark.skipif(NVCC is None, reason="nvcc is not installed")
 def test_every_kernel_source_compiles_with_nvcc(tmp_path: Path) -> None:
     parts = ["#include <math.h>\ntypedef unsigned char S;  // the uint8 data set of gather_scale\n"]
-    parts += [_elementwise_as_cuda(name, *spec) for name, spec in kernels.ELEMENTWISE.items()]
+    parts += [_elementwise_as_cuda(name, *spec) for name, spec in _cuda.ELEMENTWISE.items()]
     for ctype in ("float", "double"):
-        src = kernels._SOFTMAX_XENT_SRC.replace("KERNEL_NAME", f"softmax_xent_{ctype}")
+        src = _cuda.RAW["softmax_xent"].replace("KERNEL_NAME", f"softmax_xent_{ctype}")
         parts.append(re.sub(r"\bT\b", ctype, src))
     cu = tmp_path / "kernels.cu"
     cu.write_text("\n".join(parts))
@@ -295,7 +296,7 @@ def test_gpu_gather_scale_matches_numpy(rng: np.random.Generator) -> None:
 
 @pytest.mark.parametrize("momentum,nesterov,wd", [(0.0, False, 0.1), (0.9, True, 0.05)])
 def test_large_sgd_updates_split_across_threads_match_one_pass(momentum, nesterov, wd, rng) -> None:
-    n = kernels._PARALLEL_MIN * 2 + 77  # large enough to be split, with an odd tail
+    n = _cpu.PARALLEL_MIN * 2 + 77  # large enough to be split, with an odd tail
     p, g, v = (rng.standard_normal(n).astype(np.float32) for _ in range(3))
     n_decay = n // 3 + 5  # the decay boundary falls inside the first chunk
     ref_p, ref_v = p.astype(np.float64), v.astype(np.float64)
@@ -313,16 +314,16 @@ def test_large_sgd_updates_split_across_threads_match_one_pass(momentum, nestero
 
 
 def test_large_adam_updates_split_across_threads_match_one_pass(rng) -> None:
-    n = kernels._PARALLEL_MIN * 2 + 13
+    n = _cpu.PARALLEL_MIN * 2 + 13
     p, g, m = (rng.standard_normal(n) for _ in range(3))
     v = np.abs(rng.standard_normal(n))
     ref = [a.copy() for a in (p, g, m, v)]
-    kernels._in_parallel, saved = (lambda body, size: body(slice(0, size))), kernels._in_parallel
+    _cpu.in_parallel, saved = (lambda body, size: body(slice(0, size))), _cpu.in_parallel
     try:
         kernels.adam_update(*ref, np.empty(n), lr=0.01, beta1=0.9, beta2=0.99, eps=1e-8, weight_decay=0.1,
                             decoupled=True, step=2, n_decay=n // 2 + 3)
     finally:
-        kernels._in_parallel = saved
+        _cpu.in_parallel = saved
     kernels.adam_update(p, g, m, v, np.empty(n), lr=0.01, beta1=0.9, beta2=0.99, eps=1e-8, weight_decay=0.1,
                         decoupled=True, step=2, n_decay=n // 2 + 3)
     np.testing.assert_array_equal(p, ref[0])

@@ -16,8 +16,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from ._io import atomic_write_bytes
+from .. import __version__
+from .._io import atomic_write_bytes
+from ._args import Parser, UsageError
 
 __all__ = ["PRESETS", "main"]
 
@@ -52,24 +53,13 @@ DEFAULTS: dict[str, Any] = dict(
 _COMM: Any = None  # the communicator of a distributed run, so that an error on one rank stops them all
 
 
-class UsageError(Exception):
-    """A bad flag or input: exit status 2 with this one line."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a bad flag is one line (not the whole usage block)."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
-
-
 def _parser() -> argparse.ArgumentParser:
-    from .data import DATASETS
-    from .kernels import ACTIVATIONS
-    from .losses import LOSSES
-    from .optim import OPTIMIZERS
+    from ..data import DATASETS
+    from ..kernels import ACTIVATIONS
+    from ..losses import LOSSES
+    from ..optim import OPTIMIZERS
 
-    p = _Parser(
+    p = Parser(
         prog="python -m gpu_backprop",
         description="Backpropagation in matrix form over whole mini-batches, on NumPy or CuPy.",
     )
@@ -115,13 +105,13 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m gpu_backprop`` and the ``gpu-backprop`` command."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:  # the benchmark suite parses its own flags
-        from .benchmark import main as bench_main
+        from .bench import main as bench_main
 
         return bench_main(argv[1:])
     args = _parser().parse_args(argv)  # argparse exits with status 2 on a bad flag
-    from .backend import BackendError
-    from .checkpoint import CheckpointError
-    from .data import DataError
+    from ..backend import BackendError
+    from ..checkpoint import CheckpointError
+    from ..data import DataError
 
     try:
         return _train(args)
@@ -184,9 +174,9 @@ def _check_out_dir(out: str) -> Path:
 def _train(args: argparse.Namespace) -> int:
     import gpu_backprop as gb
 
-    from .data import DataError, load_dataset
-    from .optim import make_optimizer
-    from .trainer import fit
+    from ..data import DataError, load_dataset
+    from ..optim import make_optimizer
+    from ..trainer import fit
 
     cfg = _settings(args)
     hidden = _hidden(cfg["hidden"])
@@ -202,7 +192,7 @@ def _train(args: argparse.Namespace) -> int:
     global _COMM
     comm = None
     if cfg["distributed"] != "none":
-        from .distributed import init_distributed
+        from ..distributed import init_distributed
 
         try:
             comm = _COMM = init_distributed(cfg["distributed"])

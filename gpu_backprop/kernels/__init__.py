@@ -1,0 +1,48 @@
+"""The elementwise work of a training step: each step once in NumPy, once as a named CuPy kernel.
+
+Matrix products go to BLAS/cuBLAS (:mod:`.linalg`); everything between them is
+here, by topic. Each public function takes its arrays, looks at where they
+live, and runs either its NumPy body (the reference) or a CuPy kernel of the
+same name, built on first use (:mod:`._cuda`). The GPU tests compare the two on
+fresh random inputs; :mod:`._cpu` runs the NumPy bodies across the cores.
+
+    activations   f(Z + b) forward, dA ⊙ f'(A) backward, f' from the output
+    softmax       softmax + cross-entropy: loss and (A − Y)/N in one pass
+    linalg        Z = X W, dW = Xᵀ dZ, dX = dZ Wᵀ, db = Σ dZ
+    updates       SGD (momentum, Nesterov) and Adam/AdamW over the flat buffer
+    random        a counter-based hash: permutations and dropout masks
+    batchnorm     BatchNorm's normalisation and its backward
+    gather        a batch gathered from the device-resident data set and scaled
+"""
+
+from __future__ import annotations
+
+from ._cpu import SCIPY_MAX_BATCH, scipy_blas
+from .activations import ACTIVATIONS, activation_backward, activation_forward, bias_activation
+from .batchnorm import batchnorm_backward, batchnorm_normalize
+from .gather import gather_scale
+from .linalg import column_sum, matmul
+from .random import dropout_forward, hash_uniform, random_permutation
+from .softmax import softmax, softmax_cross_entropy
+from .updates import adam_update, sgd_update
+
+__all__ = [
+    "ACTIVATIONS",
+    "SCIPY_MAX_BATCH",
+    "activation_backward",
+    "activation_forward",
+    "adam_update",
+    "batchnorm_backward",
+    "batchnorm_normalize",
+    "bias_activation",
+    "column_sum",
+    "dropout_forward",
+    "gather_scale",
+    "hash_uniform",
+    "matmul",
+    "random_permutation",
+    "scipy_blas",
+    "sgd_update",
+    "softmax",
+    "softmax_cross_entropy",
+]

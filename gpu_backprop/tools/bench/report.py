@@ -1,0 +1,222 @@
+"""Reports: the Markdown and the plot of a run's JSON, the notes derived from its measurements, file names.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from ...backend import Backend
+from .peers import N_TRAIN
+from .suite import MODELS, step_flops
+
+
+def analysis(report: dict[str, Any]) -> list[str]:
+    """Notes on what bounds each regime of the targets, from this run's own measurements (rows and breakdown)."""
+    notes = []
+    limit = report["limits"].get("numpy", {}).get("gemm_flops")
+    for t in report.get("targets", []):
+        row = next((r for r in report["results"] if r["backend"] == "numpy" and r["sizes"] == MODELS["mlp-1024"]
+                    and r["batch"] == t["batch"]), None)
+        bd = next((b for b in report.get("breakdown", []) if b["backend"] == "numpy"
+                   and b["model"] == "784-1024-1024-10" and b["batch"] == t["batch"]), None)
+        if row is None or bd is None or limit is None:
+            continue
+        n = N_TRAIN if t["batch"] == "full" else int(t["batch"])
+        flops = step_flops(MODELS["mlp-1024"]) * n
+        head = (f"- **mlp-1024, batch {t['batch']}** ({'met' if t['met'] else 'missed'}: {t['value']:.2f} against "
+                f"≥ {t['at_least']:g}). ")
+        rest = bd["step"] - bd["gemm"]
+        drift = row["seconds_per_step"] / bd["step"] - 1
+        if abs(drift) > 0.2:  # the machine's speed changed between the row and the breakdown
+            head += ("(The interleaved row and the breakdown, timed minutes apart, differ by more than 20% "
+                     "per step: the machine's speed changed in between.) ")
+        if t["batch"] == 1:
+            notes.append(head + (
+                f"A step took {bd['step'] * 1e3:.3f} ms in the breakdown ({1 / bd['step']:,.0f} samples/s; "
+                f"{row['seconds_per_step'] * 1e3:.3f} ms in the interleaved row): forward and backward "
+                f"{bd['fwd_bwd'] * 1e3:.3f} ms, of which the matrix–vector products alone are "
+                f"{bd['gemm'] * 1e3:.3f} ms (NumPy's gemv on one thread, reading {bd['params'] * 4 / 1e6:.1f} MB of "
+                f"weights and most of it again for dX; the rest is elementwise work, the loss and Python), and the "
+                f"fused momentum update {bd['update'] * 1e3:.3f} ms, which must move at least "
+                f"{bd['update_bytes'] / 1e6:.0f} MB (gradient read, weights and velocity read and written): "
+                f"{bd['update_bytes'] / bd['update'] / 1e9:.0f} GB/s (weights and velocity are "
+                f"{bd['update_bytes'] * 2 / 5 / 1e6:.0f} MB; L3 {report['facts'].get('l3_cache_mb', '?')} MB). "
+                f"The step is bound by bytes moved and Python, not FLOPs; PyTorch's took "
+                f"{1e3 / row['torch_samples_per_second']:.3f} ms in this run."
+                + ("" if t["met"] else f" {t['at_least']:g}× PyTorch needs "
+                   f"{1e3 / row['torch_samples_per_second'] / t['at_least']:.3f} ms per step.")))
+        elif t["batch"] == "full":
+            notes.append(head + (
+                f"A step took {bd['step']:.2f} s; its GEMMs alone {bd['gemm']:.2f} s "
+                f"({flops / bd['gemm'] / 1e9:.0f} GFLOP/s against the {limit / 1e9:.0f} of the 2048³ product), "
+                f"so the GEMMs' own rate sets the ceiling at {flops / bd['gemm'] / limit:.0%} of the limit; the "
+                f"other {rest:.2f} s are the elementwise passes over 60,000 × 1024 activations (bias and ReLU, "
+                f"ReLU's derivative, bias gradients), bound by memory bandwidth, and the loss."))
+        else:
+            notes.append(head + (
+                f"A step took {bd['step'] * 1e3:.2f} ms in the breakdown ({n / bd['step']:,.0f} samples/s; "
+                f"{row['seconds_per_step'] * 1e3:.2f} ms in the interleaved row), of which the step's GEMMs alone "
+                f"take {bd['gemm'] * 1e3:.2f} ms ({flops / bd['gemm'] / 1e9:.0f} GFLOP/s, "
+                f"{flops / bd['gemm'] / limit:.0%} of the 2048³ rate: at 128 rows the products run below the "
+                f"large-matrix rate); everything else — gather, elementwise work, loss, Python and the update's "
+                f"passes beyond its dW product — {max(rest, 0) * 1e3:.2f} ms. With the GEMMs alone a step would "
+                f"give {n / bd['gemm']:,.0f} samples/s, {n / bd['gemm'] / row['torch_samples_per_second']:.2f}× "
+                f"PyTorch's {row['torch_samples_per_second']:,.0f}: the bound is the GEMMs' rate at this size."))
+    return notes
+
+
+# --------------------------------------------------------------------------
+# Reports
+# --------------------------------------------------------------------------
+def _fmt(value: Any, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    """The report as Markdown: machine facts, the table, targets, breakdown, time to accuracy, notes."""
+    f = report["facts"]
+    blas = "; ".join(f"{b.get('library') or b.get('internal_api')} {b.get('version')} "
+                     f"({b.get('num_threads')} threads, {b.get('architecture')} kernels)"
+                     for b in f.get("blas", [])) if isinstance(f.get("blas"), list) else json.dumps(f.get("blas"))
+    env = ", ".join(f"{k}={v}" for k, v in f.get("env", {}).items() if v is not None) or "none set"
+    lines = [f"# gpu_backprop benchmark, {f['date']}", "",
+             (f"- CPU: {f['cpu']}, {f['cores']} cores; Python {f['python']}; NumPy {f['numpy']}; "
+             f"SciPy {f.get('scipy')}"),
+             f"- BLAS: {blas}",
+             (f"- BLAS/OpenMP environment: {env}; load average at the start: "
+             f"{' '.join(f.get('loadavg_at_start', ['?']))}"),
+             f"- PyTorch: {f.get('torch')} ({f.get('torch_threads', '—')} threads); scikit-learn: {f.get('sklearn')}"]
+    if "gpu" in f:
+        lines.append(f"- GPU: {f['gpu']}, {f['gpu_memory_gib']} GiB; driver {f['cuda_driver']}, CUDA runtime "
+                     f"{f['cuda_runtime']}, CuPy {f['cupy']}, TF32 {'on' if f['tf32'] else 'off'}")
+    for name, lim in report["limits"].items():
+        extra = ""
+        if "gemm_tf32_flops" in lim:
+            extra = (f" (FP32 {lim['gemm_fp32_flops'] / 1e12:,.1f} TFLOP/s, TF32 {lim['gemm_tf32_flops'] / 1e12:,.1f}"
+                     " TFLOP/s)")
+        lines.append(f"- {name}: measured {lim['precision']} GEMM ({lim['gemm_n']}³) "
+                     f"{lim['gemm_flops'] / 1e9:,.1f} GFLOP/s{extra} — the limit below")
+    lines += ["", ("Whole training steps (gather a batch from the device-resident uint8 set and scale it, forward, "
+              "backward, SGD with momentum 0.9; float32, ReLU, softmax cross-entropy) on random bytes of the "
+              "training set's shape (60,000 × 784), so no data set is needed; full batch = all 60,000 rows, "
+              "gathered and scaled once. Ours runs `opt.train_step(Xb, yb)` (= `net.train_step_grads` + "
+              "`opt.step()`, as `fit` does). The frameworks are timed interleaved block by block, median of the "
+              "blocks after a warm-up. *Limit* = the step's FLOPs at the measured GEMM rate. *Load* = cores "
+              "kept busy by other processes during our blocks (blocks over "
+              f"{report['settings']['max_load_cores']} cores were dropped and, after a wait for quiet, timed again, three times at most; "
+              f"this run waited {report['settings'].get('waited_for_quiet_s', 0):.0f} s)."), "",
+              ("| backend | model | batch | samples/s | ms/step | of limit | PyTorch samples/s | ours/PyTorch | "
+              "sklearn samples/s | ours/sklearn | load |"),
+              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in report["results"]:
+        lines.append(f"| {r['backend']} | {r['model']} | {r['batch']} | {r['samples_per_second']:,.0f} | "
+                     f"{r['seconds_per_step'] * 1e3:.3f} | {r['fraction_of_limit']:.1%} | "
+                     f"{_fmt(r.get('torch_samples_per_second'), ',.0f')} | {_fmt(r.get('ours_over_torch'), '.2f')} | "
+                     f"{_fmt(r.get('sklearn_samples_per_second'), ',.0f')} | "
+                     f"{_fmt(r.get('ours_over_sklearn'), '.2f')} | {_fmt(r.get('other_load_cores'), '.2f')} |")
+    if report.get("targets"):
+        lines += ["", "## Targets (NumPy backend, mlp-1024, this run)", "",
+                  "| batch | what | target | measured | |", "| --- | --- | ---: | ---: | --- |"]
+        for t in report["targets"]:
+            verdict = "met" if t["met"] else f"missed by {1 - t['ratio_to_target']:.0%}"
+            lines.append(f"| {t['batch']} | {t['what']} | ≥ {t['at_least']:g} | {t['value']:.2f} | {verdict} |")
+    if report.get("breakdown"):
+        lines += ["", "## Where a step's time goes (NumPy/CuPy phases, synchronised host clock, medians)", "",
+                  ("| model | batch | step ms | gather | forward+backward | update | GEMMs alone | update GB/s "
+                  "(least bytes) | step at GEMMs alone |"),
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for b in report["breakdown"]:
+            n = N_TRAIN if b["batch"] == "full" else b["batch"]
+            rate = (b["update_bytes"] / max(b["update"], 1e-12) / 1e9
+                    if n == 1 or not b.get("fused_update") else None)  # a fused batch update also holds dW
+            lines.append(f"| {b['model']} | {b['batch']} | {b['step'] * 1e3:.3f} | {b['gather'] * 1e3:.3f} | "
+                         f"{b['fwd_bwd'] * 1e3:.3f} | {b['update'] * 1e3:.3f} | {b['gemm'] * 1e3:.3f} | "
+                         f"{_fmt(rate, ',.0f')} | "
+                         f"{n / b['gemm']:,.0f} samples/s |")
+        lines += ["", ("*forward+backward* includes the GEMMs; what it has beyond *GEMMs alone* is the "
+                  "elementwise work, the loss and Python. *update* is the optimiser; on NumPy with SciPy, SGD takes "
+                  "`dW = Xᵀ dZ` into its update (BLAS `gemm` with β = 1, `ger` for one sample), so *update* then "
+                  "holds those products and *forward+backward* does not (for one sample *GEMMs alone* are then the "
+                  "forward and `dX` products only). *update GB/s* is the least a "
+                  "momentum update moves (gradient read, weights and velocity read and written) over its time.")]
+    for be, res in report.get("time_to_accuracy", {}).items():
+        lines += ["", f"Time to accuracy ({be}): " + (
+            res["skipped"] if "skipped" in res else
+            f"{res['seconds']:.1f} s to {max(res['accuracies']):.2%} test accuracy on Fashion-MNIST in "
+            f"{res['epochs']} epochs (target {res['target']:.0%}, {'reached' if res['reached'] else 'NOT reached'}"
+            f" within {res['max_epochs']} epochs; 784-256-256-10, SGD momentum 0.9, lr 0.05 cosine, batch 128; "
+            f"{res['includes']})")]
+    notes = [*analysis(report), *report.get("notes", [])]
+    if notes:
+        lines += ["", "## Notes (from this run's measurements)", "", *notes]
+    lines += ["", f"Command: `{report.get('command', '')}`"]
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict[str, Any], path: Path) -> bool:
+    """Samples/s against batch size, log-log, one line per backend and peer, the limit dotted."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    models = list(dict.fromkeys(r["model"] for r in report["results"]))
+    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4.2), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        rows = [r for r in report["results"] if r["model"] == model]
+        for be in sorted({r["backend"] for r in rows}):
+            mine = [r for r in rows if r["backend"] == be]
+            xs = [N_TRAIN if r["batch"] == "full" else r["batch"] for r in mine]
+            ax.plot(xs, [r["samples_per_second"] for r in mine], "o-", label=f"gpu_backprop ({be})")
+            for peer, key in (("PyTorch", "torch_samples_per_second"), ("scikit-learn", "sklearn_samples_per_second")):
+                pts = [(x, r[key]) for x, r in zip(xs, mine) if key in r]
+                if pts:
+                    ax.plot(*zip(*pts), "s--", label=f"{peer} ({'cuda' if be == 'cupy' else 'cpu'})")
+            lim = report["limits"][be]
+            ax.axhline(lim["gemm_flops"] / report["flops_per_sample"][model], linestyle=":", color="gray",
+                       label=f"limit: {lim['precision']} GEMM rate ({be})")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("batch size (60,000 = full batch)")
+        ax.set_ylabel("training samples/s")
+        ax.set_title(f"{model} ({report['facts']['date'][:10]})")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:48]
+
+
+def default_stem(backends: list[Backend], facts: dict[str, Any]) -> str:
+    """``DATE-cpu-<cpu>-<N>core`` or ``DATE-gpu-<gpu>[-tf32]`` (the GPU when one was benchmarked)."""
+    date = facts["date"][:10]
+    if any(be.name == "cupy" for be in backends):
+        return f"{date}-gpu-{_slug(facts['gpu'].split(':', 1)[-1])}" + ("-tf32" if facts.get("tf32") else "")
+    cpu = _slug(re.sub(r"\d+-Core Processor|Processor|\(R\)|\(TM\)|CPU", "", facts["cpu"]))
+    return f"{date}-cpu-{cpu}-{facts['cores']}core"
+
+
+def render(path: Path) -> int:
+    """Write ``path``'s Markdown and plot again from its JSON (the numbers are the run's, untouched)."""
+    try:
+        report = json.loads(path.read_text())
+        if not all(k in report for k in ("results", "facts", "limits")):
+            raise KeyError("results, facts or limits")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        print(f"error: --render {path}: not a benchmark report ({exc}); pass a .json this suite wrote",
+              file=sys.stderr)
+        return 2
+    path.with_suffix(".md").write_text(to_markdown(report))
+    made_png = plot(report, path.with_suffix(".png"))
+    print(f"wrote {path.with_suffix('.md')}" + (", .png" if made_png else ""))
+    return 0
