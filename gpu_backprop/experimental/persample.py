@@ -50,6 +50,7 @@ it is). Anything else runs through the general path.
 
 from __future__ import annotations
 
+import re
 import weakref
 from dataclasses import dataclass
 from importlib import resources
@@ -58,6 +59,7 @@ from typing import Any
 import numpy as np
 
 from .. import backend, kernels
+from ..kernels.activations import FORMULAS
 from ..layers import Dense
 from ..losses import SoftmaxCrossEntropy
 from ..network import Sequential
@@ -76,7 +78,7 @@ __all__ = [
 ]
 
 Array = Any
-ACT_CODES = {"identity": 0, "relu": 1, "leaky_relu": 2, "sigmoid": 3, "tanh": 4}
+ACT_CODES = {kind: code for code, kind in enumerate(FORMULAS)}  # the kernel's c_act table: 0 = identity, ...
 BLOCK = 256  # threads per block of the fused kernel: 8 warps
 MIN_TILE_ROWS = 4  # a warp's tile is at least 4 rows × 32 columns (fewer atomics per column)
 
@@ -134,21 +136,6 @@ def _check_optimizer(net: Sequential, opt: Any) -> None:
 # --------------------------------------------------------------------------
 # The NumPy reference: the readable specification of the kernel
 # --------------------------------------------------------------------------
-def _sgd_inplace(p: Array, v: Array | None, g: Array, n_decayed: int, *, lr: float, mu: float, wd: float,
-                 nesterov: bool) -> None:
-    """``kernels.sgd_update`` for one parameter: ``g' = g + λp`` on its first ``n_decayed`` entries, then the step."""
-    pf, gf = p.reshape(-1), g.reshape(-1)
-    if wd and n_decayed:
-        gf[:n_decayed] += wd * pf[:n_decayed]
-    if v is None:
-        pf -= lr * gf
-        return
-    vf = v.reshape(-1)
-    vf *= mu
-    vf += gf
-    pf -= lr * (gf + mu * vf if nesterov else vf)
-
-
 def per_sample_sgd_reference(net: Sequential, opt: SGD, X: Array, y: Array, order: Array, *,
                              scale: float = 1.0, lr: float | Array | None = None) -> tuple[Array, Array]:
     """The fused kernel's algorithm in NumPy, sample by sample, layer by layer (see the module docstring).
@@ -207,8 +194,10 @@ def per_sample_sgd_reference(net: Sequential, opt: SGD, X: Array, y: Array, orde
             dz = kernels.activation_backward(d, h[li + 1], s.activation, s.alpha)
             if li > 0:
                 d = W @ dz                                 # dX = dZ Wᵀ, before W changes
-            _sgd_inplace(W, vW, xp.outer(h[li], dz), decayed_w, lr=rate, mu=mu, wd=wd, nesterov=nesterov)
-            _sgd_inplace(b, vb, dz.copy(), decayed_b, lr=rate, mu=mu, wd=wd, nesterov=nesterov)
+            for p, v, g, decayed in ((W, vW, xp.outer(h[li], dz), decayed_w), (b, vb, dz.copy(), decayed_b)):
+                kernels.sgd_update(p.reshape(-1), g.reshape(-1), None if v is None else v.reshape(-1),
+                                   xp.empty(p.size, dtype), lr=rate, momentum=mu, weight_decay=wd,
+                                   nesterov=nesterov, n_decay=decayed)
     opt.steps += len(order_h)
     return xp.asarray(loss_sum, dtype=xp.float64), xp.asarray(correct, dtype=xp.int64)
 
@@ -268,7 +257,20 @@ def kernel_source(net: Sequential, x_dtype: Any = "uint8", *, block: int = BLOCK
         table("int", "c_act", [ACT_CODES[s.activation] for s in specs]),
         table("real", "c_alpha", [repr(float(s.alpha)) for s in specs]),
     ]
-    return "\n".join(head) + "\n" + KERNEL_SOURCE
+    return "\n".join(head) + "\n" + KERNEL_SOURCE.replace("ACTIVATION_FUNCTIONS", _activation_functions())
+
+
+_C_TYPE_T = re.compile(r"\bT\b")  # the element type in FORMULAS; this kernel calls it ``real``
+
+
+def _activation_functions() -> str:
+    """``act_f`` and ``act_grad`` in CUDA C, one ``case`` per kind of :data:`ACT_CODES`, from ``FORMULAS``."""
+    def switch(fn: str, arg: str, which: int) -> str:
+        cases = [f"        case {code}: return {_C_TYPE_T.sub('real', FORMULAS[kind][which])};"
+                 for kind, code in ACT_CODES.items()]
+        return (f"__device__ __forceinline__ real {fn}(int kind, real {arg}, real alpha) {{\n"
+                f"    switch (kind) {{\n" + "\n".join(cases) + "\n        default: return (real)0;\n    }\n}\n")
+    return switch("act_f", "x", 0) + "\n" + switch("act_grad", "a", 1)
 
 
 def scratch_size(net: Sequential) -> int:
