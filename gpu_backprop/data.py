@@ -303,12 +303,16 @@ def write_idx(path: str | os.PathLike[str], array: np.ndarray) -> None:
     Raises
     ------
     ValueError
-        If ``array`` is not uint8 or has another number of dimensions.
+        If ``array`` is not uint8, has another number of dimensions, or a dimension of 2³² or more.
     """
     path = Path(path)
-    array = np.ascontiguousarray(array)
+    array = np.asarray(array)
     if array.dtype != np.uint8 or not 1 <= array.ndim <= 4:
         raise ValueError(f"write_idx takes uint8 arrays of 1 to 4 dimensions, got {array.dtype} {array.shape}")
+    if max(array.shape) >= 2**32:
+        raise ValueError(f"write_idx: IDX stores each dimension in 32 bits, and {array.shape} has one of 2**32 or "
+                         "more; split the array into several files")
+    array = np.ascontiguousarray(array)
     payload = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
     payload += array.tobytes()
     if path.suffix == ".gz":
@@ -320,7 +324,7 @@ def write_idx(path: str | os.PathLike[str], array: np.ndarray) -> None:
 # Finding and loading the four files
 # --------------------------------------------------------------------------
 def default_cache_dir() -> Path:
-    """The cache root: ``$GPU_BACKPROP_DATA`` if set, else ``~/.cache/gpu_backprop``.
+    """The cache root: ``$GPU_BACKPROP_DATA`` if set, else ``$XDG_CACHE_HOME/gpu_backprop``, else ``~/.cache/gpu_backprop``.
 
     Each data set has a folder of its own in it, e.g. ``~/.cache/gpu_backprop/mnist``.
 
@@ -330,7 +334,10 @@ def default_cache_dir() -> Path:
         The root (it may not exist yet).
     """
     env = os.environ.get("GPU_BACKPROP_DATA")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "gpu_backprop"
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg and Path(xdg).is_absolute() else Path.home() / ".cache") / "gpu_backprop"
 
 
 def _find(directory: Path, stem: str) -> Path | None:

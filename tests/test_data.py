@@ -262,8 +262,13 @@ def no_system_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_default_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("GPU_BACKPROP_DATA", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
     assert data.default_cache_dir() == Path.home() / ".cache" / "gpu_backprop"
-    monkeypatch.setenv("GPU_BACKPROP_DATA", str(tmp_path))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))  # the XDG base directory specification
+    assert data.default_cache_dir() == tmp_path / "xdg" / "gpu_backprop"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")  # not absolute: ignored, as the specification says
+    assert data.default_cache_dir() == Path.home() / ".cache" / "gpu_backprop"
+    monkeypatch.setenv("GPU_BACKPROP_DATA", str(tmp_path))  # ours wins over XDG
     assert data.default_cache_dir() == tmp_path
 
 
@@ -435,3 +440,10 @@ def test_real_fashion_mnist_from_debian(tmp_path: Path, monkeypatch: pytest.Monk
     assert ds.num_classes == 10 and np.all(np.bincount(ds.y_train) == 6000) and np.all(np.bincount(ds.y_test) == 1000)
     assert os.stat(FASHION / "train-labels-idx1-ubyte.gz").st_size == data.CHECKSUMS["fashion-mnist"][
         "train-labels-idx1-ubyte.gz"][0] - len(b"train-labels-idx1-ubyte\0")  # the original, less its gzip FNAME
+
+
+def test_write_idx_refuses_a_dimension_that_does_not_fit_32_bits(tmp_path: Path) -> None:
+    huge = np.lib.stride_tricks.as_strided(np.zeros(1, np.uint8), shape=(2**32,), strides=(0,))
+    with pytest.raises(ValueError, match="32 bits"):
+        data.write_idx(tmp_path / "big-idx1-ubyte", huge)
+    assert list(tmp_path.iterdir()) == []  # nothing written
