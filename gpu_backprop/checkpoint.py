@@ -199,6 +199,7 @@ class _Reader:
         if len(set(names)) != len(names):
             self.fail("lists an entry twice")
         self.members = {info.filename: info for info in zf.infolist()}
+        self.size = path.stat().st_size
         if f"{_META}.npy" not in self.members:
             raise CheckpointError(f"{path} is not a gpu_backprop checkpoint (an .npz without its metadata); {_WHICH}")
 
@@ -274,6 +275,8 @@ class _Reader:
             shape, fortran, dtype = npy_format.read_array_header_2_0(f, max_header_size=10_000)
         else:
             self.fail(f"has an entry {name} in .npy version {version}, which this version does not read")
+        if any(d < 0 for d in shape):
+            self.fail(f"has an entry {name} of shape {shape}")
         if dtype.hasobject or dtype.str not in (*_ARRAY_DTYPES, "|u1"):
             self.fail(f"has an entry {name} of dtype {dtype}; checkpoints hold float32, float64 and int64 arrays")
         return shape, dtype, fortran
@@ -284,6 +287,8 @@ class _Reader:
         info = self.members[name]
         if info.compress_type != zipfile.ZIP_STORED:
             self.fail(f"has a compressed entry {name}; gpu_backprop writes (and reads) checkpoints uncompressed")
+        if info.file_size != info.compress_size or info.header_offset + info.compress_size > self.size:
+            self.fail(f"lists an entry {name} larger than the file itself")
         with self.zf.open(info) as f:
             shape, dtype, fortran = self.header(f, name)
             if dtype.str != expected["dtype"] or (expected["shape"] is not None and list(shape) != expected["shape"]):

@@ -326,7 +326,7 @@ def fit(
     if resume is not None:
         state = load_checkpoint(resume, net, optimizer, check=lambda saved: _check_resume(resume, saved, run))
         start_epoch = state["epoch"]
-        history = History.from_dict(state["history"])
+        history = History.from_dict(state.get("history", {}))
     if comm is not None and size > 1:
         comm.broadcast_(net.flat_params)
 

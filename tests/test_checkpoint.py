@@ -647,3 +647,27 @@ def test_pytorch_loads_the_exported_weights(tmp_path: Path) -> None:
     with torch.no_grad():
         probs = torch.softmax(model(torch.from_numpy(X)), dim=1).numpy()
     np.testing.assert_allclose(probs, net.predict(X), rtol=1e-5, atol=1e-6)
+
+
+def test_an_entry_the_zip_directory_says_is_larger_than_the_file_is_refused(good: Path, tmp_path: Path) -> None:
+    """A crafted central directory: a stored entry claiming 3.2 GB in a small file, read without a network."""
+    huge = (20000, 20000)
+
+    def claim(meta: dict[str, Any]) -> dict[str, Any]:
+        meta["arrays"]["model/layers.0.W"].update(shape=list(huge), dtype="<f8")
+        return meta
+    bad = _rewrite(good, tmp_path / "bad.npz", claim, members={"model/layers.0.W.npy": _npy_header_only(huge)})
+    blob = bytearray(bad.read_bytes())
+    name = b"model/layers.0.W.npy"
+    at = next(i for i in range(len(blob)) if blob.startswith(b"PK\x01\x02", i) and blob[i + 46:i + 46 + len(name)] == name)
+    claimed = len(_npy_header_only(huge)) - 64 + 8 * huge[0] * huge[1]
+    struct.pack_into("<II", blob, at + 20, claimed, claimed)  # its compressed and uncompressed sizes
+    bad.write_bytes(bytes(blob))
+    tracemalloc.start()
+    try:
+        with pytest.raises(CheckpointError, match="larger than the file itself"):
+            read_checkpoint(bad)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 50 * 2**20, f"{peak / 2**20:.0f} MiB allocated"
