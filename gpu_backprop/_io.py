@@ -147,7 +147,11 @@ def atomic_write_bytes(path: str | os.PathLike[str], payload: bytes) -> None:
 
 
 class DirectoryInUse(OSError):
-    """Another process holds the lock of a directory (see :func:`lock_directory`)."""
+    """Another process holds the lock of a directory (see :func:`lock_directory`); ``holder`` says which."""
+
+    def __init__(self, directory: str | os.PathLike[str], holder: str) -> None:
+        super().__init__(f"{directory} is in use by {holder}")
+        self.holder = holder
 
 
 LOCK_NAME = ".gpu_backprop.lock"
@@ -174,7 +178,7 @@ def lock_directory(directory: str | os.PathLike[str]) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-            raise DirectoryInUse(f"{directory} is in use by {holder}") from None
+            raise DirectoryInUse(directory, holder) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         try:

@@ -265,7 +265,7 @@ def _train(args: argparse.Namespace) -> int:
         try:
             _HELD.enter_context(lock_directory(out_dir))
         except DirectoryInUse as exc:
-            raise UsageError(f"--out {cfg['out']} is in use by another run ({exc}); wait for it to finish or "
+            raise UsageError(f"--out {cfg['out']} is in use by another run ({exc.holder}); wait for it to finish or "
                              "choose another --out") from None
 
     t0 = time.perf_counter()
