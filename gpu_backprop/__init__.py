@@ -35,8 +35,10 @@ from .losses import Loss, MeanSquaredError, SigmoidBinaryCrossEntropy, SoftmaxCr
 from .network import MLP, Sequential
 from .optim import SGD, Adam, AdamW, Optimizer
 from .trainer import DeviceMemoryError, History, evaluate, fit
+from .checkpoint import CheckpointError, load_model
+from .export import export_weights
 from .data import load_dataset
-from . import data, kernels, trainer  # noqa: E402 - submodules as attributes
+from . import checkpoint, data, kernels, trainer  # noqa: E402 - submodules as attributes
 
 __version__ = "0.1.0"
 
@@ -49,6 +51,7 @@ __all__ = [
     "Backend",
     "BackendError",
     "BatchNorm",
+    "CheckpointError",
     "Dense",
     "DeviceMemoryError",
     "Dropout",
@@ -67,11 +70,13 @@ __all__ = [
     "SoftmaxCrossEntropy",
     "Tanh",
     "backend_info",
+    "export_weights",
     "get_array_module",
     "get_backend",
     "gradcheck",
     "fit",
     "load_dataset",
+    "load_model",
     "evaluate",
     "History",
     "to_device",

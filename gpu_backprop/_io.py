@@ -1,23 +1,132 @@
-"""Writing files so that a reader sees the old file or the new one, never a part of either."""
+"""Writing files so that a reader sees the old file or the new one, never a part of either.
+
+Several processes may write into one directory at once. Each temporary file is
+named after the process that writes it (``.NAME.gbtmp.HOST.PID.TOKEN.tmp``),
+and a process deletes only temporary files of its own: the one it was writing
+when a write fails, and, before each write of ``NAME``, those left by a process
+of this host that no longer runs (killed mid-write). Nothing else is ever
+deleted, so another run's file that is being written, or a user's file that
+happens to start with ``.NAME.``, is left alone.
+
+Files get the mode a plain ``open()`` gives them: ``0o666`` less the umask
+(the kernel applies it), or the mode of the file they replace.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
-import tempfile
+import re
+import secrets
+import socket
+import stat
+from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_write_bytes"]
+__all__ = ["DirectoryInUse", "atomic_write_bytes", "chmod_like_open", "create_temporary", "lock_directory"]
+
+_MARK = "gbtmp"
+
+
+def _host() -> str:
+    """This host's name as it appears in temporary names (letters, digits and dashes only)."""
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:48] or "host"
+
+
+def create_temporary(path: str | os.PathLike[str], suffix: str = ".tmp") -> tuple[int, Path]:
+    """Create a new, empty temporary file beside ``path``, named for this process: ``(fd, its path)``.
+
+    It has the mode ``open(path, "w")`` would give: the mode of ``path`` if it
+    exists, else ``0o666`` less the umask. The caller writes it, renames it over
+    ``path`` and deletes it if anything fails.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_dead_temporaries(path, suffix)
+    while True:
+        tmp = path.with_name(f".{path.name}.{_MARK}.{_host()}.{os.getpid()}.{secrets.token_hex(6)}{suffix}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+            break
+        except FileExistsError:  # a token drawn twice: draw again
+            continue
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        mode = None  # a new file: the umask has already been applied by os.open
+    if mode is not None and hasattr(os, "fchmod"):
+        try:
+            os.fchmod(fd, mode)
+        except OSError:
+            pass
+    return fd, tmp
+
+
+def chmod_like_open(fd: int, path: str | os.PathLike[str]) -> None:
+    """Give the open file ``fd`` (made by ``tempfile.mkstemp``, mode 0600) the mode ``open(path, "w")`` would give.
+
+    That is the mode of ``path`` if it exists, else ``0o666`` less the umask.
+    """
+    if not hasattr(os, "fchmod"):
+        return
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        mode = 0o666 & ~_umask()
+    with contextlib.suppress(OSError):
+        os.fchmod(fd, mode)
+
+
+def _umask() -> int:
+    """This process's umask: read where Linux shows it, else set and put back at once."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _remove_dead_temporaries(path: Path, suffix: str) -> None:
+    """Delete temporary files of ``path`` left by processes of this host that no longer run."""
+    if os.name != "posix":  # os.kill(pid, 0) would not be a harmless probe
+        return
+    pattern = re.compile(re.escape(f".{path.name}.{_MARK}.{_host()}.") + r"(\d+)\.[0-9a-f]{12}" + re.escape(suffix))
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return
+    for name in names:
+        m = pattern.fullmatch(name)
+        if m is None or int(m.group(1)) == os.getpid() or _running(int(m.group(1))):
+            continue
+        with contextlib.suppress(OSError):
+            (path.parent / name).unlink()
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process: it runs
+        return True
+    return True
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], payload: bytes) -> None:
     """Write ``payload`` to a temporary file beside ``path``, fsync it, rename it over ``path``, fsync the folder.
 
-    A crash at any moment leaves either the previous file or the new one. The
-    temporary file is removed if the write fails.
+    A crash at any moment leaves either the previous file or the new one (and at
+    worst this process's temporary file, which the next write of ``path`` on
+    this host removes). The temporary file is removed if the write fails.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = create_temporary(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(payload)
@@ -25,7 +134,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], payload: bytes) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     try:  # make the rename itself durable
         dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -35,3 +144,47 @@ def atomic_write_bytes(path: str | os.PathLike[str], payload: bytes) -> None:
             os.close(dir_fd)
     except OSError:
         pass
+
+
+class DirectoryInUse(OSError):
+    """Another process holds the lock of a directory (see :func:`lock_directory`); ``holder`` says which."""
+
+    def __init__(self, directory: str | os.PathLike[str], holder: str) -> None:
+        super().__init__(f"{directory} is in use by {holder}")
+        self.holder = holder
+
+
+LOCK_NAME = ".gpu_backprop.lock"
+
+
+@contextlib.contextmanager
+def lock_directory(directory: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold an exclusive lock on ``directory`` (a ``.gpu_backprop.lock`` file in it) while the block runs.
+
+    Raises :class:`DirectoryInUse`, naming the holder's host and pid, if another
+    process holds it. The lock goes with the process, so a killed run leaves
+    none behind (the empty lock file stays). Where ``fcntl`` is missing
+    (Windows) nothing is locked.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    lock_path = Path(directory) / LOCK_NAME
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            raise DirectoryInUse(directory, holder) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)

@@ -36,7 +36,7 @@ from typing import IO, Protocol
 
 import numpy as np
 
-from ._io import atomic_write_bytes
+from ._io import atomic_write_bytes, chmod_like_open
 
 __all__ = [
     "DATASETS",
@@ -452,6 +452,7 @@ def _download_file(url: str, final: Path, expected: Published,
     """
     hashes = _new_hashes(expected)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent)
+    chmod_like_open(fd, final)  # readable by others as a plain open() would make it (a shared cache)
     tmp = Path(tmp_name)
     try:
         size = 0

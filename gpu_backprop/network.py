@@ -13,16 +13,18 @@ parameters after them, so weight decay applies to a prefix.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import copy
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from .backend import Backend, check_same_device, get_backend, is_cupy_array, to_device, to_numpy
+from .backend import Backend, BackendError, check_same_device, get_backend, is_cupy_array, to_device, to_numpy
 from .layers import Activation, BatchNorm, Dense, Dropout, Layer, LeakyReLU, make_activation
 from .losses import Loss, make_loss
 
-__all__ = ["MLP", "Sequential"]
+__all__ = ["MLP", "Sequential", "StateEntry"]
 
 Array = Any
 _ALIGN = 32  # each parameter starts on a 128-byte boundary (float32)
@@ -322,37 +324,74 @@ class Sequential:
                 d[f"layers.{idx}.{k}"] = np.array(to_numpy(v), copy=True)
         return d
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def state_spec(self) -> dict[str, StateEntry]:
+        """Every entry :meth:`load_state_dict` takes: its shape, its dtype and whether it must be there.
+
+        The parameters are required. So are layer states that exist now
+        (dropout seed and counter); a BatchNorm layer's running statistics are
+        optional: they exist only after its first forward pass in training mode.
+        """
+        spec = {name: StateEntry(shape, self.dtype, True) for name, (_, shape) in self._slots.items()}
+        for idx, layer in enumerate(self.layers):
+            for k, v in layer.state().items():
+                dtype = v.dtype if hasattr(v, "dtype") else np.asarray(v).dtype
+                spec[f"layers.{idx}.{k}"] = StateEntry(tuple(np.shape(v)), np.dtype(dtype),
+                                                       not isinstance(layer, BatchNorm))
+            if isinstance(layer, BatchNorm):
+                for k in ("running_mean", "running_var"):
+                    spec[f"layers.{idx}.{k}"] = StateEntry((layer.num_features,), self.dtype, False)
+        return spec
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Load what :meth:`state_dict` returned; keys and shapes must match exactly.
 
-        Nothing is changed unless every entry fits.
+        Values are converted to this network's dtype first, then checked: an
+        entry that holds NaN or Inf, or a value that overflows the dtype (1e300
+        in float32), is refused with its name. A BatchNorm layer whose running
+        statistics are not in ``state`` starts them afresh. Nothing is changed
+        unless every entry fits.
         """
-        expected = set(self.state_dict())
-        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        if not isinstance(state, Mapping):
+            raise TypeError(f"a network state is a dict of arrays, got {type(state).__name__}")
+        spec = self.state_spec()
+        missing = sorted(k for k, e in spec.items() if e.required and k not in state)
+        unexpected = sorted(k for k in state if k not in spec)
         if missing or unexpected:
             raise ValueError(
                 "state does not fit this network"
                 + (f"; missing {', '.join(missing[:5])}" if missing else "")
-                + (f"; unexpected {', '.join(unexpected[:5])}" if unexpected else "")
+                + (f"; unexpected {', '.join(map(str, unexpected[:5]))}" if unexpected else "")
                 + " (was it saved from a different architecture?)"
             )
-        for name, (_, shape) in self._slots.items():
-            got = tuple(np.shape(state[name]))
-            if got != shape:
-                raise ValueError(f"state entry {name} has shape {got}, this network needs {shape}")
-            if not np.all(np.isfinite(to_numpy(state[name]))):
-                raise ValueError(f"state entry {name} contains NaN or Inf; refusing to load it")
+        values: dict[str, np.ndarray] = {}
+        for name, value in state.items():
+            entry = spec[name]
+            try:
+                a = np.asarray(to_numpy(value))
+            except (TypeError, ValueError) as exc:
+                raise TypeError(f"state entry {name} is not an array ({type(value).__name__}: {exc})") from None
+            if tuple(a.shape) != entry.shape:
+                raise ValueError(f"state entry {name} has shape {tuple(a.shape)}, this network needs {entry.shape}")
+            values[name] = _converted(name, a, entry.dtype)
+        for idx, layer in enumerate(self.layers):
+            if isinstance(layer, BatchNorm):
+                var = values.get(f"layers.{idx}.running_var")
+                if var is not None and (var < 0).any():
+                    raise ValueError(f"state entry layers.{idx}.running_var has negative variances; refusing to load it")
+                if (f"layers.{idx}.running_mean" in values) != (var is not None):
+                    raise ValueError(f"state holds only one of layers.{idx}.running_mean and running_var; "
+                                     "pass both or neither")
         for name in self._slots:
-            self.params[name][...] = to_device(np.asarray(to_numpy(state[name]), dtype=self.dtype), self.backend)
+            self.params[name][...] = to_device(values[name], self.backend)
         for idx, layer in enumerate(self.layers):
             prefix = f"layers.{idx}."
-            st = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix) and k not in self._slots}
-            if st:
-                if isinstance(layer, Dropout):
-                    layer.load_state({k: int(np.asarray(v)) for k, v in st.items()})
-                else:
-                    layer.load_state({k: to_device(np.asarray(v, dtype=self.dtype), self.backend)
-                                      for k, v in st.items()})
+            st = {k[len(prefix):]: v for k, v in values.items() if k.startswith(prefix) and k not in self._slots}
+            if isinstance(layer, Dropout):
+                layer.load_state({k: int(v) for k, v in st.items()})
+            elif isinstance(layer, BatchNorm) and not st:
+                layer.running_mean = layer.running_var = None  # as saved: before the first forward pass
+            elif st:
+                layer.load_state({k: to_device(v, self.backend) for k, v in st.items()})
 
     def config(self) -> dict[str, Any]:
         """A JSON-able description of the architecture (checked when a checkpoint is loaded)."""
@@ -371,6 +410,40 @@ class Sequential:
                          dtype=self.dtype if dtype is None else dtype, seed=self.seed, input_dim=self.input_dim)
         new.load_state_dict(self.state_dict())
         return new
+
+    # ------------------------------------------------------------------ pickling
+    def __getstate__(self) -> dict[str, Any]:
+        """What :mod:`pickle` (and ``copy.deepcopy``, joblib, multiprocessing, Ray) stores.
+
+        The layers as their classes and constructor arguments, the loss's class,
+        the backend by name, the dtype, the seed, :meth:`state_dict` (NumPy
+        arrays) and any attribute a subclass added (``MLP.sizes``). The flat
+        buffers, the views into them and the cached work buffers are rebuilt on
+        unpickling, so a pickle holds each parameter once and no device memory.
+        """
+        return {
+            "layers": [_pickled_layer(layer) for layer in self.layers],
+            "loss": type(self.loss),
+            "backend": self.backend.name,
+            "dtype": self.dtype.name,
+            "seed": self.seed,
+            "input_dim": self.input_dim,
+            "state": self.state_dict(),
+            "extra": {k: v for k, v in vars(self).items() if k not in _BUILT},
+        }
+
+    def __setstate__(self, saved: dict[str, Any]) -> None:
+        """Rebuild the network on the backend it was pickled from.
+
+        A network pickled on CuPy comes back on CuPy; where CuPy cannot run, it
+        comes back on NumPy with a :class:`RuntimeWarning` (the weights are the
+        same, only the device differs).
+        """
+        layers = [_unpickled_layer(entry) for entry in saved["layers"]]
+        Sequential.__init__(self, layers, loss=saved["loss"](), backend=_unpickled_backend(saved["backend"]),
+                            dtype=saved["dtype"], seed=saved["seed"], input_dim=saved["input_dim"])
+        self.load_state_dict(saved["state"])
+        self.__dict__.update(saved["extra"])
 
     # ------------------------------------------------------------------ description
     def describe(self, batch: int = 128) -> str:
@@ -409,6 +482,65 @@ def _init_args(layer: Layer) -> dict[str, Any]:
     if isinstance(layer, LeakyReLU):
         return {"alpha": layer.alpha}
     return {}
+
+
+class StateEntry(NamedTuple):
+    """One entry of :meth:`Sequential.state_spec`."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    required: bool
+
+
+def _converted(name: str, a: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``a`` as ``dtype`` (a float parameter, or an integer counter), refused with its name if it does not fit."""
+    if dtype.kind == "f":
+        if a.dtype.kind not in "fiu":
+            raise TypeError(f"state entry {name} has dtype {a.dtype}; it needs numbers ({dtype.name})")
+        with np.errstate(over="ignore", invalid="ignore"):
+            out = np.array(a, dtype=dtype)
+        if not np.isfinite(out).all():
+            raise ValueError(f"state entry {name} contains NaN or Inf in {dtype.name} (or values too large for it); "
+                             "refusing to load it")
+        return out
+    if a.dtype.kind not in "iu":
+        raise TypeError(f"state entry {name} has dtype {a.dtype}; it needs integers")
+    info = np.iinfo(dtype)
+    if a.size and (int(a.min()) < info.min or int(a.max()) > info.max):
+        raise ValueError(f"state entry {name} holds values outside the range of {dtype.name}; refusing to load it")
+    return np.array(a, dtype=dtype)
+
+
+# the attributes Sequential.__init__ makes (a pickle rebuilds them); any other attribute is pickled as is
+_BUILT = frozenset({"layers", "loss", "backend", "dtype", "seed", "input_dim", "_steps", "_needs_dx", "output_dim",
+                    "n_decay", "flat_params", "flat_grads", "params", "grads", "_slots", "_layer_slots",
+                    "last_output"})
+
+
+def _pickled_layer(layer: Layer) -> tuple[type[Layer], dict[str, Any]] | Layer:
+    """A built-in layer as ``(class, constructor arguments)``; another one as a copy without its arrays."""
+    if type(layer) in (Dense, BatchNorm, Dropout, LeakyReLU) or (isinstance(layer, Activation)
+                                                                 and type(layer).__init__ is Layer.__init__):
+        return type(layer), _init_args(layer)
+    bare = copy.copy(layer)  # its parameter views are rebuilt on unpickling
+    bare.params, bare.grads = {}, {}
+    return bare
+
+
+def _unpickled_layer(entry: tuple[type[Layer], dict[str, Any]] | Layer) -> Layer:
+    if isinstance(entry, Layer):
+        return entry
+    cls, args = entry
+    return cls(**args)
+
+
+def _unpickled_backend(name: str) -> Backend:
+    try:
+        return get_backend(name)
+    except BackendError as exc:
+        warnings.warn(f"this network was pickled on {name}, which cannot run here ({exc}); "
+                      "it is on NumPy now", RuntimeWarning, stacklevel=3)
+        return get_backend("numpy")
 
 
 class MLP(Sequential):

@@ -11,12 +11,13 @@ flat buffer), not to biases or BatchNorm parameters.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from . import kernels
-from .backend import to_device, to_numpy
+from .backend import is_cupy_array, to_device, to_numpy
 from .layers import Dense
 from .network import Sequential
 
@@ -30,6 +31,36 @@ def _check(name: str, value: float, lo: float, hi: float = math.inf, lo_open: bo
         left = "(" if lo_open else "["
         raise ValueError(f"{name} must be in {left}{lo}, {hi}), got {value!r}")
     return v
+
+
+#: the valid values of each hyper-parameter an optimiser's state may restore: (low, high, low excluded)
+_HYPER_RANGES: dict[str, tuple[float, float, bool]] = {
+    "lr": (0.0, math.inf, True), "momentum": (0.0, 1.0, False), "weight_decay": (0.0, math.inf, False),
+    "beta1": (0.0, 1.0, False), "beta2": (0.0, 1.0, False), "eps": (0.0, math.inf, True),
+}
+
+
+def _checked_hyper(saved: Any, current: dict[str, Any]) -> dict[str, Any]:
+    """The hyper-parameters in a saved state, each known, of the right type and in range (else one sentence)."""
+    if not isinstance(saved, Mapping):
+        raise TypeError(f"optimizer state hyper must be a dict, got {type(saved).__name__}")
+    out: dict[str, Any] = {}
+    for k, v in saved.items():
+        if k not in current:
+            raise ValueError(f"optimizer state has an unknown hyper-parameter {k!r}; "
+                             f"this optimizer has {', '.join(current)}")
+        if isinstance(current[k], bool):
+            if not isinstance(v, (bool, np.bool_)):
+                raise TypeError(f"optimizer state hyper-parameter {k} must be true or false, got {v!r}")
+            out[k] = bool(v)
+            continue
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
+            raise TypeError(f"optimizer state hyper-parameter {k} must be a number, got {v!r}")
+        lo, hi, lo_open = _HYPER_RANGES.get(k, (-math.inf, math.inf, False))
+        out[k] = _check(f"optimizer state hyper-parameter {k}", float(v), lo, hi, lo_open)
+    if out.get("nesterov", current.get("nesterov")) and out.get("momentum", current.get("momentum", 1.0)) == 0.0:
+        raise ValueError("optimizer state has Nesterov momentum with momentum 0")
+    return out
 
 
 class Optimizer:
@@ -76,18 +107,65 @@ class Optimizer:
         d.update({k: to_numpy(v).copy() for k, v in self._buffers().items()})
         return d
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned (for the same network)."""
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (for the same network): buffers, step count, hyper-parameters.
+
+        The state must hold exactly the buffers this optimiser keeps (e.g. an
+        SGD without momentum keeps no velocity), each of the network's shape and
+        finite once converted to its dtype; the hyper-parameters must be among
+        :meth:`hyper`'s names, each a valid value. Anything else is one sentence
+        (ValueError or TypeError), and nothing is changed unless all of it fits.
+        """
+        if not isinstance(state, Mapping):
+            raise TypeError(f"an optimizer state is a dict, got {type(state).__name__}")
         if state.get("name") != self.name:
             raise ValueError(f"optimizer state is for {state.get('name')!r}, not {self.name!r}")
-        for k, buf in self._buffers().items():
-            v = np.asarray(state[k])
+        buffers = self._buffers()
+        given = sorted(k for k in state if k not in ("name", "steps", "hyper"))
+        extra, missing = [k for k in given if k not in buffers], [k for k in buffers if k not in state]
+        if extra or missing:
+            raise ValueError(
+                f"the optimizer state {'holds ' + ', '.join(extra) if extra else 'lacks ' + ', '.join(missing)}, "
+                f"which this {type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.hyper().items())}) "
+                f"{'does not keep' if extra else 'needs'}; it was saved with other settings (e.g. momentum)"
+            )
+        values = {}
+        for k, buf in buffers.items():
+            v = np.asarray(to_numpy(state[k]))
             if v.shape != buf.shape:
                 raise ValueError(f"optimizer state {k} has shape {v.shape}, the network needs {buf.shape}")
-            buf[...] = to_device(v.astype(buf.dtype), self.net.backend)
-        for k, v in state.get("hyper", {}).items():
+            if v.dtype.kind not in "fiu":
+                raise TypeError(f"optimizer state {k} has dtype {v.dtype}; it needs numbers")
+            with np.errstate(over="ignore", invalid="ignore"):
+                values[k] = v.astype(buf.dtype)
+            if not np.isfinite(values[k]).all():
+                raise ValueError(f"optimizer state {k} contains NaN or Inf in {buf.dtype} (or values too large for "
+                                 "it); refusing to load it")
+        steps = state.get("steps")
+        if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 0:
+            raise ValueError(f"optimizer state steps must be a non-negative integer, got {steps!r}")
+        hyper = _checked_hyper(state.get("hyper", {}), self.hyper())
+        for k, v in values.items():
+            buffers[k][...] = to_device(v, self.net.backend)
+        for k, v in hyper.items():
             setattr(self, k, v)
-        self.steps = int(state["steps"])
+        self.steps = int(steps)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """What :mod:`pickle` stores: the attributes, with device arrays copied to the host."""
+        saved = dict(vars(self))
+        on_device = [k for k, v in saved.items() if is_cupy_array(v)]
+        saved.update({k: to_numpy(saved[k]) for k in on_device})
+        saved["__on_device__"] = on_device
+        return saved
+
+    def __setstate__(self, saved: dict[str, Any]) -> None:
+        """Put the state buffers back on the network's device (NumPy if the network came back on NumPy)."""
+        saved = dict(saved)
+        on_device = saved.pop("__on_device__", [])
+        self.__dict__.update(saved)
+        for k in on_device:
+            setattr(self, k, to_device(saved[k], self.net.backend))
 
     def hyper(self) -> dict[str, Any]:
         return {"lr": self.lr}

@@ -32,7 +32,7 @@ import numpy as np
 from . import kernels
 from .backend import check_same_device, per_sample_blas, to_device
 from ._io import atomic_write_bytes
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .network import Sequential
 from .optim import Optimizer
 
@@ -281,7 +281,13 @@ def fit(
     max_grad_norm : clip the gradient to this global L2 norm.
     checkpoint : a path; a checkpoint is written there (atomically) after every epoch.
     resume : a checkpoint to continue from; the run continues exactly as if
-        it had never stopped (bit for bit on NumPy).
+        it had never stopped (bit for bit on NumPy). It continues the saved
+        run, so everything that shapes it must be as saved: the network, the
+        optimizer's kind and hyper-parameters (``lr`` as first given), ``seed``,
+        ``batch_size``, ``schedule``, ``max_grad_norm`` and the number of
+        training samples; only ``epochs`` may grow. A difference is a
+        :class:`~gpu_backprop.checkpoint.CheckpointError` (a ValueError) that
+        names it, and nothing is loaded.
     comm : a communicator from :mod:`gpu_backprop.distributed` for
         data-parallel training: every rank takes its shard of each global
         batch and the gradients are averaged with one all-reduce per step.
@@ -314,11 +320,12 @@ def fit(
 
     history = History()
     start_epoch = 0
+    run = {"seed": seed, "base_lr": base_lr, "batch_size": B, "samples": n, "epochs": epochs,
+           "schedule": "constant" if schedule is None else schedule if isinstance(schedule, str) else None,
+           "max_grad_norm": max_grad_norm}  # what shapes the run: a resumed one must match it (epochs aside)
     if resume is not None:
-        state = load_checkpoint(resume, net, optimizer)
-        start_epoch = int(state["epoch"])
-        seed = int(state.get("seed", seed))
-        base_lr = float(state.get("base_lr", base_lr))
+        state = load_checkpoint(resume, net, optimizer, check=lambda saved: _check_resume(resume, saved, run))
+        start_epoch = state["epoch"]
         history = History.from_dict(state.get("history", {}))
     if comm is not None and size > 1:
         comm.broadcast_(net.flat_params)
@@ -359,8 +366,7 @@ def fit(
                     break
         stop = bool(callback(record)) if callback is not None else False
         if checkpoint is not None and rank == 0:
-            save_checkpoint(checkpoint, net, optimizer, {"epoch": epoch + 1, "seed": seed, "base_lr": base_lr,
-                                                         "history": history.to_dict()})
+            save_checkpoint(checkpoint, net, optimizer, {**run, "epoch": epoch + 1, "history": history.to_dict()})
         if stop:
             history.stopped_reason = f"stopped by the callback after epoch {epoch + 1}"
             break
@@ -368,6 +374,54 @@ def fit(
         net.load_state_dict(best_state)
         history.best_epoch = best_epoch
     return history
+
+
+#: the arguments of fit that a resumed run must repeat, as (the saved state's key, fit's argument)
+_RESUMED = (("seed", "seed"), ("base_lr", "the optimizer's lr"), ("batch_size", "batch_size"),
+            ("schedule", "schedule"), ("max_grad_norm", "max_grad_norm"))
+
+
+def _check_resume(path: Any, saved: dict[str, Any], run: dict[str, Any]) -> None:
+    """Refuse to resume from ``saved`` (a checkpoint's training state) a run that differs from it.
+
+    Resuming continues the saved run: the seed, the base learning rate, the
+    batch size, the schedule, the clipping and the number of training samples
+    must be those it was saved with (``epochs`` may grow). Each difference is
+    one sentence; so is a state that does not hold what fit wrote.
+    """
+    epoch = saved.get("epoch")
+    if not (isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 0):
+        raise CheckpointError(f"checkpoint {path} holds no epoch count; it was not written by fit")
+    _check_history(path, saved.get("history", {}))
+    samples = saved.get("samples")
+    if samples is not None and samples != run["samples"]:
+        raise CheckpointError(f"checkpoint {path} was trained on {samples:,} samples but the training data has "
+                              f"{run['samples']:,}; resume on the same data set")
+    for key, what in _RESUMED:
+        if key not in saved or (key == "schedule" and None in (saved[key], run[key])):  # older file; a callable
+            continue
+        if saved[key] != run[key]:
+            raise CheckpointError(
+                f"{what} {run[key]!r} differs from the checkpoint's {saved[key]!r}; pass "
+                f"{key.replace('base_lr', 'lr')}={saved[key]!r} to continue the saved run, or train afresh "
+                "without resume"
+            )
+
+
+def _check_history(path: Any, h: Any) -> None:
+    """A saved :class:`History` has the types :meth:`History.from_dict` needs."""
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    ok = (isinstance(h, dict)
+          and isinstance(h.get("epochs", []), list)
+          and all(isinstance(e, dict) and all(number(v) for v in e.values()) for e in h.get("epochs", []))
+          and isinstance(h.get("steps", []), list)
+          and all(isinstance(p, list) and len(p) == 2 and all(number(v) for v in p) for p in h.get("steps", []))
+          and (h.get("stopped_reason") is None or isinstance(h.get("stopped_reason"), str))
+          and (h.get("best_epoch") is None or number(h.get("best_epoch"))))
+    if not ok:
+        raise CheckpointError(f"checkpoint {path} holds a training history that fit did not write")
 
 
 def _lr_at(base_lr: float, schedule: Schedule, epoch: int, total_steps: int) -> Callable[[int], float]:

@@ -250,3 +250,23 @@ def test_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
         assert fragment in err, (name, err)
         assert "Traceback" not in err and len(err.strip().splitlines()) == 1, (name, err)
         assert sorted(p for p in tmp_path.rglob("*")) == before, f"{name} left files behind"
+
+
+def test_resume_with_a_contradicting_flag_is_one_line_and_writes_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = _idx_dir(tmp_path / "good")
+    base = ["train", "--dataset", "idx", "--data-dir", str(good), "--hidden", "7", "--batch-size", "5",
+            "--no-progress"]
+    assert cli.main([*base, "--epochs", "1", "--momentum", "0", "--out", str(tmp_path / "run")]) == 0
+    ckpt = tmp_path / "run" / "checkpoint.npz"
+    capsys.readouterr()
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    for flags, fragment in ((["--momentum", "0.9"], "--momentum 0.9 differs from the checkpoint's 0.0"),
+                            (["--lr", "0.5"], "--lr 0.5 differs from the checkpoint's 0.05"),
+                            (["--seed", "2"], "--seed 2 differs from the checkpoint's 0")):
+        code, err = _cli([*base, "--epochs", "2", *flags, "--resume", str(ckpt), "--out", str(tmp_path / "next")],
+                         capsys)
+        assert code == 2 and fragment in err, err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+        assert not (tmp_path / "next").exists()

@@ -7,17 +7,19 @@ stderr that says what is wrong and how to fix it — never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import math
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from .._io import atomic_write_bytes
+from .._io import DirectoryInUse, atomic_write_bytes, lock_directory
 from ._args import Parser, UsageError
 
 __all__ = ["PRESETS", "main"]
@@ -51,6 +53,7 @@ DEFAULTS: dict[str, Any] = dict(
 
 
 _COMM: Any = None  # the communicator of a distributed run, so that an error on one rank stops them all
+_HELD = contextlib.ExitStack()  # the lock on --out while a run trains into it
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -92,7 +95,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--tf32", action="store_true", default=None,
                    help="float32 matrix products on TF32 tensor cores (CuPy on Ampere+; ~3e-4 relative error)")
     t.add_argument("--out", help="directory for checkpoints, history.json and curves.png")
-    t.add_argument("--resume", help="checkpoint to continue from")
+    t.add_argument("--resume", help="checkpoint to continue from, with the saved run's settings (a flag that "
+                                    "contradicts them is an error; --epochs may grow)")
     t.add_argument("--json", action="store_true", default=None,
                    help="print the final metrics as one JSON object on the last line")
     t.add_argument("--no-progress", dest="progress", action="store_false", default=None)
@@ -127,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
                         "(if --out was given) is intact", code=130)
         print("interrupted; the last checkpoint (if --out was given) is intact", file=sys.stderr)
         return 130
+    finally:
+        _HELD.close()  # the --out lock
 
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -185,9 +191,15 @@ def _train(args: argparse.Namespace) -> int:
         raise UsageError(f"--epochs must be at least 1, got {cfg['epochs']}")
     if not (cfg["lr"] > 0 and math.isfinite(cfg["lr"])):
         raise UsageError(f"--lr must be a positive number, got {cfg['lr']}")
+    resumed: dict[str, Any] | None = None
+    if cfg["resume"]:
+        if not Path(cfg["resume"]).is_file():
+            raise UsageError(f"--resume {cfg['resume']} does not exist; pass a checkpoint written with --out")
+        from ..checkpoint import checkpoint_metadata
+
+        resumed = checkpoint_metadata(cfg["resume"])
+        cfg = _resumed_settings(cfg, _explicit(args), resumed)
     out_dir = _check_out_dir(cfg["out"]) if cfg["out"] else None
-    if cfg["resume"] and not Path(cfg["resume"]).is_file():
-        raise UsageError(f"--resume {cfg['resume']} does not exist; pass a checkpoint written with --out")
 
     global _COMM
     comm = None
@@ -216,23 +228,45 @@ def _train(args: argparse.Namespace) -> int:
     if cfg["l2_lambda"] is not None and args.weight_decay is None:  # a preset's λ/n, n = this training set
         weight_decay = cfg["l2_lambda"] / len(ds.y_train)
     sizes = [int(ds.x_train[0].size), *hidden, ds.num_classes if cfg["loss"] != "bce" or ds.num_classes > 2 else 1]
+    if resumed is not None:
+        weight_decay, batch_size, sizes = _resumed_sizes(cfg, args, resumed, len(ds.y_train), weight_decay)
     if rank0:
         print(f"gpu_backprop {__version__}: training on {ds.name}{note}: {len(ds.y_train):,} train / "
               f"{len(ds.y_test):,} test samples from {ds.source}")
         print(f"backend {backend.name} on {backend.device} ({backend.reason}); network {'-'.join(map(str, sizes))} "
               f"{cfg['activation']}, loss {cfg['loss']}, {cfg['optimizer']} lr {cfg['lr']}"
               f"{' momentum ' + str(cfg['momentum']) if cfg['optimizer'] == 'sgd' and cfg['momentum'] else ''}"
+              f"{' nesterov' if cfg['optimizer'] == 'sgd' and cfg['nesterov'] else ''}"
               f"{f' weight decay {weight_decay:.3g}' if weight_decay else ''}, "
               f"batch {batch_size}, {cfg['epochs']} epochs, seed {cfg['seed']}, {cfg['dtype']}"
-              + (f", {comm.size} ranks ({comm.engine})" if comm is not None else ""), flush=True)
+              + (f", schedule {cfg['schedule']}" if cfg["schedule"] not in (None, "constant") else "")
+              + (f", gradient norm clipped at {cfg['max_grad_norm']}" if cfg["max_grad_norm"] is not None else "")
+              + (f", {comm.size} ranks ({comm.engine})" if comm is not None else "")
+              + (f"; resumed from {cfg['resume']} at epoch {resumed['state']['epoch']}" if resumed else ""),
+              flush=True)
         if comm is not None:
             print(comm.describe(), flush=True)  # which pid is which rank, for the launcher's messages
-    net = gb.MLP(sizes, activation=cfg["activation"], loss=cfg["loss"], output_activation=cfg["output_activation"],
-                 init=cfg["init"], backend=backend, dtype=cfg["dtype"], seed=cfg["seed"])
-    opt_kwargs: dict[str, Any] = {"lr": cfg["lr"], "weight_decay": weight_decay}
-    if cfg["optimizer"] == "sgd":
-        opt_kwargs.update(momentum=cfg["momentum"], nesterov=bool(cfg["nesterov"]))
+    if resumed is not None:  # the saved run's network and optimiser, whatever built them
+        from ..checkpoint import network_from_config
+
+        net = network_from_config(resumed["config"], backend, seed=cfg["seed"])
+        opt_kwargs: dict[str, Any] = dict(resumed["optimizer"].get("hyper", {}), lr=cfg["lr"])
+        if "beta1" in opt_kwargs:
+            opt_kwargs["betas"] = (opt_kwargs.pop("beta1"), opt_kwargs.pop("beta2", 0.999))
+    else:
+        net = gb.MLP(sizes, activation=cfg["activation"], loss=cfg["loss"],
+                     output_activation=cfg["output_activation"], init=cfg["init"], backend=backend, dtype=cfg["dtype"],
+                     seed=cfg["seed"])
+        opt_kwargs = {"lr": cfg["lr"], "weight_decay": weight_decay}
+        if cfg["optimizer"] == "sgd":
+            opt_kwargs.update(momentum=cfg["momentum"], nesterov=bool(cfg["nesterov"]))
     opt = make_optimizer(cfg["optimizer"], net, **opt_kwargs)
+    if out_dir is not None and rank0:  # one run at a time writes into --out
+        try:
+            _HELD.enter_context(lock_directory(out_dir))
+        except DirectoryInUse as exc:
+            raise UsageError(f"--out {cfg['out']} is in use by another run ({exc.holder}); wait for it to finish or "
+                             "choose another --out") from None
 
     t0 = time.perf_counter()
     history = fit(net, opt, ds.x_train, ds.y_train, epochs=cfg["epochs"], batch_size=batch_size,
@@ -263,6 +297,157 @@ def _train(args: argparse.Namespace) -> int:
             "stopped_reason": history.stopped_reason, "final_lr": last.get("lr"),
         }))
     return 3 if (history.stopped_reason or "").startswith("training diverged") else 0
+
+
+# --------------------------------------------------------------------------
+# --resume: the saved run's settings win; a flag that contradicts them is an error
+# --------------------------------------------------------------------------
+#: flags that do not change what a resumed run computes, free to differ from the saved run
+_FREE = ("dataset", "data_dir", "backend", "tf32", "out", "resume", "json", "progress", "distributed", "patience",
+         "init", "epochs", "l2_lambda")
+_KINDS = {"Identity": "identity", "ReLU": "relu", "LeakyReLU": "leaky_relu", "Sigmoid": "sigmoid", "Tanh": "tanh"}
+
+
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def _explicit(args: argparse.Namespace) -> dict[str, tuple[str, Any]]:
+    """The settings the user asked for, by key: ``(who asked, value)``, from the flags and the --preset."""
+    given: dict[str, tuple[str, Any]] = {}
+    if args.preset:
+        given.update({k: (f"--preset {args.preset}", v) for k, v in PRESETS[args.preset].items()})
+    given.update({k: (_flag(k), v) for k, v in vars(args).items() if v is not None and k not in ("command", "preset")})
+    return given
+
+
+def _show(v: Any) -> str:
+    if isinstance(v, bool):
+        return "on" if v else "off"
+    if isinstance(v, list):
+        return ",".join(map(str, v)) or "(none)"
+    return "none" if v is None else str(v)
+
+
+_ARCHITECTURE = ("hidden", "activation", "loss", "output_activation", "dtype")
+
+
+def _contradiction(key: str, who: str, given: Any, saved: Any) -> UsageError:
+    if key in _ARCHITECTURE:
+        asked = f"{who} (its {_flag(key)} {_show(given)})" if who.startswith("--preset") else f"{who} {_show(given)}"
+        return UsageError(f"{asked} asks for a different network than the checkpoint's ({_flag(key)[2:]} "
+                          f"{_show(saved)}); drop {who.split()[0]} to continue the saved run, or start afresh "
+                          "without --resume")
+    if who.startswith("--preset"):
+        return UsageError(f"{who} sets {_flag(key)} {_show(given)}, which differs from the checkpoint's {_show(saved)}; "
+                          "drop --preset to continue the saved run, or start afresh without --resume")
+    return UsageError(f"{who} {_show(given)} differs from the checkpoint's {_show(saved)}; drop the flag to continue "
+                      "the saved run, or start afresh without --resume")
+
+
+def _saved_settings(meta: dict[str, Any]) -> dict[str, Any]:
+    """The command-line settings of the run a checkpoint was saved from (those it records)."""
+    from ..checkpoint import CheckpointError
+    from ..losses import make_loss
+
+    config, state, opt = meta["config"], meta["state"], meta["optimizer"]
+    layers = config["layers"]
+    dense = [i for i, s in enumerate(layers) if s["type"] == "Dense"]
+    saved: dict[str, Any] = {"hidden": [layers[i].get("out_features") for i in dense[:-1]],
+                             "loss": make_loss(config["loss"]).name, "dtype": config["dtype"]}
+    if len(dense) > 1 and dense[0] + 1 < len(layers) and layers[dense[0] + 1]["type"] in _KINDS:
+        saved["activation"] = _KINDS[layers[dense[0] + 1]["type"]]
+    if dense and dense[-1] + 1 < len(layers):
+        saved["output_activation"] = _KINDS.get(layers[dense[-1] + 1]["type"])
+    elif dense:
+        saved["output_activation"] = None
+    if not opt:
+        raise CheckpointError("the checkpoint holds no optimiser state (it was saved without an optimizer), so "
+                              "training cannot resume from it")
+    hyper = opt.get("hyper", {})
+    saved["optimizer"] = opt["name"]
+    saved.update({k: hyper[k] for k in ("momentum", "nesterov", "weight_decay") if k in hyper})
+    if opt["name"] != "sgd":
+        saved.update(momentum=0.0, nesterov=False)
+    if "base_lr" in state or "lr" in hyper:
+        saved["lr"] = state.get("base_lr", hyper.get("lr"))
+    for key in ("seed", "batch_size", "schedule", "max_grad_norm", "epochs"):
+        if key in state and not (key == "schedule" and state[key] is None):  # (None: a callable, not recorded)
+            saved[key] = state[key]
+    for key, v in saved.items():
+        if not _valid(key, v):
+            raise CheckpointError(f"the checkpoint records {key} as {v!r}, which is not a valid setting; "
+                                  "start afresh without --resume")
+    return saved
+
+
+def _valid(key: str, v: Any) -> bool:
+    """Whether ``v`` is a valid value of the setting ``key`` (as read from a checkpoint)."""
+    def number(x: Any) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+    if key in ("seed", "batch_size", "epochs"):
+        return isinstance(v, int) and not isinstance(v, bool) and v >= (0 if key == "seed" else 1)
+    if key in ("lr", "momentum", "weight_decay"):
+        return number(v) and v >= 0
+    if key == "max_grad_norm":
+        return v is None or (number(v) and v > 0)
+    if key == "nesterov":
+        return isinstance(v, bool)
+    if key == "schedule":
+        return isinstance(v, str)
+    if key == "hidden":
+        return all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in v)
+    return True
+
+
+def _resumed_settings(cfg: dict[str, Any], given: dict[str, tuple[str, Any]], meta: dict[str, Any]) -> dict[str, Any]:
+    """``cfg`` with the saved run's settings; a flag (or preset value) that contradicts one is a UsageError."""
+    from ..losses import make_loss
+
+    saved = _saved_settings(meta)
+    normal: dict[str, Callable[[Any], Any]] = {
+        "hidden": _hidden, "loss": lambda v: make_loss(v).name, "lr": float, "momentum": float,
+        "weight_decay": float, "max_grad_norm": float, "seed": int, "nesterov": bool,
+        "activation": lambda v: str(v).lower().replace("-", "_"),
+        "output_activation": lambda v: str(v).lower().replace("-", "_"),
+    }
+    for key, (who, value) in given.items():
+        if key in _FREE or key == "batch_size" or key not in saved:  # batch_size: checked with the data set
+            continue
+        if key in ("momentum", "nesterov") and saved["optimizer"] != "sgd":
+            continue  # as without --resume: only SGD reads them
+        if normal.get(key, lambda v: v)(value) != saved[key]:
+            raise _contradiction(key, who, value, saved[key])
+    done = meta["state"].get("epoch", 0)
+    epochs = given["epochs"][1] if "epochs" in given else saved.get("epochs", cfg["epochs"])
+    if isinstance(done, int) and epochs <= done:
+        raise UsageError(f"the checkpoint has done {done} epochs and --epochs is {epochs}, so there is nothing to "
+                         f"train; pass --epochs above {done} to train on")
+    out = dict(cfg)
+    out.update({k: v for k, v in saved.items() if k not in ("hidden", "epochs")})
+    out["epochs"] = epochs
+    out["hidden"] = ",".join(map(str, saved["hidden"]))
+    return out
+
+
+def _resumed_sizes(cfg: dict[str, Any], args: argparse.Namespace, meta: dict[str, Any], n: int,
+                   weight_decay: float) -> tuple[float, int | str, list[int]]:
+    """What needs the data set to check: the batch size ('full' = n) and a preset's λ/n weight decay."""
+    given = _explicit(args)
+    saved_batch = meta["state"].get("batch_size")
+    if "batch_size" in given and isinstance(saved_batch, int):
+        want = _batch(given["batch_size"][1])
+        if (n if want == "full" else want) != saved_batch:
+            raise _contradiction("batch_size", given["batch_size"][0], given["batch_size"][1], saved_batch)
+    batch_size: int | str = saved_batch if isinstance(saved_batch, int) else _batch(cfg["batch_size"])
+    saved_wd = meta["optimizer"].get("hyper", {}).get("weight_decay", weight_decay)
+    if cfg["l2_lambda"] is not None and "weight_decay" not in given and weight_decay != saved_wd:
+        raise _contradiction("weight_decay", given["l2_lambda"][0] if "l2_lambda" in given else "--preset",
+                             weight_decay, saved_wd)
+    config = meta["config"]
+    sizes = [config["input_dim"], *[s["out_features"] for s in config["layers"] if s["type"] == "Dense"]]
+    return saved_wd, batch_size, sizes
 
 
 def _plot(history: Any, path: Path) -> None:
