@@ -451,11 +451,13 @@ def compile_all(arch: str = DEFAULT_ARCH, *, workers: int | None = None) -> list
         ok, log = _nvrtc_compile(source, re.sub(r"\W", "_", job.kernel) + ".cu", options, method)
         return Build(job.kernel, job.dtype, ok, log)
 
-    n = workers or min(os.cpu_count() or 1, 8)
-    with ThreadPoolExecutor(max_workers=max(1, n)) as pool:
+    pool = ThreadPoolExecutor(max_workers=max(1, workers or min(os.cpu_count() or 1, 8)))
+    try:
         # the fused kernels take ~10x longer than the others: start them first, so that no thread finishes alone
         started = {k: pool.submit(build, jobs[k]) for k in sorted(range(len(jobs)), key=lambda k: -jobs[k].cost)}
         return [started[k].result() for k in range(len(jobs))]
+    finally:  # on Ctrl-C too: what has not started never will
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 # --------------------------------------------------------------------------
