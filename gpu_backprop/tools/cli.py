@@ -102,6 +102,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", dest="progress", action="store_false", default=None)
     t.add_argument("--distributed", choices=["none", "mpi", "nccl"], help="data-parallel engine (with mpiexec)")
     sub.add_parser("bench", help="run the benchmark suite (python -m gpu_backprop bench --help)")
+    sub.add_parser("doctor", help="check CuPy, CUDA, NVRTC, NCCL and MPI, and compile every kernel "
+                                  "(python -m gpu_backprop doctor --help)")
     return p
 
 
@@ -112,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
         from .bench import main as bench_main
 
         return bench_main(argv[1:])
+    if argv[:1] == ["doctor"]:  # so does the doctor
+        from .doctor import main as doctor_main
+
+        return doctor_main(argv[1:])
     args = _parser().parse_args(argv)  # argparse exits with status 2 on a bad flag
     from ..backend import BackendError
     from ..checkpoint import CheckpointError
