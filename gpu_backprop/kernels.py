@@ -130,24 +130,25 @@ _PARALLEL_MIN = 1 << 20  # below this, a thread hand-off costs more than it save
 _WORKERS = min(os.cpu_count() or 1, 8)
 
 
-def _in_parallel(body: Any, n: int, min_n: int = _PARALLEL_MIN) -> None:
+def _in_parallel(body: Any, n: int, min_n: int = _PARALLEL_MIN) -> list[Any]:
     """Run ``body(slice)`` over ``range(n)`` split across the CPU cores (NumPy releases the GIL).
 
     Elementwise NumPy is single-threaded; an optimiser step over a few million
     parameters is memory-bound, and two cores move about twice the bytes.
+    Returns what ``body`` returned for each slice, in the order of the slices
+    (never in the order the threads finished, which depends on timing).
     """
     global _POOL
     workers = _WORKERS
     if n < min_n or workers == 1:
-        body(slice(0, n))
-        return
+        return [body(slice(0, n))]
     if _POOL is None:
         from concurrent.futures import ThreadPoolExecutor
 
         _POOL = ThreadPoolExecutor(workers, thread_name_prefix="gpu_backprop")
     step = -(-n // workers)
     step = -(-step // 64) * 64  # keep chunk boundaries aligned
-    list(_POOL.map(body, [slice(i, min(i + step, n)) for i in range(0, n, step)]))
+    return list(_POOL.map(body, [slice(i, min(i + step, n)) for i in range(0, n, step)]))
 
 
 _BLOCK_BYTES = 1 << 18  # a row block of 256 KB stays in L2 between the passes over it
@@ -305,13 +306,13 @@ def activation_backward(d: Array, a: Array, kind: str, alpha: float = 0.01) -> A
 def column_sum(d: Array, out: Array) -> Array:
     """``out = Σ_rows d``: the bias gradient ``db`` of a Dense layer, ``(N, M) -> (M,)``.
 
-    NumPy sums a large batch in one part per core, then adds the parts.
+    NumPy sums a large batch in one part per core, then adds the parts in row
+    order, so the rounding never depends on which thread finished first.
     """
     if _on_gpu(d) or d.nbytes < 4 * _PARALLEL_MIN:
         backend.get_array_module(d).sum(d, axis=0, out=out)
         return out
-    parts: list[np.ndarray] = []  # list.append is atomic under the GIL
-    _in_parallel(lambda rows: parts.append(d[rows].sum(axis=0)), d.shape[0], min_n=0)
+    parts = _in_parallel(lambda rows: d[rows].sum(axis=0), d.shape[0], min_n=0)
     np.sum(parts, axis=0, out=out)
     return out
 
