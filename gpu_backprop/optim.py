@@ -101,6 +101,22 @@ class Optimizer:
     def _buffers(self) -> dict[str, Any]:
         return {}
 
+    def _save_state(self) -> dict[str, Any]:
+        """Copies of the state exactly as held, for the divergence guard: taking them changes nothing."""
+        return {k: v.copy() for k, v in self._buffers().items()}
+
+    def _load_state(self, saved: dict[str, Any]) -> None:
+        """Put back what :meth:`_save_state` returned."""
+        for k, v in self._buffers().items():
+            v[...] = saved[k]
+
+    def _settle(self) -> None:
+        """Bring state kept in a lazy form into its plain one (SGD: fold the momentum scale).
+
+        This changes the rounding of what follows, so the trainer calls it only at
+        points fixed by the step count (the end of each epoch), never on a timer.
+        """
+
     def state_dict(self) -> dict[str, Any]:
         """Hyper-parameters, step count and state buffers (as NumPy arrays)."""
         d: dict[str, Any] = {"name": self.name, "steps": self.steps, "hyper": self.hyper()}
@@ -217,6 +233,19 @@ class SGD(Optimizer):
     def _buffers(self) -> dict[str, Any]:
         v = self.velocity  # folds the fused path's scale back in
         return {"velocity": v} if v is not None else {}
+
+    def _save_state(self) -> dict[str, Any]:
+        if self._velocity is None:
+            return {}
+        return {"velocity": self._velocity.copy(), "scale": self._scale}  # as held: no fold
+
+    def _load_state(self, saved: dict[str, Any]) -> None:
+        if self._velocity is not None:
+            self._velocity[...] = saved["velocity"]
+            self._scale = saved["scale"]
+
+    def _settle(self) -> None:
+        self.velocity  # noqa: B018 - the property folds the scale in
 
     def train_step(self, X: Any, y: Any) -> Any:
         """A step; on NumPy with SciPy present, ``dW`` goes straight into the update (see below).

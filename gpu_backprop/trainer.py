@@ -7,8 +7,12 @@ The data set goes to the device once, as it is (uint8 images stay uint8). Each
 epoch draws a permutation on the device from ``(seed, epoch)``; each step
 gathers its rows and scales them to floats in one kernel, runs forward,
 backward and the optimiser, and adds its loss to a device accumulator. The
-host reads that accumulator back only when the progress bar refreshes, so on
-a GPU the steps queue up without waiting.
+host reads that accumulator back only at a check (every few steps, see
+``_check_steps``) or when the progress bar refreshes, so on a GPU the steps
+queue up without waiting. Everything that can change numbers or saved state
+(the divergence guard's snapshot, the loss curve's points, folding optimiser
+state) happens at checks, which the step count fixes: never on a timer, so the
+same seed gives the same bits however busy the machine is.
 
 ``batch_size`` is an integer (1 is per-sample SGD) or ``"full"`` (full-batch
 gradient descent): the same matrix-form step serves all three.
@@ -294,8 +298,8 @@ def fit(
         Global batches must divide evenly across ranks; a last partial batch
         that does not is dropped. BatchNorm statistics are per rank.
 
-    A loss that becomes NaN or infinite stops training: the weights and the
-    optimiser go back to the last progress check where the loss was finite,
+    A loss (or weights) that become NaN or infinite stop training: the weights and
+    the optimiser go back to the last check where the loss and the weights were finite,
     ``history.stopped_reason`` says what happened, and a warning is issued.
     """
     if not isinstance(net, Sequential):
@@ -459,6 +463,15 @@ def _print_epoch(r: dict[str, float], epochs: int) -> None:
 
 
 _RANK_REFRESH_STEPS = 50  # with several ranks, the progress refresh (and divergence check) every this many steps
+_CHECK_SAMPLES = 4096  # one rank: a check (divergence guard, loss-curve point) about every this many samples ...
+_CHECK_MIN_STEPS = 8  # ... but no more often than every this many steps (a GPU would wait at each one)
+
+
+def _check_steps(batch: int, size: int) -> int:
+    """How many steps from one check to the next: a function of the settings alone, never of time."""
+    if size > 1:
+        return _RANK_REFRESH_STEPS
+    return max(_CHECK_MIN_STEPS, -(-_CHECK_SAMPLES // batch))
 
 
 class _Loop:
@@ -472,6 +485,7 @@ class _Loop:
         self.max_grad_norm, self.progress, self.refresh, self.history = max_grad_norm, progress, refresh, history
         self.batches = _Batches(net, X, scale)
         self.check_every: int | None = None
+        self.check_steps = _check_steps(B, size)
         xp = net.xp
         self.loss_sum = xp.zeros((), dtype=xp.float64)
         self.correct = xp.zeros((), dtype=xp.int64)
@@ -486,14 +500,14 @@ class _Loop:
         self.batches._full = None
         self.net.backend.free_cached_memory()
 
-    def _snapshot(self) -> tuple[Array, dict[str, Array]]:
-        return self.net.flat_params.copy(), {k: v.copy() for k, v in self.opt._buffers().items()}
+    def _snapshot(self) -> tuple[Array, dict[str, Any]]:
+        """The weights and the optimiser state as they are (taking it changes nothing)."""
+        return self.net.flat_params.copy(), self.opt._save_state()
 
     def _restore(self) -> None:
-        params, bufs = self._good
+        params, state = self._good
         self.net.flat_params[...] = params
-        for k, v in self.opt._buffers().items():
-            v[...] = bufs[k]
+        self.opt._load_state(state)
 
     def _first_bad_layer(self) -> str:
         xp = self.net.xp
@@ -531,10 +545,10 @@ class _Loop:
         self.correct.fill(0)
         seen = seen_at_check = 0
         loss_at_check = 0.0
-        good_step = step0  # the global step of the last check where the loss was finite
+        good_step = step0  # the global step of the last check where the loss and the weights were finite
         bar = tqdm(total=steps * B if self.size > 1 else n, desc=f"epoch {epoch + 1}/{epochs}", unit="sample",
                    disable=not self.progress, leave=False, dynamic_ncols=True)
-        last = t_start = time.perf_counter()
+        last = t_start = time.perf_counter() if self.progress else 0.0
         diverged = None
         whole = B == n and self.size == 1  # full-batch gradient descent: the same batch every step
         for s in range(steps):
@@ -558,27 +572,38 @@ class _Loop:
             self.loss_sum += loss * b
             self.correct += _correct(xp, net.last_output, yb)
             seen += b
-            now = time.perf_counter()
-            # several ranks refresh at the same steps and decide on the global loss, so that they all
-            # stop (and restore the same weights) together: a rank left alone would wait forever
-            if (now - last >= self.refresh if self.size == 1 else (s + 1) % _RANK_REFRESH_STEPS == 0) \
-                    or s == steps - 1:
-                total = float(self.loss_sum)  # the one synchronisation: at a progress refresh
-                if not math.isfinite(total if self.size == 1 else self.comm.allreduce_sum_scalar(total)):
+            # checks come at steps fixed by the settings, the same on every rank (which decide on the
+            # global loss, so that they all stop and restore the same weights together: a rank left alone
+            # would wait forever); the progress bar alone may refresh on a timer in between
+            check = (s + 1) % self.check_steps == 0 or s == steps - 1
+            now = time.perf_counter() if self.progress else 0.0
+            if not check and not (self.progress and now - last >= self.refresh):
+                continue
+            total = float(self.loss_sum)  # the one synchronisation: at a check or a progress refresh
+            if check:
+                # the loss comes before the update, so look at the weights too: a snapshot must be finite
+                weights_ok = bool(xp.isfinite(net.flat_params).all())
+                mine = total if weights_ok else math.nan
+                if not math.isfinite(mine if self.size == 1 else self.comm.allreduce_sum_scalar(mine)):
                     where = self._first_bad_layer()
                     self._restore()
-                    diverged = (f"training diverged: the loss became {total / max(seen, 1)} between steps "
+                    what = ("the weights became NaN or infinite" if math.isfinite(total) and not weights_ok
+                            else f"the loss became {total / max(seen, 1)}")
+                    diverged = (f"training diverged: {what} between steps "
                                 f"{good_step + 1} and {step0 + s + 1} (epoch {epoch + 1}); the first non-finite "
                                 f"value is in {where}; restored the weights of step {good_step}; "
                                 "lower the learning rate or clip gradients (max_grad_norm)")
                     break
+                if s == steps - 1:
+                    self.opt._settle()  # at the same step in a run resumed from a checkpoint, which saves it settled
                 self._good, good_step = self._snapshot(), step0 + s + 1
                 window = seen - seen_at_check
                 if window:
                     self.history.steps.append((step0 + s + 1, (total - loss_at_check) / window))
                 loss_at_check, seen_at_check = total, seen
+            if self.progress:
                 bar.set_postfix(loss=f"{total / seen:.4f}", acc=f"{int(self.correct) / seen:.3f}",
-                                rate=f"{seen * self.size / (now - t_start):,.0f}/s", refresh=False)
+                                rate=f"{seen * self.size / max(now - t_start, 1e-9):,.0f}/s", refresh=False)
                 bar.update(seen * self.size - bar.n)
                 last = now
         bar.close()

@@ -33,24 +33,25 @@ _pool: Any = None
 _scipy_blas: Any = None  # scipy.linalg.blas once looked for; False when SciPy is not installed
 
 
-def in_parallel(body: Any, n: int, min_n: int = PARALLEL_MIN) -> None:
+def in_parallel(body: Any, n: int, min_n: int = PARALLEL_MIN) -> list[Any]:
     """Run ``body(slice)`` over ``range(n)`` split across the CPU cores (NumPy releases the GIL).
 
     Elementwise NumPy is single-threaded; an optimiser step over a few million
     parameters is memory-bound, and two cores move about twice the bytes.
+    Returns what ``body`` returned for each slice, in the order of the slices
+    (never in the order the threads finished, which depends on timing).
     """
     global _pool
     workers = WORKERS
     if n < min_n or workers == 1:
-        body(slice(0, n))
-        return
+        return [body(slice(0, n))]
     if _pool is None:
         from concurrent.futures import ThreadPoolExecutor
 
         _pool = ThreadPoolExecutor(workers, thread_name_prefix="gpu_backprop")
     step = -(-n // workers)
     step = -(-step // 64) * 64  # keep chunk boundaries aligned
-    list(_pool.map(body, [slice(i, min(i + step, n)) for i in range(0, n, step)]))
+    return list(_pool.map(body, [slice(i, min(i + step, n)) for i in range(0, n, step)]))
 
 
 def in_row_blocks(body: Any, n_rows: int, row_bytes: int) -> None:

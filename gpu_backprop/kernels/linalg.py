@@ -46,13 +46,13 @@ def matmul(a: Array, b: Array, out: Array, alpha: float = 1.0, beta: float = 0.0
 def column_sum(d: Array, out: Array) -> Array:
     """``out = Σ_rows d``: the bias gradient ``db`` of a Dense layer, ``(N, M) -> (M,)``.
 
-    NumPy sums a large batch in one part per core, then adds the parts.
+    NumPy sums a large batch in one part per core, then adds the parts in row
+    order, so the rounding never depends on which thread finished first.
     """
     if on_gpu(d) or d.nbytes < 4 * _cpu.PARALLEL_MIN:
         backend.get_array_module(d).sum(d, axis=0, out=out)
         return out
-    parts: list[np.ndarray] = []  # list.append is atomic under the GIL
-    _cpu.in_parallel(lambda rows: parts.append(d[rows].sum(axis=0)), d.shape[0], min_n=0)
+    parts = _cpu.in_parallel(lambda rows: d[rows].sum(axis=0), d.shape[0], min_n=0)
     np.sum(parts, axis=0, out=out)
     return out
 
