@@ -1,0 +1,11 @@
+"""``cupy._core``: the array type, kernels, and the compute types of matrix products."""
+
+from __future__ import annotations
+
+from . import _routines_linalg, core
+from ._kernel import ElementwiseKernel, ufunc
+from .core import array, ascontiguousarray, asarray, ndarray
+from .raw import RawKernel
+
+__all__ = ["ElementwiseKernel", "RawKernel", "array", "ascontiguousarray", "asarray", "core", "ndarray", "ufunc",
+           "_routines_linalg"]
