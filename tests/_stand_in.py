@@ -42,6 +42,7 @@ if "FAKECUPY_CACHE_DIR" not in os.environ:  # kernel builds shared by this test 
     atexit.register(shutil.rmtree, os.environ["FAKECUPY_CACHE_DIR"], True)
 #: the defect of kernels._cuda.raw_source that another branch fixes: `(T)` survives in the softmax kernel
 RAW_SOURCE_LEAVES_T = "(T)" in _cuda.raw_source("softmax_xent", np.float32)
+RAW_SOURCE = _cuda.raw_source  #: the project's own, which stand_in() replaces while the defect is there
 
 
 def raw_source_with_typedef(name: str, dtype: Any) -> str:

@@ -41,7 +41,7 @@ def empty(shape: Any, dtype: Any = float, order: str = "C") -> ndarray:
 
 
 def _filled(shape: Any, dtype: Any, value: Any, order: str = "C") -> ndarray:
-    a = ndarray._new(allocate(shape, dtype, order, poison=False))
+    a = ndarray._new(allocate(shape, dtype, order, garbage=False))
     a._a.fill(value)
     _fake.launches["routine:fill"] += 1
     return a
@@ -306,3 +306,58 @@ def outer(a: Any, b: Any, out: Any = None) -> ndarray:
         np.outer(x, y, out=require_ndarray(out, "out")._a)
         return out
     return ndarray._new(np.outer(x, y))
+
+
+# --------------------------------------------------------------------------
+# Shapes and types (NumPy's answers, for CuPy arrays as for anything else)
+# --------------------------------------------------------------------------
+def ndim(a: Any) -> int:
+    return a.ndim if isinstance(a, ndarray) else np.ndim(a)
+
+
+def shape(a: Any) -> tuple[int, ...]:
+    return a.shape if isinstance(a, ndarray) else np.shape(a)
+
+
+def size(a: Any, axis: int | None = None) -> int:
+    if isinstance(a, ndarray):
+        return a.size if axis is None else a.shape[axis]
+    return np.size(a, axis)
+
+
+result_type = np.result_type
+can_cast = np.can_cast
+isscalar = np.isscalar
+
+
+def reshape(a: Any, newshape: Any, order: str = "C") -> ndarray:
+    return require_ndarray(a).reshape(newshape, order=order)
+
+
+def ravel(a: Any, order: str = "C") -> ndarray:
+    return require_ndarray(a).ravel(order)
+
+
+def transpose(a: Any, axes: Any = None) -> ndarray:
+    return require_ndarray(a).transpose(*(axes or ()))
+
+
+def squeeze(a: Any, axis: Any = None) -> ndarray:
+    return require_ndarray(a).squeeze(axis)
+
+
+def may_share_memory(a: Any, b: Any, max_work: Any = None) -> bool:
+    return np.may_share_memory(require_ndarray(a)._a, require_ndarray(b, "b")._a)
+
+
+def shares_memory(a: Any, b: Any, max_work: Any = None) -> bool:
+    return np.shares_memory(require_ndarray(a)._a, require_ndarray(b, "b")._a)
+
+
+def copyto(dst: Any, src: Any, casting: str = "same_kind", where: Any = None) -> None:
+    require_ndarray(dst, "dst")
+    if not (isinstance(src, ndarray) or is_scalar(src)):
+        raise unsupported(src)
+    _fake.launches["routine:copy"] += 1
+    np.copyto(dst._a, src._a if isinstance(src, ndarray) else src, casting=casting,
+              where=True if where is None else require_ndarray(where, "where")._a)

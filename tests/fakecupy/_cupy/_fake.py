@@ -22,13 +22,33 @@ def reset_counts() -> None:
     launches.clear()
 
 
+poisoned = False
+ILLEGAL_ADDRESS = "CUDA_ERROR_ILLEGAL_ADDRESS: an illegal memory access was encountered"
+
+
+def poison() -> None:
+    """A kernel touched memory it may not: like a CUDA context, the device is unusable from now on."""
+    global poisoned
+    poisoned = True
+    check_context()
+
+
+def check_context() -> None:
+    if poisoned:
+        from .cuda._driver import CUDADriverError  # noqa: PLC0415
+
+        raise CUDADriverError(ILLEGAL_ADDRESS)
+
+
 def sync() -> None:
     global syncs
+    check_context()
     syncs += 1
 
 
 def upload() -> None:
     global uploads
+    check_context()
     uploads += 1
 
 
@@ -38,6 +58,7 @@ def setting(name: str, default: str) -> str:
 
 DEVICES = int(setting("DEVICES", "1"))
 SMS = int(setting("SMS", "2"))
+CC = setting("CC", "90")  # compute capability, e.g. "75" for a GPU without TF32
 MEMORY = int(setting("MEMORY", str(16 << 30)))
 NCCL = setting("NCCL", "1") != "0"
 CXX = setting("CXX", "g++")

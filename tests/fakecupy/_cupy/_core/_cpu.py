@@ -12,6 +12,10 @@ the address points, as ``cuLaunchKernel`` does — once per CUDA thread:
 * one host thread per CUDA thread, all alive at once, with a ``std::barrier`` per block and per warp,
   for the others (so a cooperative grid can wait on itself).
 
+A one-after-another launch that reads or writes memory it may not (SIGSEGV) stops there and poisons the
+device, as an illegal address poisons a CUDA context: that call and every later one raise
+``CUDA_ERROR_ILLEGAL_ADDRESS``. (A stray address that happens to be mapped reads garbage, as on a GPU.)
+
 Builds are cached by the hash of their text in :func:`_fake.cache_dir`, shared by processes.
 """
 
@@ -29,9 +33,12 @@ from .. import _fake
 from ..cuda.compiler import CompileException
 
 RUNTIME = r"""
-// fakecupy's threaded launches: one host thread per CUDA thread, a std::barrier per block and per warp.
+// fakecupy's runtime: launches guarded against illegal addresses, and threaded launches (one host thread per
+// CUDA thread, a std::barrier per block and per warp).
 #include <barrier>
 #include <chrono>
+#include <csetjmp>
+#include <csignal>
 #include <cstring>
 #include <memory>
 #include <thread>
@@ -45,6 +52,35 @@ struct Warp {
 };
 thread_local std::barrier<>* t_block = nullptr;
 thread_local Warp* t_warp = nullptr;
+thread_local sigjmp_buf* t_jump = nullptr;
+
+void on_fault(int sig, siginfo_t*, void*) {
+    if (t_jump != nullptr) siglongjmp(*t_jump, 1);  // an illegal address in a guarded launch: report it
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+}
+
+// Run body(ctx); 1 if it touched memory it may not (SIGSEGV/SIGBUS), as a GPU reports an illegal address.
+extern "C" int fc_guarded(void (*body)(void*), void* ctx) {
+    struct sigaction sa {}, old_segv {}, old_bus {};
+    sa.sa_sigaction = on_fault;
+    sa.sa_flags = SA_SIGINFO | SA_NODEFER;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGSEGV, &sa, &old_segv);
+    sigaction(SIGBUS, &sa, &old_bus);
+    sigjmp_buf jump;
+    int faulted = 0;
+    if (sigsetjmp(jump, 1) == 0) {
+        t_jump = &jump;
+        body(ctx);
+    } else {
+        faulted = 1;
+    }
+    t_jump = nullptr;
+    sigaction(SIGSEGV, &old_segv, nullptr);
+    sigaction(SIGBUS, &old_bus, nullptr);
+    return faulted;
 }
 
 extern "C" void fc_run_threads(unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
@@ -305,16 +341,27 @@ static inline void __fc_call(void (*f)(A...), void** args) { __fc_call(f, args, 
 
 extern "C" void* fakecupy_kernel_address() { return reinterpret_cast<void*>(&KERNEL); }
 
-extern "C" void fakecupy_launch_serial(unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by,
-                                       unsigned bz, void** args) {
+struct __fc_Launch { unsigned g[3], b[3]; void** args; };
+
+static void __fc_serial(void* p) {
+    const __fc_Launch& l = *static_cast<__fc_Launch*>(p);
+    for (unsigned z = 0; z < l.g[2]; ++z) for (unsigned y = 0; y < l.g[1]; ++y) for (unsigned x = 0; x < l.g[0]; ++x)
+        for (unsigned tz = 0; tz < l.b[2]; ++tz) for (unsigned ty = 0; ty < l.b[1]; ++ty)
+            for (unsigned tx = 0; tx < l.b[0]; ++tx) {
+                blockIdx = {x, y, z};
+                threadIdx = {tx, ty, tz};
+                __fc_call(&KERNEL, l.args);
+            }
+}
+
+extern "C" int fc_guarded(void (*)(void*), void*);
+
+extern "C" int fakecupy_launch_serial(unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by,
+                                      unsigned bz, void** args) {
     gridDim = {gx, gy, gz};
     blockDim = {bx, by, bz};
-    for (unsigned z = 0; z < gz; ++z) for (unsigned y = 0; y < gy; ++y) for (unsigned x = 0; x < gx; ++x)
-        for (unsigned tz = 0; tz < bz; ++tz) for (unsigned ty = 0; ty < by; ++ty) for (unsigned tx = 0; tx < bx; ++tx) {
-            blockIdx = {x, y, z};
-            threadIdx = {tx, ty, tz};
-            __fc_call(&KERNEL, args);
-        }
+    __fc_Launch l{{gx, gy, gz}, {bx, by, bz}, args};
+    return fc_guarded(&__fc_serial, &l);
 }
 
 static void __fc_thread(unsigned b, unsigned t, void* args) {
@@ -326,11 +373,12 @@ static void __fc_thread(unsigned b, unsigned t, void* args) {
 extern "C" void fc_run_threads(unsigned, unsigned, unsigned, unsigned, unsigned, unsigned,
                                void (*)(unsigned, unsigned, void*), void*);
 
-extern "C" void fakecupy_launch_threads(unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by,
-                                        unsigned bz, void** args) {
+extern "C" int fakecupy_launch_threads(unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by,
+                                       unsigned bz, void** args) {
     gridDim = {gx, gy, gz};
     blockDim = {bx, by, bz};
     fc_run_threads(gx, gy, gz, bx, by, bz, &__fc_thread, args);
+    return 0;
 }
 """
 
@@ -350,13 +398,16 @@ class Module:
         address.restype = ctypes.c_void_p
         self.ptr = int(address() or 0)
         launch = lib.fakecupy_launch_threads if self.threaded else lib.fakecupy_launch_serial
-        launch.restype = None
+        launch.restype = ctypes.c_int
         launch.argtypes = [ctypes.c_uint] * 6 + [ctypes.c_void_p]
         self._launch = launch
 
     def launch(self, grid: tuple[int, int, int], block: tuple[int, int, int], addresses: list[int]) -> None:
+        """Run the kernel; an illegal address poisons the device as a GPU's context is (every later call fails)."""
+        _fake.check_context()
         argv = (ctypes.c_void_p * max(len(addresses), 1))(*addresses)
-        self._launch(*grid, *block, argv)
+        if self._launch(*grid, *block, argv):
+            _fake.poison()
 
 
 def _build(text: str, stem: str, source: str, name: str, options: tuple) -> str:

@@ -58,14 +58,14 @@ def _shape(shape: Any) -> tuple[int, ...]:
     return tuple(int(s) for s in shape)
 
 
-def allocate(shape: Any, dtype: Any, order: str = "C", poison: bool = True) -> np.ndarray:
+def allocate(shape: Any, dtype: Any, order: str = "C", garbage: bool = True) -> np.ndarray:
     """Device memory for an array: counted by the memory pool, and filled with 0xFF bytes (garbage, not zeros)."""
     dtype = np.dtype(dtype)
     if dtype.kind in "OUSMmV":
         raise TypeError(f"Unsupported dtype {dtype}")
     buf = np.empty(_shape(shape), dtype, order="F" if order == "F" else "C")
     get_default_memory_pool()._malloc(buf.nbytes, buf)
-    if poison and buf.nbytes:
+    if garbage and buf.nbytes:
         buf.reshape(-1, order="A").view(np.uint8)[...] = 1 if dtype == np.bool_ else 0xFF
     return buf
 
@@ -294,7 +294,7 @@ class ndarray:  # noqa: N801 - CuPy's name
         dtype = np.dtype(dtype)
         if not copy and dtype == self.dtype:
             return self
-        out = ndarray._new(allocate(self.shape, dtype, "F" if order == "F" else "C", poison=False), self._dev)
+        out = ndarray._new(allocate(self.shape, dtype, "F" if order == "F" else "C", garbage=False), self._dev)
         with np.errstate(all="ignore"):
             np.copyto(out._a, self._a, casting=casting or "unsafe")
         _fake.launches["routine:astype"] += 1
@@ -635,7 +635,7 @@ def ascontiguousarray(a: Any, dtype: Any = None) -> ndarray:
     dtype = a.dtype if dtype is None else np.dtype(dtype)
     if dtype == a.dtype and a._c_contiguous:
         return a.reshape(1) if a.ndim == 0 else a
-    out = ndarray._new(allocate((1,) if a.ndim == 0 else a.shape, dtype, poison=False), a._dev)
+    out = ndarray._new(allocate((1,) if a.ndim == 0 else a.shape, dtype, garbage=False), a._dev)
     with np.errstate(all="ignore"):
         np.copyto(out._a, a._a.reshape(out.shape), casting="unsafe")
     _fake.launches["routine:copy"] += 1

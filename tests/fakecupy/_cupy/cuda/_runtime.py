@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from .. import _fake
 
-CUDA_VERSION = 13020  # the CUDA runtime cupy-cuda13x 14.2.0 was built with (runtimeGetVersion)
+#: the CUDA runtime cupy-cuda13x 14.2.0 was built with (runtimeGetVersion); FAKECUPY_CUDA_VERSION=12080 plays cupy-cuda12x
+CUDA_VERSION = int(_fake.setting("CUDA_VERSION", "13020"))
 DRIVER_VERSION = 13000
 
 cudaErrorInvalidDevice = 101
@@ -59,8 +60,8 @@ def getDeviceProperties(device: int) -> dict:  # noqa: N802
     return {
         "name": f"CuPy stand-in {d} (CPU)".encode(), "totalGlobalMem": _fake.MEMORY, "sharedMemPerBlock": 49152,
         "regsPerBlock": 65536, "warpSize": 32, "maxThreadsPerBlock": 1024, "maxThreadsDim": (1024, 1024, 64),
-        "maxGridSize": (2147483647, 65535, 65535), "clockRate": 1980000, "totalConstMem": 65536, "major": 9,
-        "minor": 0, "multiProcessorCount": _fake.SMS, "l2CacheSize": 52428800, "maxThreadsPerMultiProcessor": 2048,
+        "maxGridSize": (2147483647, 65535, 65535), "clockRate": 1980000, "totalConstMem": 65536, "major": int(_fake.CC[:-1]),
+        "minor": int(_fake.CC[-1]), "multiProcessorCount": _fake.SMS, "l2CacheSize": 52428800, "maxThreadsPerMultiProcessor": 2048,
         "memoryClockRate": 2619000, "memoryBusWidth": 5120, "cooperativeLaunch": 1, "pciBusID": 24 + d,
         "sharedMemPerBlockOptin": 232448, "maxBlocksPerMultiProcessor": 32, "uuid": bytes(16),
     }

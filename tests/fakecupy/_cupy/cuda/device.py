@@ -30,14 +30,14 @@ class Device:
     @property
     def compute_capability(self) -> str:
         runtime._check(self.id)
-        return "90"
+        return _fake.CC
 
     @property
     def attributes(self) -> dict[str, int]:
         runtime._check(self.id)
         return {"MultiProcessorCount": _fake.SMS, "MaxThreadsPerBlock": 1024, "WarpSize": 32,
-                "CooperativeLaunch": 1, "MaxBlockDimX": 1024, "MaxGridDimX": 2147483647, "ComputeCapabilityMajor": 9,
-                "ComputeCapabilityMinor": 0, "MaxSharedMemoryPerBlock": 49152}
+                "CooperativeLaunch": 1, "MaxBlockDimX": 1024, "MaxGridDimX": 2147483647, "ComputeCapabilityMajor": int(_fake.CC[:-1]),
+                "ComputeCapabilityMinor": int(_fake.CC[-1]), "MaxSharedMemoryPerBlock": 49152}
 
     @property
     def mem_info(self) -> tuple[int, int]:
