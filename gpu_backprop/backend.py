@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import platform
+import warnings
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -113,11 +114,9 @@ def cupy_nccl() -> ModuleType:
     about a missing NCCL library is not repeated: the caller says what to do.
     """
     cupy_module()
-    import warnings  # noqa: PLC0415
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        import cupy.cuda.nccl as nccl  # noqa: PLC0415 - the backend is where cupy is imported
+        from cupy.cuda import nccl  # the backend is where cupy is imported
 
     return nccl
 
@@ -260,7 +259,7 @@ def set_tf32(enabled: bool) -> bool:
 
 def _cupy_linalg() -> ModuleType:
     """``cupy._core._routines_linalg``: where CuPy keeps the compute type of its matrix products."""
-    from cupy._core import _routines_linalg  # noqa: PLC0415 - the backend may import cupy
+    from cupy._core import _routines_linalg  # the backend is where cupy is imported
 
     return _routines_linalg
 

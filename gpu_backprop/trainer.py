@@ -25,16 +25,16 @@ import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from . import kernels
-from .backend import get_array_module, is_cupy_array, per_sample_blas, to_device
 from ._io import atomic_write_bytes
+from .backend import get_array_module, is_cupy_array, per_sample_blas, to_device
 from .checkpoint import load_checkpoint, save_checkpoint
 from .network import Sequential
-from .optim import Optimizer
+from .optim import SGD, Optimizer
 
 __all__ = ["SCHEDULES", "DeviceMemoryError", "History", "TrainingDiverged", "evaluate", "fit", "make_schedule"]
 
@@ -555,7 +555,7 @@ def _fuses_per_sample(net: Sequential, optimizer: Optimizer, B: int, size: int, 
     """
     if B != 1 or size != 1 or max_grad_norm is not None or not net.backend.is_gpu:
         return False
-    from .experimental import persample  # noqa: PLC0415 - only batch 1 on a GPU needs it
+    from .experimental import persample  # only batch 1 on a GPU needs it
 
     return persample.can_fuse(net, optimizer)
 
@@ -594,7 +594,7 @@ class _FusedLoop(_Loop):
             self.opt.lr = rates[-1]
             lr = rates[0] if rates.count(rates[0]) == k else xp.asarray(np.array(rates), dtype=net.dtype)
             try:
-                loss, correct = per_sample_sgd(net, self.opt, self.X, self.y, order[lo:lo + k],
+                loss, correct = per_sample_sgd(net, cast(SGD, self.opt), self.X, self.y, order[lo:lo + k],
                                                scale=self.batches.scale, lr=lr, method="kernel")
             except Exception as exc:  # out of memory: free the buffers, keep the weights, say what to do
                 error = _as_memory_error(exc, net, 1)

@@ -224,7 +224,7 @@ def main() -> None:
     }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        import cupy.cuda.nccl as nccl
+        from cupy.cuda import nccl
     facts["nccl"] = {"attribute after import": hasattr(cupy.cuda, "nccl"), "available": bool(nccl.available)}
     if nccl.available:
         facts["nccl"]["names"] = {n: (getattr(nccl, n) if n.startswith("NCCL_") else True) if hasattr(nccl, n)

@@ -30,11 +30,11 @@ TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
 sys.path.insert(0, str(TESTS))
 
-import fakecupy  # noqa: E402
+import fakecupy
 
-from gpu_backprop import backend  # noqa: E402
-from gpu_backprop.experimental import persample  # noqa: E402
-from gpu_backprop.kernels import _cuda  # noqa: E402
+from gpu_backprop import backend
+from gpu_backprop.experimental import persample
+from gpu_backprop.kernels import _cuda
 
 COMPILER_PROBLEM = fakecupy.compiler_problem()
 if "FAKECUPY_CACHE_DIR" not in os.environ:  # kernel builds shared by this test session and its subprocesses
@@ -68,7 +68,7 @@ def stand_in(**settings: Any) -> Iterator[Any]:
         persample._plans.clear()
         if RAW_SOURCE_LEAVES_T:
             _cuda.raw_source = raw_source_with_typedef
-        import cupy  # noqa: PLC0415 - the stand-in
+        import cupy
 
         for k, v in settings.items():
             setattr(cupy._fake, k, v)

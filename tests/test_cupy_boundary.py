@@ -22,19 +22,23 @@ The defects these tests were written for (each test fails on the code before its
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from _stand_in import (
+    COMPILER_PROBLEM,
+    RAW_SOURCE,
+    RAW_SOURCE_LEAVES_T,
+    ROOT,
+    stand_in,
+    stand_in_command,
+    subprocess_env,
+)
 
 import gpu_backprop as gb
-from _stand_in import (COMPILER_PROBLEM, RAW_SOURCE, RAW_SOURCE_LEAVES_T, ROOT, stand_in, stand_in_command,
-                       subprocess_env)
 from gpu_backprop import backend, kernels, trainer
 from gpu_backprop.distributed import mpiexec_path
 from gpu_backprop.experimental import persample
@@ -205,7 +209,8 @@ def test_fused_kernel_launch_takes_strided_labels_order_and_rates_of_any_integer
                           "fixed on another branch (raw_source prepends `typedef <ctype> T;`)")
 def test_softmax_raw_kernel_compiles_as_raw_source_builds_it(cp) -> None:
     for dtype in (np.float32, np.float64):
-        cp.RawKernel(RAW_SOURCE("softmax_xent", dtype), _cuda.raw_name("softmax_xent", dtype)).kernel
+        kernel = cp.RawKernel(RAW_SOURCE("softmax_xent", dtype), _cuda.raw_name("softmax_xent", dtype)).kernel
+        assert kernel.ptr
 
 
 # --------------------------------------------------------------------------

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from _stand_in import COMPILER_PROBLEM, TESTS, stand_in, subprocess_env
+
 from gpu_backprop import kernels
 from gpu_backprop.kernels import _cuda
 
@@ -197,7 +197,7 @@ def test_integer_array_indices_wrap_around_as_in_cupy() -> None:
 def test_nccl_is_imported_on_demand_and_takes_byte_ids() -> None:
     with stand_in() as cp:
         assert not hasattr(cp.cuda, "nccl")
-        import cupy.cuda.nccl as nccl
+        from cupy.cuda import nccl
 
         uid = nccl.get_unique_id()
         assert isinstance(uid, bytes) and len(uid) == 128
@@ -264,7 +264,7 @@ def test_update_random_batchnorm_and_gather_kernels_equal_their_numpy_bodies() -
         for momentum, nesterov in ((0.0, False), (0.9, False), (0.9, True)):
             ph, pd = _pair(cp, p)
             vh, vd = (None, None) if not momentum else _pair(cp, v)
-            kw = dict(lr=0.1, momentum=momentum, weight_decay=0.01, nesterov=nesterov, n_decay=n_decay)
+            kw = {"lr": 0.1, "momentum": momentum, "weight_decay": 0.01, "nesterov": nesterov, "n_decay": n_decay}
             kernels.sgd_update(ph, g, vh, np.empty_like(p), **kw)
             kernels.sgd_update(pd, cp.asarray(g), vd, cp.empty_like(pd), **kw)
             np.testing.assert_allclose(pd.get(), ph, rtol=1e-6, atol=1e-6)
@@ -274,8 +274,8 @@ def test_update_random_batchnorm_and_gather_kernels_equal_their_numpy_bodies() -
             ph, pd = _pair(cp, p)
             mh, md = _pair(cp, m)
             vh, vd = _pair(cp, v2)
-            kw = dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01, decoupled=decoupled, step=3,
-                      n_decay=n_decay)
+            kw = {"lr": 1e-2, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.01, "decoupled": decoupled,
+                  "step": 3, "n_decay": n_decay}
             kernels.adam_update(ph, g, mh, vh, np.empty_like(p), **kw)
             kernels.adam_update(pd, cp.asarray(g), md, vd, cp.empty_like(pd), **kw)
             for a, b in ((pd, ph), (md, mh), (vd, vh)):

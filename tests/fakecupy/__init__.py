@@ -101,7 +101,7 @@ def installed() -> Iterator[Any]:
     """``import cupy`` gives the stand-in inside the block; yields the stand-in module."""
     install()
     try:
-        import cupy  # noqa: PLC0415 - the stand-in, by design
+        import cupy
 
         yield cupy
     finally:
@@ -110,7 +110,7 @@ def installed() -> Iterator[Any]:
 
 def compiler_problem() -> str | None:
     """Why the stand-in cannot run kernels here (no C++20 compiler), or None."""
-    import os  # noqa: PLC0415
+    import os
 
     cxx = os.environ.get("FAKECUPY_CXX", "g++")
     if shutil.which(cxx) is None:

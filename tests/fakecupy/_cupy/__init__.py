@@ -11,22 +11,23 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from numpy import (bool_, complex64, complex128, dtype, float16, float32, float64, int8, int16, int32, int64,
-                   uint8, uint16, uint32, uint64)
 
-from . import _core, _fake, cuda
+from . import _core, _fake, cuda  # noqa: F401 - cupy._core and cupy.cuda, as in CuPy
 from ._core import _routines_linalg
 from ._core._kernel import ElementwiseKernel, make_ufuncs, ufunc
-from ._core.core import (allocate, array, ascontiguousarray, asarray, is_scalar, ndarray, require_ndarray,
-                         unsupported)
+from ._core.core import allocate, array, asarray, ascontiguousarray, is_scalar, ndarray, require_ndarray, unsupported
 from ._core.raw import RawKernel
-from .cuda.memory import get_default_memory_pool
-from .cuda.pinned_memory import get_default_pinned_memory_pool
+from .cuda.memory import get_default_memory_pool  # noqa: F401 - cupy.get_default_memory_pool
+from .cuda.pinned_memory import get_default_pinned_memory_pool  # noqa: F401
 
 __version__ = "14.2.0"
 
 globals().update(make_ufuncs())
-bool8 = bool_
+# the scalar types are NumPy's, as in CuPy
+bool_, bool8, dtype = np.bool_, np.bool_, np.dtype
+float16, float32, float64, complex64, complex128 = np.float16, np.float32, np.float64, np.complex64, np.complex128
+int8, int16, int32, int64 = np.int8, np.int16, np.int32, np.int64
+uint8, uint16, uint32, uint64 = np.uint8, np.uint16, np.uint32, np.uint64
 newaxis = None
 inf, nan, pi, e = np.inf, np.nan, np.pi, np.e
 
@@ -118,7 +119,7 @@ def from_dlpack(array: Any, *, device: Any = None, copy: Any = None) -> ndarray:
 
 
 def get_array_module(*args: Any) -> Any:
-    import sys  # noqa: PLC0415
+    import sys
 
     for a in args:
         if isinstance(a, ndarray):
@@ -129,7 +130,7 @@ def get_array_module(*args: Any) -> Any:
 # --------------------------------------------------------------------------
 # Methods as functions (CuPy: ``a.method(...)``, so NumPy input runs on the host, as in CuPy)
 # --------------------------------------------------------------------------
-def sum(a: Any, axis: Any = None, dtype: Any = None, out: Any = None, keepdims: bool = False) -> Any:  # noqa: A001
+def sum(a: Any, axis: Any = None, dtype: Any = None, out: Any = None, keepdims: bool = False) -> Any:
     return a.sum(axis, dtype, out, keepdims)
 
 
@@ -157,8 +158,8 @@ def amin(a: Any, axis: Any = None, out: Any = None, keepdims: bool = False) -> A
     return a.min(axis=axis, out=out, keepdims=keepdims)
 
 
-max = amax  # noqa: A001
-min = amin  # noqa: A001
+max = amax
+min = amin
 
 
 def argmax(a: Any, axis: Any = None, dtype: Any = None, out: Any = None, keepdims: bool = False) -> Any:
@@ -169,11 +170,11 @@ def argmin(a: Any, axis: Any = None, dtype: Any = None, out: Any = None, keepdim
     return a.argmin(axis=axis, dtype=dtype, out=out, keepdims=keepdims)
 
 
-def all(a: Any, axis: Any = None, out: Any = None, keepdims: bool = False) -> Any:  # noqa: A001
+def all(a: Any, axis: Any = None, out: Any = None, keepdims: bool = False) -> Any:
     return a.all(axis=axis, out=out, keepdims=keepdims)
 
 
-def any(a: Any, axis: Any = None, out: Any = None, keepdims: bool = False) -> Any:  # noqa: A001
+def any(a: Any, axis: Any = None, out: Any = None, keepdims: bool = False) -> Any:
     return a.any(axis=axis, out=out, keepdims=keepdims)
 
 

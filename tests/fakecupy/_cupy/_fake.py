@@ -35,7 +35,7 @@ def poison() -> None:
 
 def check_context() -> None:
     if poisoned:
-        from .cuda._driver import CUDADriverError  # noqa: PLC0415
+        from .cuda._driver import CUDADriverError
 
         raise CUDADriverError(ILLEGAL_ADDRESS)
 

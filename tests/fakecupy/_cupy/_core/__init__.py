@@ -4,8 +4,17 @@ from __future__ import annotations
 
 from . import _routines_linalg, core
 from ._kernel import ElementwiseKernel, ufunc
-from .core import array, ascontiguousarray, asarray, ndarray
+from .core import array, asarray, ascontiguousarray, ndarray
 from .raw import RawKernel
 
-__all__ = ["ElementwiseKernel", "RawKernel", "array", "ascontiguousarray", "asarray", "core", "ndarray", "ufunc",
-           "_routines_linalg"]
+__all__ = [
+           "ElementwiseKernel",
+           "RawKernel",
+           "_routines_linalg",
+           "array",
+           "asarray",
+           "ascontiguousarray",
+           "core",
+           "ndarray",
+           "ufunc",
+]

@@ -95,7 +95,7 @@ class ParameterInfo:
         self.is_const = is_const
         s = tuple(i for i in param.split() if len(i) != 0)
         if len(s) < 2:
-            raise Exception(f"Syntax error: {param}")
+            raise Exception(f"Syntax error: {param}")  # noqa: TRY002 - CuPy's
         t, self.name = s[-2:]
         if t == "CIndexer":
             pass
@@ -110,7 +110,7 @@ class ParameterInfo:
             elif i == "_non_const":
                 self.is_const = False
             else:
-                raise Exception(f'Unknown keyword "{i}"')
+                raise Exception(f'Unknown keyword "{i}"')  # noqa: TRY002 - CuPy's
 
 
 def _param_info(s: str, is_const: bool) -> tuple[ParameterInfo, ...]:
@@ -457,7 +457,7 @@ class ElementwiseKernel:
 # --------------------------------------------------------------------------
 # ufuncs
 # --------------------------------------------------------------------------
-class ufunc:  # noqa: N801 - CuPy's name
+class ufunc:
     """A CuPy ufunc: CuPy's argument checks, then NumPy's ufunc on the arrays underneath."""
 
     def __init__(self, name: str, np_ufunc: Any) -> None:

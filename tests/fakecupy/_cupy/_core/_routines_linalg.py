@@ -34,7 +34,7 @@ def to_compute_type_index(dtype: Any) -> int:
 
 
 def set_compute_type(dtype: Any, compute_type: int) -> None:
-    from ..cuda.device import get_compute_capability  # noqa: PLC0415
+    from ..cuda.device import get_compute_capability
 
     if compute_type in (COMPUTE_TYPE_TBD, COMPUTE_TYPE_DEFAULT, COMPUTE_TYPE_PEDANTIC, COMPUTE_TYPE_FP16,
                         COMPUTE_TYPE_FP32, COMPUTE_TYPE_FP64):

@@ -83,7 +83,7 @@ def c_contiguous(shape: tuple[int, ...], strides: tuple[int, ...], itemsize: int
     return True
 
 
-class ndarray:  # noqa: N801 - CuPy's name
+class ndarray:
     """``cupy.ndarray(shape, dtype=float, memptr=None, strides=None, order='C')``."""
 
     __array_priority__ = 100
@@ -185,16 +185,16 @@ class ndarray:  # noqa: N801 - CuPy's name
 
     @property
     def device(self) -> Any:
-        from ..cuda.device import Device  # noqa: PLC0415
+        from ..cuda.device import Device
 
         return Device(self._dev)
 
     @property
-    def T(self) -> ndarray:  # noqa: N802
+    def T(self) -> ndarray:
         return ndarray._view(self._a.T, self)
 
     @property
-    def mT(self) -> ndarray:  # noqa: N802
+    def mT(self) -> ndarray:
         return ndarray._view(np.swapaxes(self._a, -1, -2), self)
 
     @property
@@ -396,7 +396,7 @@ class ndarray:  # noqa: N801 - CuPy's name
         _fake.launches["routine:sort"] += 1
         self._a.sort(axis=axis, kind="stable")
 
-    def clip(self, min: Any = None, max: Any = None, out: Any = None) -> ndarray:  # noqa: A002
+    def clip(self, min: Any = None, max: Any = None, out: Any = None) -> ndarray:
         return _top().clip(self, min, max, out=out)
 
     def dot(self, b: Any, out: Any = None) -> ndarray:

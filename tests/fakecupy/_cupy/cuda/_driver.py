@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 
-def occupancyMaxActiveBlocksPerMultiprocessor(func: int, blockSize: int, dynamicSMemSize: int) -> int:  # noqa: N802,N803
+def occupancyMaxActiveBlocksPerMultiprocessor(func: int, blockSize: int, dynamicSMemSize: int) -> int:
     """Blocks of ``blockSize`` threads that fit on one SM at once (2048 threads per SM, 32 blocks at most)."""
     if not 0 < blockSize <= 1024:
         raise ValueError(f"block size {blockSize} is out of range")

@@ -23,7 +23,7 @@ class CUDARuntimeError(RuntimeError):
         return type(self), (self.status,)
 
 
-def getDeviceCount() -> int:  # noqa: N802 - CuPy's name
+def getDeviceCount() -> int:
     return _fake.DEVICES
 
 
@@ -33,28 +33,28 @@ def _check(device: int) -> int:
     return int(device)
 
 
-def getDevice() -> int:  # noqa: N802
+def getDevice() -> int:
     return _current
 
 
-def setDevice(device: int) -> None:  # noqa: N802
+def setDevice(device: int) -> None:
     global _current
     _current = _check(device)
 
 
-def runtimeGetVersion() -> int:  # noqa: N802
+def runtimeGetVersion() -> int:
     return CUDA_VERSION
 
 
-def driverGetVersion() -> int:  # noqa: N802
+def driverGetVersion() -> int:
     return DRIVER_VERSION
 
 
-def deviceSynchronize() -> None:  # noqa: N802
+def deviceSynchronize() -> None:
     _fake.sync()
 
 
-def getDeviceProperties(device: int) -> dict:  # noqa: N802
+def getDeviceProperties(device: int) -> dict:
     """As CuPy's: a dict, ``name`` as bytes."""
     d = _check(device)
     return {

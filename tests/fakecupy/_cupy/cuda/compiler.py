@@ -7,7 +7,7 @@ import re
 _NAME = re.compile(r"^[a-zA-Z_][a-zA-Z_0-9]*$")
 
 
-class CompileException(Exception):  # noqa: N818 - CuPy's name
+class CompileException(Exception):
     def __init__(self, msg: str, source: str, name: str, options: tuple, backend: str = "nvrtc") -> None:
         self._msg, self.source, self.name, self.options, self.backend = msg, source, name, options, backend
         super().__init__(msg)

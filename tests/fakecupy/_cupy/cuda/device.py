@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .. import _fake
 from . import _runtime as runtime
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 
 def get_device_id() -> int:
@@ -41,11 +46,11 @@ class Device:
 
     @property
     def mem_info(self) -> tuple[int, int]:
-        from .memory import get_default_memory_pool  # noqa: PLC0415
+        from .memory import get_default_memory_pool
 
         return _fake.MEMORY - get_default_memory_pool().used_bytes(), _fake.MEMORY
 
-    def __enter__(self) -> "Device":
+    def __enter__(self) -> Self:
         self._before.append(runtime.getDevice())
         self.use()
         return self

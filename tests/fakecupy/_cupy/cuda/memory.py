@@ -35,7 +35,7 @@ class MemoryPointer:
 
     @property
     def device(self) -> Any:
-        from .device import Device  # noqa: PLC0415
+        from .device import Device
 
         return Device(self.device_id)
 
@@ -65,7 +65,7 @@ class MemoryPool:
         self._used -= size
 
     def malloc(self, size: int) -> MemoryPointer:
-        import numpy as np  # noqa: PLC0415
+        import numpy as np
 
         buf = np.empty(max(int(size), 1), np.uint8)
         self._malloc(size, buf)

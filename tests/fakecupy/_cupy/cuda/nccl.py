@@ -60,10 +60,10 @@ else:
         """128 bytes (a tuple of ints before CuPy 14.0)."""
         return os.urandom(NCCL_UNIQUE_ID_BYTES)
 
-    def groupStart() -> None:  # noqa: N802
+    def groupStart() -> None:
         pass
 
-    def groupEnd() -> None:  # noqa: N802
+    def groupEnd() -> None:
         pass
 
     def _buffer(ptr: int, count: int, datatype: int) -> np.ndarray:
@@ -76,7 +76,7 @@ else:
     class NcclCommunicator:
         """``NcclCommunicator(ndev, commId, rank, config=None)``: ``commId`` must be the 128 bytes of ``get_unique_id``."""
 
-        def __init__(self, ndev: int, commId: bytes, rank: int, config: object = None) -> None:  # noqa: N803
+        def __init__(self, ndev: int, commId: bytes, rank: int, config: object = None) -> None:
             if not isinstance(commId, bytes):
                 raise TypeError(f"Argument 'commId' has incorrect type (expected bytes, got {type(commId).__name__})")
             if len(commId) != NCCL_UNIQUE_ID_BYTES:
@@ -86,7 +86,7 @@ else:
             self._ndev, self._rank, self._device = int(ndev), int(rank), runtime.getDevice()
             self._mpi = None
             if ndev > 1:
-                from mpi4py import MPI  # noqa: PLC0415 - the stand-in's wire between ranks
+                from mpi4py import MPI
 
                 world = MPI.COMM_WORLD
                 if world.Get_size() != ndev or world.Get_rank() != rank:
@@ -105,7 +105,7 @@ else:
         def device_id(self) -> int:
             return self._device
 
-        def allReduce(self, sendbuf: int, recvbuf: int, count: int, datatype: int, op: int,  # noqa: N802
+        def allReduce(self, sendbuf: int, recvbuf: int, count: int, datatype: int, op: int,
                       stream: int) -> None:
             _fake.launches["nccl:allReduce"] += 1
             src, dst = _buffer(sendbuf, count, datatype), _buffer(recvbuf, count, datatype)

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import itertools
 import time
+from typing import TYPE_CHECKING
 
 from .. import _fake
 from . import _runtime as runtime
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 _handles = itertools.count(0x5000)
 
@@ -23,7 +27,7 @@ class Stream:
     def synchronize(self) -> None:
         _fake.sync()
 
-    def use(self) -> "Stream":
+    def use(self) -> Stream:
         _current[runtime.getDevice()] = self
         return self
 
@@ -31,12 +35,12 @@ class Stream:
     def done(self) -> bool:
         return True
 
-    def record(self, event: "Event | None" = None) -> "Event":
+    def record(self, event: Event | None = None) -> Event:
         event = event or Event()
         event.record(self)
         return event
 
-    def __enter__(self) -> "Stream":
+    def __enter__(self) -> Self:
         self._before.append(get_current_stream())
         self.use()
         return self
