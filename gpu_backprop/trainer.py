@@ -11,7 +11,13 @@ host reads that accumulator back only when the progress bar refreshes, so on
 a GPU the steps queue up without waiting.
 
 ``batch_size`` is an integer (1 is per-sample SGD) or ``"full"`` (full-batch
-gradient descent): the same matrix-form step serves all three.
+gradient descent): the same matrix-form step serves all three. On a GPU,
+per-sample SGD of the networks it implements runs as one fused kernel per run
+of samples instead (:mod:`gpu_backprop.experimental.persample`), with the same
+results to float rounding.
+
+The data may be NumPy or CuPy arrays whatever the network's device: each set
+is checked where it is and moved once.
 """
 
 from __future__ import annotations
@@ -279,6 +285,9 @@ def fit(
         and integer labels. Checked once, then moved to the device once.
     epochs : the total number of epochs (a resumed run continues up to it).
     batch_size : an integer (1 = per-sample SGD) or ``"full"`` (the whole set per step).
+        Per-sample SGD on CuPy runs the fused per-sample kernel where it applies
+        (Dense layers and their activations, softmax cross-entropy, SGD; one
+        process, no clipping), the general path otherwise.
     validation : ``(X_val, y_val)``, evaluated after every epoch.
     seed : seeds the shuffling; the same seed gives the same run.
     schedule : a learning-rate schedule (see :func:`make_schedule`); cosine and

@@ -300,6 +300,23 @@ def test_fused_batch_1_divergence_stops_and_keeps_finite_weights(cp) -> None:
     assert np.isfinite(net.flat_params.get()).all()
 
 
+@pytest.mark.parametrize("batch", [8, 1])
+def test_training_steps_never_wait_for_the_device(cp, batch: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(trainer._FusedLoop, "RUN", 8)  # batch 1: runs of 8 samples, one launch each
+    cp._fake.SMS = 1
+    waits = []
+    for n in (8, 24):
+        X, y = _data(n=n, d=12, classes=3)
+        net = gb.MLP([12, 8, 3], backend="cupy")
+        Xd, yd = cp.asarray(X), cp.asarray(y)
+        cp._fake.reset_counts()
+        gb.fit(net, gb.SGD(net, lr=0.05, momentum=0.9), Xd, yd, epochs=1, batch_size=batch, progress=False,
+               refresh_seconds=1e9)
+        waits.append(cp._fake.syncs)
+        assert (cp._fake.launches["per_sample_sgd"] > 0) == (batch == 1)
+    assert waits[0] == waits[1]  # one step (run) or three: the same waits, none per step
+
+
 # --------------------------------------------------------------------------
 # The command line, the benchmark, distributed training: whole processes on the stand-in
 # --------------------------------------------------------------------------
