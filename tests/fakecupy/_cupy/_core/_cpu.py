@@ -114,10 +114,12 @@ extern "C" unsigned long long fc_warp_exchange(unsigned long long bits, int lane
     t_warp->bar.arrive_and_wait();
     return other;
 }
-extern "C" long long fc_clock() {  // yields: a spin-wait on the clock lets the other threads run
+extern "C" long long fc_clock() {
+    // Yields, so that a spin-wait on the clock lets the other threads run; ticks once per 16 ns, as host
+    // threads emulating a GPU's run far slower than its own (a kernel's time-out measured in cycles lasts longer).
     std::this_thread::yield();
     return std::chrono::duration_cast<std::chrono::nanoseconds>(
-        std::chrono::steady_clock::now().time_since_epoch()).count();
+        std::chrono::steady_clock::now().time_since_epoch()).count() / 16;
 }
 """
 
