@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import platform
+import warnings
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -28,6 +29,7 @@ __all__ = [
     "backend_info",
     "check_same_device",
     "cupy_available",
+    "cupy_nccl",
     "get_array_module",
     "get_backend",
     "is_cupy_array",
@@ -103,6 +105,20 @@ def cupy_module() -> ModuleType:
     if _cupy is None:
         raise BackendError(_cupy_problem or "CuPy is unavailable")
     return _cupy
+
+
+def cupy_nccl() -> ModuleType:
+    """``cupy.cuda.nccl``, which CuPy imports only when asked (its ``available`` says whether NCCL loaded).
+
+    Raises :class:`BackendError` where CuPy cannot run. CuPy's own warning
+    about a missing NCCL library is not repeated: the caller says what to do.
+    """
+    cupy_module()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        from cupy.cuda import nccl  # the backend is where cupy is imported
+
+    return nccl
 
 
 def is_cupy_array(a: Any) -> bool:
@@ -222,19 +238,30 @@ def backend_info(name: str | Backend | None = None) -> dict[str, str]:
     return info
 
 
-def set_tf32(enabled: bool) -> None:
-    """Let float32 matrix products run on TF32 tensor cores (CuPy, Ampere and newer GPUs).
+def set_tf32(enabled: bool) -> bool:
+    """Let float32 matrix products run on TF32 tensor cores (CuPy, Ampere and newer GPUs); returns whether they now do.
 
     TF32 keeps float32 storage and range but rounds the products' inputs to a
     10-bit mantissa: about 3e-4 relative error per product instead of 1e-7.
-    It applies from the next matrix product on; NumPy is not affected.
+    It applies from the next matrix product on; NumPy is not affected. Where
+    CuPy runs, this sets CuPy's compute type for float32 and reads it back (a
+    GPU older than Ampere keeps the default, with CuPy's warning, and this
+    returns False); elsewhere it sets ``CUPY_TF32``, which a CuPy loaded later
+    reads at its first float32 product, and returns ``enabled``.
     """
-    os.environ["CUPY_TF32"] = "1" if enabled else "0"  # read by CuPy at its first float32 GEMM
-    if _cupy is not None:
-        from cupy._core import _routines_linalg as linalg  # noqa: PLC0415 - the backend may import cupy
+    os.environ["CUPY_TF32"] = "1" if enabled else "0"
+    if _cupy is None:
+        return bool(enabled)
+    linalg = _cupy_linalg()
+    linalg.set_compute_type(np.float32, linalg.COMPUTE_TYPE_TF32 if enabled else linalg.COMPUTE_TYPE_DEFAULT)
+    return tf32_enabled()
 
-        mode = linalg.COMPUTE_TYPE_TF32 if enabled else linalg.COMPUTE_TYPE_DEFAULT
-        linalg.set_compute_type(np.float32, mode)
+
+def _cupy_linalg() -> ModuleType:
+    """``cupy._core._routines_linalg``: where CuPy keeps the compute type of its matrix products."""
+    from cupy._core import _routines_linalg  # the backend is where cupy is imported
+
+    return _routines_linalg
 
 
 def per_sample_blas(backend: Backend, batch: int) -> Any:
@@ -264,8 +291,11 @@ def per_sample_blas(backend: Backend, batch: int) -> Any:
 
 
 def tf32_enabled() -> bool:
-    """Whether float32 matrix products may use TF32 (as :func:`set_tf32` or ``CUPY_TF32`` left it)."""
-    return os.environ.get("CUPY_TF32", "0") not in ("", "0")
+    """Whether float32 matrix products use TF32: CuPy's compute type where CuPy runs, else what ``CUPY_TF32`` asks."""
+    if _cupy is None:
+        return os.environ.get("CUPY_TF32", "0") not in ("", "0")
+    linalg = _cupy_linalg()
+    return bool(linalg.get_compute_type(np.float32) == linalg.COMPUTE_TYPE_TF32)
 
 
 # --------------------------------------------------------------------------

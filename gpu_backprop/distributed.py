@@ -26,7 +26,8 @@ Engines (:func:`init_distributed` picks one by name):
   one copy down and one up per collective (:attr:`MPICommunicator.cuda_aware`
   says which).
 * ``"nccl"`` — :class:`NCCLCommunicator`: NCCL through CuPy
-  (``cupy.cuda.nccl``), one process per GPU, started by ``mpiexec`` and
+  (``cupy.cuda.nccl``; ``pip install nvidia-nccl-cu13``, or ``-cu12`` for
+  ``cupy-cuda12x``), one process per GPU, started by ``mpiexec`` and
   bootstrapped over MPI (rank 0 makes the NCCL id and broadcasts it), as
   ChainerMN did. Rank r uses GPU ``local rank`` of its node.
 
@@ -443,11 +444,11 @@ class NCCLCommunicator(MPICommunicator):
         problem, cp, nccl, device = None, None, None, self.local_rank
         try:
             cp = backend.cupy_module()
-            nccl = cp.cuda.nccl
+            nccl = backend.cupy_nccl()  # CuPy 14 imports cupy.cuda.nccl only when asked
             count = cp.cuda.runtime.getDeviceCount()
             if not getattr(nccl, "available", True) or not hasattr(nccl, "NcclCommunicator"):
-                problem = ("CuPy cannot load NCCL; install it with `pip install nvidia-nccl-cu12` "
-                           "(or -cu13, matching CuPy), or use --distributed mpi")
+                wheel = f"nvidia-nccl-cu{cp.cuda.runtime.runtimeGetVersion() // 1000}"  # CuPy's CUDA major
+                problem = f"CuPy cannot load NCCL; install it with `pip install {wheel}`, or use --distributed mpi"
             elif all(visible) and len(set(visible)) == self.local_size:
                 device = 0  # the launcher gave each rank its own GPUs (CUDA_VISIBLE_DEVICES): the first
             elif self.local_size > count:
@@ -479,10 +480,10 @@ class NCCLCommunicator(MPICommunicator):
         return int(dtype)
 
     def allreduce_mean_(self, a: Array) -> None:
+        """NCCL's average in place (``ncclAvg``: the division is part of the all-reduce, no kernel of its own)."""
         dtype = self._device_buffer(a, "allreduce_mean_", floats_only=True)
         stream = self.cp.cuda.get_current_stream().ptr
-        self.nccl_comm.allReduce(a.data.ptr, a.data.ptr, a.size, dtype, self.nccl.NCCL_SUM, stream)
-        a *= 1.0 / self.size
+        self.nccl_comm.allReduce(a.data.ptr, a.data.ptr, a.size, dtype, self.nccl.NCCL_AVG, stream)
 
     def broadcast_(self, a: Array, root: int = 0) -> None:
         dtype = self._device_buffer(a, "broadcast_", floats_only=False)

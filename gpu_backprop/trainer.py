@@ -15,7 +15,13 @@ state) happens at checks, which the step count fixes: never on a timer, so the
 same seed gives the same bits however busy the machine is.
 
 ``batch_size`` is an integer (1 is per-sample SGD) or ``"full"`` (full-batch
-gradient descent): the same matrix-form step serves all three.
+gradient descent): the same matrix-form step serves all three. On a GPU,
+per-sample SGD of the networks it implements runs as one fused kernel per run
+of samples instead (:mod:`gpu_backprop.experimental.persample`), with the same
+results to float rounding.
+
+The data may be NumPy or CuPy arrays whatever the network's device: each set
+is checked where it is and moved once.
 """
 
 from __future__ import annotations
@@ -29,16 +35,16 @@ import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from . import kernels
-from .backend import check_same_device, per_sample_blas, to_device
 from ._io import atomic_write_bytes
+from .backend import get_array_module, is_cupy_array, per_sample_blas, to_device
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .network import Sequential
-from .optim import Optimizer
+from .optim import SGD, Optimizer
 
 __all__ = ["SCHEDULES", "DeviceMemoryError", "History", "TrainingDiverged", "evaluate", "fit", "make_schedule"]
 
@@ -151,11 +157,15 @@ def _as_memory_error(exc: BaseException, net: Sequential, batch: int) -> DeviceM
 # Data on the device
 # --------------------------------------------------------------------------
 def _prepare(net: Sequential, X: Any, y: Any, what: str) -> tuple[Array, Array, float]:
-    """Check a data set once and put it on the device: ``(X (N, D), y int64 (N,), scale)``."""
-    check_same_device(net.backend, **{f"X_{what}": X, f"y_{what}": y})
-    xp = net.xp
-    X = X if hasattr(X, "dtype") else np.asarray(X)
-    y = y if hasattr(y, "dtype") else np.asarray(y)
+    """Check a data set once and put it on the device: ``(X (N, D), y int64 (N,), scale)``.
+
+    Arrays are checked where they are — NumPy data on the host before it is
+    copied to the network's device, device data on the device (one wait for
+    its answers) — then moved once: images as uint8, features in the
+    network's dtype. Anything else array-like goes to the device first.
+    """
+    X = X if is_cupy_array(X) or isinstance(X, np.ndarray) else to_device(X, net.backend)
+    y = y if is_cupy_array(y) or isinstance(y, np.ndarray) else to_device(y, net.backend)
     if X.ndim < 2:
         raise ValueError(f"{what} data X must have one row per sample, got shape {X.shape}")
     n = X.shape[0]
@@ -174,17 +184,16 @@ def _prepare(net: Sequential, X: Any, y: Any, what: str) -> tuple[Array, Array, 
         raise ValueError(f"{what} labels must lie in [0, {limit - 1}] for a network with {net.output_dim} outputs, "
                          f"got values from {lo} to {hi}")
     if X.dtype == np.uint8:
-        scale = 1.0 / 255.0
+        scale, dtype = 1.0 / 255.0, None
     elif X.dtype.kind == "f" and X.dtype.itemsize >= 4:
-        scale = 1.0
-        if not bool(xp.isfinite(X).all() if hasattr(X, "device") else np.isfinite(X).all()):
+        scale, dtype = 1.0, net.dtype
+        if not bool(get_array_module(X).isfinite(X).all()):
             raise ValueError(f"{what} data X contains NaN or Inf; clean or impute it before training")
     else:
         raise TypeError(f"{what} data X has dtype {X.dtype}; pass uint8 images or float32/float64 features")
-    Xd = to_device(X, net.backend).reshape(n, d)
-    if scale == 1.0:
-        Xd = Xd.astype(net.dtype, copy=False)
-    return xp.ascontiguousarray(Xd), xp.ascontiguousarray(to_device(y, net.backend).astype(xp.int64)), scale
+    xp = net.xp
+    Xd = to_device(X, net.backend, dtype=dtype).reshape(n, d)
+    return xp.ascontiguousarray(Xd), xp.ascontiguousarray(to_device(y, net.backend), dtype=xp.int64), scale
 
 
 class _Batches:
@@ -199,19 +208,24 @@ class _Batches:
         """The whole data set scaled, in its stored order: made once, then reused.
 
         A full batch is the same matrix every step (the order of its rows does not
-        change the gradient), so it is gathered and scaled only the first time.
+        change the gradient), so it is gathered and scaled only the first time, into
+        a buffer of its own.
         """
         if self._full is None:
-            self._full = self.get(self.net.xp.arange(self.X.shape[0], dtype=self.net.xp.int64)).copy()
+            n = self.X.shape[0]
+            self._full = self.get(self.net.xp.arange(n, dtype=self.net.xp.int64))
+            del self._bufs[n]  # the buffer is the full batch's now; a batch of n rows gets another
         return self._full
 
     def get(self, rows: Array) -> Array:
+        """``X[rows]`` scaled to the network's dtype, ``(B, D)``, in a buffer reused for every batch of B rows."""
         b = rows.shape[0]
         if b not in self._bufs:
             xp = self.net.xp
             out = xp.empty((b, self.X.shape[1]), dtype=self.net.dtype)
-            staging = None if self.X.dtype == self.net.dtype else xp.empty((b, self.X.shape[1]), self.X.dtype)
-            self._bufs[b] = (out, staging)
+            # NumPy gathers the rows first and converts them after; the CuPy kernel does both at once
+            host_staging = xp is np and self.X.dtype != self.net.dtype
+            self._bufs[b] = (out, np.empty((b, self.X.shape[1]), self.X.dtype) if host_staging else None)
         out, staging = self._bufs[b]
         return kernels.gather_scale(self.X, rows, self.scale, out, staging)
 
@@ -275,6 +289,9 @@ def fit(
         and integer labels. Checked once, then moved to the device once.
     epochs : the total number of epochs (a resumed run continues up to it).
     batch_size : an integer (1 = per-sample SGD) or ``"full"`` (the whole set per step).
+        Per-sample SGD on CuPy runs the fused per-sample kernel where it applies
+        (Dense layers and their activations, softmax cross-entropy, SGD; one
+        process, no clipping), the general path otherwise.
     validation : ``(X_val, y_val)``, evaluated after every epoch.
     seed : seeds the shuffling; the same seed gives the same run.
     schedule : a learning-rate schedule (see :func:`make_schedule`); cosine and
@@ -334,8 +351,10 @@ def fit(
     if comm is not None and size > 1:
         comm.broadcast_(net.flat_params)
 
-    loop = _Loop(net, optimizer, Xd, yd, scale, B, size, rank, comm, max_grad_norm, progress and rank == 0,
-                 refresh_seconds, history)
+    # batch 1 on a GPU: the fused per-sample kernel where it implements the network, else the general path
+    loop_class = _FusedLoop if _fuses_per_sample(net, optimizer, B, size, max_grad_norm) else _Loop
+    loop = loop_class(net, optimizer, Xd, yd, scale, B, size, rank, comm, max_grad_norm, progress and rank == 0,
+                      refresh_seconds, history)
     loop.check_every = check_every if comm is not None and size > 1 else None
     best_loss, best_state, best_epoch = math.inf, None, 0  # for early stopping
     bad_epochs = 0
@@ -611,4 +630,91 @@ class _Loop:
             return {"diverged": diverged, "samples": max(seen * self.size, 1), "loss": math.nan,
                     "accuracy": math.nan}
         return {"diverged": None, "samples": seen * self.size, "loss": float(self.loss_sum) / seen,
+                "accuracy": int(self.correct) / seen}
+
+
+def _fuses_per_sample(net: Sequential, optimizer: Optimizer, B: int, size: int, max_grad_norm: float | None) -> bool:
+    """Whether batch-1 training runs as the fused per-sample kernel (:mod:`.experimental.persample`).
+
+    On CuPy, in one process, without gradient clipping, for the networks and
+    optimisers it implements (``persample.can_fuse``: Dense layers with their
+    activations and a hidden layer, softmax cross-entropy on labels, SGD).
+    Anything else, BatchNorm and Dropout included, takes the general path.
+    """
+    if B != 1 or size != 1 or max_grad_norm is not None or not net.backend.is_gpu:
+        return False
+    from .experimental import persample  # only batch 1 on a GPU needs it
+
+    return persample.can_fuse(net, optimizer)
+
+
+class _FusedLoop(_Loop):
+    """Batch-1 SGD as the fused per-sample kernel: each run of :attr:`RUN` samples is one launch.
+
+    The samples, their order and their learning rates are those of the general
+    path (one rate per sample from the schedule), so the weights are the same to
+    float rounding. Progress, the divergence check and the loss curve come at a
+    run's end when ``refresh`` seconds have passed, as the general loop's do.
+    """
+
+    RUN = 512  #: samples per launch: few launches, yet a progress refresh and a divergence check often enough
+
+    def run_epoch(self, epoch: int, epochs: int, order: Array, lr_at: Callable[[int], float],
+                  step0: int) -> dict[str, Any]:
+        from tqdm import tqdm
+
+        from .experimental.persample import per_sample_sgd
+
+        net, xp = self.net, self.net.xp
+        n = order.shape[0]
+        self.loss_sum.fill(0)
+        self.correct.fill(0)
+        seen = seen_at_check = 0
+        loss_at_check = 0.0
+        good_step = step0
+        bar = tqdm(total=n, desc=f"epoch {epoch + 1}/{epochs}", unit="sample", disable=not self.progress,
+                   leave=False, dynamic_ncols=True)
+        last = t_start = time.perf_counter()
+        diverged = None
+        for lo in range(0, n, self.RUN):
+            k = min(self.RUN, n - lo)
+            rates = [lr_at(step0 + lo + j) for j in range(k)]
+            self.opt.lr = rates[-1]
+            lr = rates[0] if rates.count(rates[0]) == k else xp.asarray(np.array(rates), dtype=net.dtype)
+            try:
+                loss, correct = per_sample_sgd(net, cast(SGD, self.opt), self.X, self.y, order[lo:lo + k],
+                                               scale=self.batches.scale, lr=lr, method="kernel")
+            except Exception as exc:  # out of memory: free the buffers, keep the weights, say what to do
+                error = _as_memory_error(exc, net, 1)
+                if error is None:
+                    raise
+                bar.close()
+                self.release()
+                raise error from None
+            self.loss_sum += loss
+            self.correct += correct
+            seen += k
+            now = time.perf_counter()
+            if now - last >= self.refresh or lo + k == n:
+                total = float(self.loss_sum)  # the one synchronisation: at a progress refresh
+                if not math.isfinite(total):
+                    where = self._first_bad_layer()
+                    self._restore()
+                    diverged = (f"training diverged: the loss became {total / max(seen, 1)} between steps "
+                                f"{good_step + 1} and {step0 + lo + k} (epoch {epoch + 1}); the first non-finite "
+                                f"value is in {where}; restored the weights of step {good_step}; "
+                                "lower the learning rate or clip gradients (max_grad_norm)")
+                    break
+                self._good, good_step = self._snapshot(), step0 + lo + k
+                if seen > seen_at_check:
+                    self.history.steps.append((step0 + lo + k, (total - loss_at_check) / (seen - seen_at_check)))
+                loss_at_check, seen_at_check = total, seen
+                bar.set_postfix(loss=f"{total / seen:.4f}", acc=f"{int(self.correct) / seen:.3f}",
+                                rate=f"{seen / (now - t_start):,.0f}/s", refresh=False)
+                bar.update(seen - bar.n)
+                last = now
+        bar.close()
+        if diverged:
+            return {"diverged": diverged, "samples": max(seen, 1), "loss": math.nan, "accuracy": math.nan}
+        return {"diverged": None, "samples": seen, "loss": float(self.loss_sum) / seen,
                 "accuracy": int(self.correct) / seen}

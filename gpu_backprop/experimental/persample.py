@@ -421,7 +421,7 @@ def _launch(net: Sequential, opt: SGD, X: Array, y: Array, order: Array, scale: 
     real = net.dtype.type
     use_lrs = lr is not None and np.ndim(lr) != 0
     if use_lrs:
-        lrs = cp.asarray(lr, dtype=net.dtype).reshape(-1)
+        lrs = cp.ascontiguousarray(cp.asarray(lr).reshape(-1), dtype=net.dtype)
         if lrs.shape != (k,):
             raise ValueError(f"lr has {lrs.size} rates for {k} samples; pass one per sample or a single float")
     else:
@@ -429,9 +429,11 @@ def _launch(net: Sequential, opt: SGD, X: Array, y: Array, order: Array, scale: 
     rate = opt.lr if lr is None or use_lrs else float(lr)
     velocity = opt.velocity
     loss_sum, correct = cp.empty((), dtype=cp.float64), cp.empty((), dtype=cp.int64)  # written by the kernel
+    # the kernel reads every array through a plain pointer: row-major, of the element type it declares
+    # (no copy where it already is)
     X = cp.ascontiguousarray(X)
-    labels = y if y.dtype == cp.int64 else y.astype(cp.int64)
-    order = order if order.dtype == cp.int64 else order.astype(cp.int64)
+    labels = cp.ascontiguousarray(y, dtype=cp.int64)
+    order = cp.ascontiguousarray(order, dtype=cp.int64)
     plan.kernel(
         (plan.blocks,), (BLOCK,),
         (net.flat_params, velocity if velocity is not None else plan.dummy, X, labels, order, np.int64(k),

@@ -54,8 +54,9 @@ def softmax_cross_entropy(
 ) -> Array:
     """Row-wise softmax cross-entropy: fills ``loss_rows`` and (if given) ``dz = (softmax(z) - Y) / N``.
 
-    Give either integer ``labels`` (N,) — no one-hot matrix is built — or
-    ``targets`` (N, C) holding one-hot or soft targets. The loss per row is
+    Give either integer ``labels`` (N,) of any integer dtype — no one-hot
+    matrix is built — or ``targets`` (N, C) holding one-hot or soft targets.
+    Any layout is taken (on a GPU, copied to the kernel's where it differs). The loss per row is
     ``logsumexp(z) - z[label]``, computed with the row max subtracted. Kernel:
     ``softmax_xent``. Returns ``loss_rows``.
     """
@@ -63,17 +64,24 @@ def softmax_cross_entropy(
     scale = 1.0 / n
     if on_gpu(z):
         cp = backend.cupy_module()
+        # The kernel reads and writes row-major T arrays and int64 labels through raw pointers: whatever
+        # it is given is made so here (no copy, no launch, when it already is; no wait for the device).
+        z = cp.ascontiguousarray(z)
+        lab = cp.ascontiguousarray(labels, dtype=cp.int64) if labels is not None else cp.empty(1, dtype=cp.int64)
+        tgt = cp.ascontiguousarray(targets, dtype=z.dtype) if targets is not None else cp.empty(1, dtype=z.dtype)
         # the scratch row exps need somewhere to go even when no gradient is wanted
-        out = dz if dz is not None else cp.empty_like(z)
-        unused = cp.empty(1, dtype=z.dtype)
-        lab = labels if labels is not None else cp.empty(1, dtype=cp.int64)
-        tgt = targets if targets is not None else unused
+        out = dz if dz is not None and _row_major(dz, z.dtype) else cp.empty_like(z)
+        rows = loss_rows if _row_major(loss_rows, z.dtype) else cp.empty(n, dtype=z.dtype)
         threads = 128
         raw("softmax_xent", z.dtype)(
             ((n + threads - 1) // threads,), (threads,),
-            (z, lab, tgt, out, loss_rows, np.int32(n), np.int32(c), np.int32(labels is not None),
+            (z, lab, tgt, out, rows, np.int32(n), np.int32(c), np.int32(labels is not None),
              np.int32(dz is not None), z.dtype.type(scale)),
         )
+        if dz is not None and out is not dz:
+            dz[...] = out
+        if rows is not loss_rows:
+            loss_rows[...] = rows
         return loss_rows
     m = z.max(axis=1, keepdims=True)
     e = dz if dz is not None else np.empty_like(z)
@@ -96,6 +104,11 @@ def softmax_cross_entropy(
             np.subtract(e, targets, out=e)
             np.multiply(e, scale, out=e)
     return loss_rows
+
+
+def _row_major(a: Array, dtype: Any) -> bool:
+    """Whether the kernel may write ``a`` through a plain ``T*``: C-contiguous, of the kernel's element type."""
+    return bool(a.flags.c_contiguous) and a.dtype == dtype
 
 
 def softmax(z: Array) -> Array:

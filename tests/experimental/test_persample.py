@@ -1,4 +1,4 @@
-"""The GPU fast path without a GPU: the fused per-sample kernel, the launch budget, TF32.
+"""The GPU fast path without a GPU: the fused per-sample kernel, the launch budget.
 
 The fused per-sample kernel is checked three ways here:
 * its NumPy reference equals the general path (``train_step_grads`` + ``SGD.step`` per sample);
@@ -13,7 +13,6 @@ The fused per-sample kernel is checked three ways here:
 from __future__ import annotations
 
 import ctypes
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -361,22 +360,6 @@ def test_launch_budget_of_a_training_step(sizes) -> None:
     assert b["launches"] <= 28                   # the budget recorded in docs/gpu_fast_path.md: never more
     one = launches.launch_budget(net, 1)
     assert one["launches"] == b["launches"] and one["synchronizations"] == 0
-
-
-# --------------------------------------------------------------------------
-# TF32: the switch reaches CuPy whether or not CuPy has done its first GEMM
-# --------------------------------------------------------------------------
-def test_set_tf32_sets_cupys_compute_type_when_cupy_is_loaded(monkeypatch) -> None:
-    linalg = pytest.importorskip("cupy._core._routines_linalg")
-    calls = []
-    monkeypatch.setattr(linalg, "set_compute_type", lambda dtype, mode: calls.append((np.dtype(dtype), mode)))
-    monkeypatch.setattr(backend, "_cupy", object())  # as if a device had answered
-    monkeypatch.setenv("CUPY_TF32", "0")
-    backend.set_tf32(True)
-    assert os.environ["CUPY_TF32"] == "1" and backend.tf32_enabled()
-    backend.set_tf32(False)
-    assert calls == [(np.dtype(np.float32), linalg.COMPUTE_TYPE_TF32),
-                     (np.dtype(np.float32), linalg.COMPUTE_TYPE_DEFAULT)]
 
 
 # --------------------------------------------------------------------------
