@@ -76,7 +76,12 @@ class Layer:
     def forward(self, x: Array, train: bool = False) -> Array:
         raise NotImplementedError
 
-    def backward(self, dy: Array, need_dx: bool = True) -> Array | None:
+    def backward(self, dy: Array, need_dx: bool = True, need_dw: bool = True) -> Array | None:
+        """Parameter gradients into :attr:`grads` and ``dX`` (None unless ``need_dx``).
+
+        ``need_dw=False`` leaves out the weight matrix's ``dW = Xᵀ dZ`` (Dense only:
+        an optimiser adds it straight into its update, see :meth:`Dense.weight_grad_inputs`).
+        """
         raise NotImplementedError
 
     def equations(self, n: int, in_dim: int) -> list[str]:
@@ -140,7 +145,7 @@ class Activation(Layer):
         self._a = a
         return a
 
-    def backward(self, dy: Array, need_dx: bool = True) -> Array | None:
+    def backward(self, dy: Array, need_dx: bool = True, need_dw: bool = True) -> Array | None:
         return kernels.activation_backward(dy, self._a, self.kind, self.alpha)
 
     def equations(self, n: int, in_dim: int) -> list[str]:
@@ -237,10 +242,6 @@ class Dense(Layer):
         self.out_features = int(out_features)
         self.init = init
         self.activation: Activation | None = None  # set by the network when it fuses one
-        #: set by an optimiser that applies ``dW = Xᵀ dZ`` itself (NumPy: BLAS ger for one sample, gemm for
-        #: a batch); ``rank1`` then holds ``(x, dz)`` (vectors for one sample, the batch matrices otherwise)
-        self.defer_rank1 = False
-        self.rank1: tuple[Array, Array] | None = None
 
     def param_shapes(self, in_dim: int) -> dict[str, tuple[int, ...]]:
         if in_dim != self.in_features:
@@ -274,23 +275,22 @@ class Dense(Layer):
         self._x, self._z = x, z
         return z
 
-    def backward(self, dy: Array, need_dx: bool = True) -> Array | None:
-        xp = get_array_module(dy)
+    def backward(self, dy: Array, need_dx: bool = True, need_dw: bool = True) -> Array | None:
         act = self.activation
         dz = dy if act is None else kernels.activation_backward(dy, self._z, act.kind, act.alpha)
-        x = self._x
-        if self.defer_rank1 and xp is np:  # the optimiser adds Xᵀ dZ where it is needed
-            self.rank1 = (x[0], dz[0]) if x.shape[0] == 1 else (x, dz)
-        elif x.shape[0] == 1 and xp is np:
-            np.multiply(x.T, dz, out=self.grads["W"])  # rank-1 outer product: no GEMM with k=1
-        else:
-            kernels.matmul(x.T, dz, self.grads["W"], batch=x.shape[0])
+        self._dz = dz
+        if need_dw:
+            kernels.weight_grad(self._x, dz, self.grads["W"])
         kernels.column_sum(dz, self.grads["b"])
         if not need_dx:
             return None
-        dx = self._buffer("dX", x.shape, dz)
+        dx = self._buffer("dX", self._x.shape, dz)
         kernels.matmul(dz, self.params["W"].T, dx)
         return dx
+
+    def weight_grad_inputs(self) -> tuple[Array, Array]:
+        """``(X, dZ)`` of the last backward: ``dW = Xᵀ dZ`` for whoever left it out (``need_dw=False``)."""
+        return self._x, self._dz
 
     def equations(self, n: int, in_dim: int) -> list[str]:
         d, m = self.in_features, self.out_features
@@ -379,7 +379,7 @@ class BatchNorm(Layer):
         self._xhat, self._inv_std, self._train = xhat, inv_std, train
         return y
 
-    def backward(self, dy: Array, need_dx: bool = True) -> Array | None:
+    def backward(self, dy: Array, need_dx: bool = True, need_dw: bool = True) -> Array | None:
         xp = get_array_module(dy)
         xhat = self._xhat
         dgamma, dbeta = self.grads["gamma"], self.grads["beta"]
@@ -445,7 +445,7 @@ class Dropout(Layer):
         self.counter += 1
         return y
 
-    def backward(self, dy: Array, need_dx: bool = True) -> Array | None:
+    def backward(self, dy: Array, need_dx: bool = True, need_dw: bool = True) -> Array | None:
         if not self._masked:
             return dy
         xp = get_array_module(dy)

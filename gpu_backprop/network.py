@@ -258,21 +258,36 @@ class Sequential:
         self.last_output = a
         return a
 
-    def backward(self, dout: Array) -> None:
-        """Backpropagate ``d out`` through the layers, filling ``flat_grads``."""
+    def backward(self, dout: Array, weight_grads: bool = True) -> None:
+        """Backpropagate ``d out`` through the layers, filling ``flat_grads``.
+
+        ``weight_grads=False`` leaves the Dense weights' ``dW = Xᵀ dZ`` out of
+        ``flat_grads``, for an optimiser that adds them into its update itself
+        (see :meth:`deferred_weight_grads`).
+        """
         d = dout
         for layer, need_dx in zip(reversed(self._steps), reversed(self._needs_dx)):
-            d = layer.backward(d, need_dx)
+            d = layer.backward(d, need_dx, weight_grads)
 
-    def train_step_grads(self, X: Array, y: Array) -> Array:
+    def deferred_weight_grads(self) -> list[tuple[int, Array, Array]]:
+        """``(offset, X, dZ)`` for each Dense layer after a ``backward(..., weight_grads=False)``.
+
+        The gradient of the weights at ``flat_grads[offset:]`` (shape ``(D, M)``)
+        is ``Xᵀ dZ``; :func:`gpu_backprop.kernels.sgd_update` takes this list.
+        """
+        return [(self._layer_slots[(id(layer), "W")][0], *layer.weight_grad_inputs())
+                for layer in self._steps if isinstance(layer, Dense)]
+
+    def train_step_grads(self, X: Array, y: Array, weight_grads: bool = True) -> Array:
         """Forward in training mode, loss, backward; returns the loss as a device scalar.
 
         No checks and no host synchronisation: the trainer's hot path. ``X`` and
         ``y`` must already be valid arrays on this network's device.
+        ``weight_grads``: see :meth:`backward`.
         """
         out = self.forward(X, train=True)
         loss, dout = self.loss.forward_backward(out, y)
-        self.backward(dout)
+        self.backward(dout, weight_grads)
         return loss
 
     def loss_and_grads(self, X: Any, y: Any, train: bool = True) -> tuple[float, dict[str, Array]]:

@@ -18,7 +18,6 @@ import numpy as np
 
 from . import kernels
 from .backend import is_cupy_array, to_device, to_numpy
-from .layers import Dense
 from .network import Sequential
 
 __all__ = ["OPTIMIZERS", "SGD", "Adam", "AdamW", "Optimizer", "make_optimizer"]
@@ -98,29 +97,14 @@ class Optimizer:
         self.step()
         return loss
 
-    def _buffers(self) -> dict[str, Any]:
+    def state_buffers(self) -> dict[str, Any]:
+        """The optimiser's state by name, on the network's device, each laid out like ``flat_params``."""
         return {}
-
-    def _save_state(self) -> dict[str, Any]:
-        """Copies of the state exactly as held, for the divergence guard: taking them changes nothing."""
-        return {k: v.copy() for k, v in self._buffers().items()}
-
-    def _load_state(self, saved: dict[str, Any]) -> None:
-        """Put back what :meth:`_save_state` returned."""
-        for k, v in self._buffers().items():
-            v[...] = saved[k]
-
-    def _settle(self) -> None:
-        """Bring state kept in a lazy form into its plain one (SGD: fold the momentum scale).
-
-        This changes the rounding of what follows, so the trainer calls it only at
-        points fixed by the step count (the end of each epoch), never on a timer.
-        """
 
     def state_dict(self) -> dict[str, Any]:
         """Hyper-parameters, step count and state buffers (as NumPy arrays)."""
         d: dict[str, Any] = {"name": self.name, "steps": self.steps, "hyper": self.hyper()}
-        d.update({k: to_numpy(v).copy() for k, v in self._buffers().items()})
+        d.update({k: to_numpy(v).copy() for k, v in self.state_buffers().items()})
         return d
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -136,7 +120,7 @@ class Optimizer:
             raise TypeError(f"an optimizer state is a dict, got {type(state).__name__}")
         if state.get("name") != self.name:
             raise ValueError(f"optimizer state is for {state.get('name')!r}, not {self.name!r}")
-        buffers = self._buffers()
+        buffers = self.state_buffers()
         given = sorted(k for k in state if k not in ("name", "steps", "hyper"))
         extra, missing = [k for k in given if k not in buffers], [k for k in buffers if k not in state]
         if extra or missing:
@@ -208,106 +192,40 @@ class SGD(Optimizer):
         if nesterov and self.momentum == 0.0:
             raise ValueError("Nesterov momentum needs momentum > 0")
         self.nesterov = bool(nesterov)
-        self._velocity = net.xp.zeros_like(net.flat_params) if self.momentum else None
-        self._scale = 1.0  # the fused path keeps the velocity as _scale · _velocity (see train_step)
-
-    @property
-    def velocity(self) -> Any:
-        """The momentum buffer ``v`` (flat, laid out like the parameters), or None without momentum."""
-        if self._scale != 1.0 and self._velocity is not None:
-            self._velocity *= self._scale
-            self._scale = 1.0
-        return self._velocity
-
-    @velocity.setter
-    def velocity(self, value: Any) -> None:
-        self._velocity, self._scale = value, 1.0
+        #: the momentum buffer ``v`` (flat, laid out like the parameters), or None without momentum
+        self.velocity = net.xp.zeros_like(net.flat_params) if self.momentum else None
 
     def step(self) -> None:
+        self._update()
+
+    def train_step(self, X: Any, y: Any) -> Any:
+        """A step; on the CPU, where it pays, ``dW = Xᵀ dZ`` goes straight into the update.
+
+        Per-sample SGD on a CPU is bound by passes over the weights: the gradient
+        ``dW = x ⊗ dz`` is a rank-1 matrix, and writing it out, then folding it
+        into the velocity, then into the weights, moves the weights' bytes many
+        times. So the network leaves the Dense weights' ``dW`` out of
+        ``flat_grads`` and the update adds ``Xᵀ dZ`` where it is needed (BLAS
+        ``ger`` for one sample, ``gemm`` with ``beta = 1`` for a small batch; see
+        :func:`gpu_backprop.kernels.sgd_update`). Same result as
+        ``net.train_step_grads(X, y)`` then :meth:`step`, to float rounding
+        (tested); ``flat_grads`` then lacks the Dense weights' gradients.
+        """
+        if not kernels.defers_weight_grads(self.net.backend.name, X.shape[0], self.nesterov):
+            return super().train_step(X, y)
+        loss = self.net.train_step_grads(X, y, weight_grads=False)
+        self._update(self.net.deferred_weight_grads())
+        return loss
+
+    def _update(self, products: list[tuple[int, Any, Any]] | None = None) -> None:
         net = self.net
         kernels.sgd_update(net.flat_params, net.flat_grads, self.velocity, self._scratch,
                            lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
-                           nesterov=self.nesterov, n_decay=net.n_decay)
+                           nesterov=self.nesterov, n_decay=net.n_decay, products=products or ())
         self.steps += 1
 
-    def _buffers(self) -> dict[str, Any]:
-        v = self.velocity  # folds the fused path's scale back in
-        return {"velocity": v} if v is not None else {}
-
-    def _save_state(self) -> dict[str, Any]:
-        if self._velocity is None:
-            return {}
-        return {"velocity": self._velocity.copy(), "scale": self._scale}  # as held: no fold
-
-    def _load_state(self, saved: dict[str, Any]) -> None:
-        if self._velocity is not None:
-            self._velocity[...] = saved["velocity"]
-            self._scale = saved["scale"]
-
-    def _settle(self) -> None:
-        self.velocity  # noqa: B018 - the property folds the scale in
-
-    def train_step(self, X: Any, y: Any) -> Any:
-        """A step; on NumPy with SciPy present, ``dW`` goes straight into the update (see below).
-
-        Per-sample SGD on a CPU is bound by memory passes over the weights: the
-        gradient ``dW = x ⊗ dz`` is a rank-1 matrix, and writing it out, then
-        folding it into the velocity, then into the weights, moves the weights'
-        bytes many times. Here the Dense layers hand over ``(x, dz)`` instead,
-        and BLAS adds ``x ⊗ dz`` to the velocity in place (ger) and the
-        velocity to the weights (axpy). The velocity is kept as ``s·u`` with a
-        scalar ``s``, so ``v ← μv`` costs nothing (``s ← μs``) until ``s`` gets
-        small and is folded back in. A batch of up to ``kernels.SCIPY_MAX_BATCH``
-        rows goes the same way with ``gemm`` adding ``Xᵀ dZ / s`` to ``u``
-        (``beta = 1``: no pass of its own), except with Nesterov momentum, which
-        needs ``dW`` twice; larger batches gain nothing. The result equals the
-        general path to float rounding (tested); ``net.flat_grads`` is then not
-        filled for the Dense weights.
-        """
-        blas = _blas(self.net, X, self.nesterov)
-        if blas is None:
-            return super().train_step(X, y)
-        dense = [layer for layer in self.net._steps if isinstance(layer, Dense)]
-        for layer in dense:
-            layer.defer_rank1 = True
-        try:
-            loss = self.net.train_step_grads(X, y)
-        finally:
-            for layer in dense:
-                layer.defer_rank1 = False
-        self._rank1_update(blas, dense)
-        self.steps += 1
-        return loss
-
-    def _rank1_update(self, blas: Any, dense: list[Dense]) -> None:
-        """The update with BLAS, adding each deferred layer's ``Xᵀ dZ`` itself (see :meth:`train_step`)."""
-        net, lr, mu, wd, k = self.net, self.lr, self.momentum, self.weight_decay, self.net.n_decay
-        p, g = net.flat_params, net.flat_grads
-        scal, axpy, ger = blas.get_blas_funcs(("scal", "axpy", "ger"), (p,))
-        u = self._velocity
-        if u is not None:
-            # v = s·u; v ← μ v + g' becomes s ← μ s, u ← u + g'/s: no pass over u for the decay
-            if mu * self._scale < 1e-3:  # fold s back in before 1/s grows large
-                scal(self._scale, u)
-                self._scale = 1.0
-            self._scale *= mu
-            inv = 1.0 / self._scale
-            if wd:
-                axpy(p[:k], u[:k], a=wd * inv)
-            axpy(g[k:], u[k:], a=inv)
-            for layer in dense:
-                _add_xt_dz(ger, inv, _rank1(layer), net.view(u, layer, "W"))
-            if not self.nesterov:  # w ← w − η v
-                axpy(u, p, a=-lr * self._scale)
-                return
-        # w ← w − η g' (plain SGD, or the gradient half of Nesterov's step)
-        if wd:
-            scal(1.0 - lr * wd, p[:k])
-        axpy(g[k:], p[k:], a=-lr)
-        for layer in dense:
-            _add_xt_dz(ger, -lr, _rank1(layer), net.view(p, layer, "W"))
-        if u is not None:  # Nesterov: w ← w − η μ v
-            axpy(u, p, a=-lr * mu * self._scale)
+    def state_buffers(self) -> dict[str, Any]:
+        return {"velocity": self.velocity} if self.velocity is not None else {}
 
     def hyper(self) -> dict[str, Any]:
         return {"lr": self.lr, "momentum": self.momentum, "nesterov": self.nesterov,
@@ -341,7 +259,7 @@ class Adam(Optimizer):
                             weight_decay=self.weight_decay, decoupled=self.decoupled,
                             step=self.steps, n_decay=net.n_decay)
 
-    def _buffers(self) -> dict[str, Any]:
+    def state_buffers(self) -> dict[str, Any]:
         return {"m": self.m, "v": self.v}
 
     def hyper(self) -> dict[str, Any]:
@@ -358,30 +276,6 @@ class AdamW(Adam):
     def __init__(self, net: Sequential, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.01) -> None:
         super().__init__(net, lr, betas, eps, weight_decay)
-
-
-def _rank1(layer: Dense) -> tuple[Any, Any]:
-    """The ``(x, dz)`` a Dense layer handed over instead of writing ``dW = x ⊗ dz``."""
-    assert layer.rank1 is not None, "the layer ran its backward without defer_rank1"
-    return layer.rank1
-
-
-def _blas(net: Sequential, X: Any, nesterov: bool = False) -> Any:
-    """SciPy's BLAS wrappers when the fused path applies (NumPy; one sample, or a small batch without
-    Nesterov), else None."""
-    n = X.shape[0]
-    if net.backend.name != "numpy" or (n != 1 and (nesterov or n > kernels.SCIPY_MAX_BATCH)):
-        return None
-    return kernels.scipy_blas()  # None without SciPy, which is optional: pip install 'gpu_backprop[cpu]'
-
-
-def _add_xt_dz(ger: Any, alpha: float, x_dz: tuple[Any, Any], target: Any) -> None:
-    """``target += alpha · Xᵀ dZ`` in place: BLAS ger for one sample (vectors), gemm for a batch."""
-    x, dz = x_dz
-    if x.ndim == 1:
-        ger(alpha, dz, x, a=target.T, overwrite_a=True)
-    else:
-        kernels.matmul(x.T, dz, target, alpha=alpha, beta=1.0, batch=x.shape[0])
 
 
 _OPTIMIZERS: dict[str, type[Optimizer]] = {"sgd": SGD, "adam": Adam, "adamw": AdamW}

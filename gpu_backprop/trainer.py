@@ -521,12 +521,13 @@ class _Loop:
 
     def _snapshot(self) -> tuple[Array, dict[str, Any]]:
         """The weights and the optimiser state as they are (taking it changes nothing)."""
-        return self.net.flat_params.copy(), self.opt._save_state()
+        return self.net.flat_params.copy(), {k: v.copy() for k, v in self.opt.state_buffers().items()}
 
     def _restore(self) -> None:
         params, state = self._good
         self.net.flat_params[...] = params
-        self.opt._load_state(state)
+        for k, v in self.opt.state_buffers().items():
+            v[...] = state[k]
 
     def _first_bad_layer(self) -> str:
         xp = self.net.xp
@@ -613,8 +614,6 @@ class _Loop:
                                 f"value is in {where}; restored the weights of step {good_step}; "
                                 "lower the learning rate or clip gradients (max_grad_norm)")
                     break
-                if s == steps - 1:
-                    self.opt._settle()  # at the same step in a run resumed from a checkpoint, which saves it settled
                 self._good, good_step = self._snapshot(), step0 + s + 1
                 window = seen - seen_at_check
                 if window:

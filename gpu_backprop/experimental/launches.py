@@ -258,8 +258,9 @@ _KERNEL_LAUNCHES: dict[str, Callable[..., tuple[list[str], int]]] = {
 }
 
 
-#: kernels functions that launch no kernel of their own: matmul is cuBLAS, which the traced arrays count
-_NOT_KERNELS = {"matmul", "scipy_blas"}
+#: kernels functions that launch no kernel of their own: matmul and weight_grad are cuBLAS, which the traced
+#: arrays count; the others decide things on the host
+_NOT_KERNELS = {"matmul", "weight_grad", "scipy_blas", "defers_weight_grads"}
 
 
 def _one_launch(name: str) -> Callable[..., tuple[list[str], int]]:

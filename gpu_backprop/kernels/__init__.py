@@ -21,10 +21,10 @@ from ._cpu import SCIPY_MAX_BATCH, scipy_blas
 from .activations import ACTIVATIONS, activation_backward, activation_forward, bias_activation
 from .batchnorm import batchnorm_backward, batchnorm_normalize
 from .gather import gather_scale
-from .linalg import column_sum, matmul
+from .linalg import column_sum, matmul, weight_grad
 from .random import dropout_forward, hash_uniform, random_permutation
 from .softmax import softmax, softmax_cross_entropy
-from .updates import adam_update, sgd_update
+from .updates import adam_update, defers_weight_grads, sgd_update
 
 __all__ = [
     "ACTIVATIONS",
@@ -36,6 +36,7 @@ __all__ = [
     "batchnorm_normalize",
     "bias_activation",
     "column_sum",
+    "defers_weight_grads",
     "dropout_forward",
     "gather_scale",
     "hash_uniform",
@@ -45,4 +46,5 @@ __all__ = [
     "sgd_update",
     "softmax",
     "softmax_cross_entropy",
+    "weight_grad",
 ]

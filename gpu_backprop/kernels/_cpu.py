@@ -85,6 +85,44 @@ def scipy_blas() -> Any:
     return _scipy_blas or None
 
 
+def blas_function(name: str, like: Array) -> Any:
+    """SciPy's BLAS routine ``name`` (``"axpy"``, ``"scal"``, ``"ger"``) for arrays like ``like``, or None.
+
+    None without SciPy, and for anything but a plain float32/float64 ndarray (a
+    subclass such as the launch counter's traced arrays takes the NumPy route).
+    """
+    blas = scipy_blas()
+    if blas is None or type(like) is not np.ndarray or like.dtype.char not in "fd":
+        return None
+    return blas.get_blas_funcs(name, (like,))
+
+
+def axpy(a: float, x: Array, y: Array, scratch: Array) -> None:
+    """``y += a·x`` in place over 1-D arrays: BLAS ``axpy`` (SciPy), else NumPy across the cores.
+
+    ``scratch`` (like ``y``) holds ``a·x`` on the NumPy route; ``x`` may be ``y`` itself.
+    """
+    f = blas_function("axpy", y)
+    if f is not None and x.dtype == y.dtype and y.flags.c_contiguous and x.flags.c_contiguous:
+        f(x, y, a=a)
+        return
+
+    def body(sl: slice) -> None:
+        np.multiply(x[sl], a, out=scratch[sl])
+        np.add(y[sl], scratch[sl], out=y[sl])
+
+    in_parallel(body, y.shape[0])
+
+
+def scal(a: float, x: Array) -> None:
+    """``x *= a`` in place over a 1-D array: BLAS ``scal`` (SciPy), else NumPy across the cores."""
+    f = blas_function("scal", x)
+    if f is not None and x.flags.c_contiguous:
+        f(a, x)
+        return
+    in_parallel(lambda sl: np.multiply(x[sl], a, out=x[sl]), x.shape[0])
+
+
 def gemm_call(a: Array, b: Array, out: Array, batch: int | None = None) -> tuple[Any, tuple[Any, int],
                                                                                  tuple[Any, int]] | None:
     """SciPy's ``?gemm`` and its operands for ``out = a b``, or None where it does not apply.

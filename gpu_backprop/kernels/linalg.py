@@ -43,6 +43,35 @@ def matmul(a: Array, b: Array, out: Array, alpha: float = 1.0, beta: float = 0.0
 
 
 
+def weight_grad(x: Array, dz: Array, out: Array, alpha: float = 1.0, beta: float = 0.0) -> Array:
+    """``out = alpha · Xᵀ dZ + beta · out``: the weight gradient ``dW`` of a Dense layer.
+
+        X: (N, D)   dZ: (N, M)   ->   Xᵀ dZ: (D, M)
+
+    For one sample ``Xᵀ dZ`` is the outer product ``x ⊗ dz``, a rank-1 matrix:
+    NumPy forms it with one multiply, or adds it in place with BLAS ``ger``
+    (SciPy), never as a product with an inner size of 1. Optimisers call this
+    with ``beta = 1`` to add ``dW`` straight into their state (see
+    :func:`.updates.sgd_update`).
+    """
+    n = x.shape[0]
+    if on_gpu(out) or n > 1:
+        return matmul(x.T, dz, out, alpha, beta, batch=n)
+    if beta == 0.0:
+        np.multiply(x.T, dz, out=out)
+        if alpha != 1.0:
+            out *= alpha
+        return out
+    ger = _cpu.blas_function("ger", out)
+    if ger is not None and beta == 1.0 and out.flags.c_contiguous:
+        ger(alpha, dz[0], x[0], a=out.T, overwrite_a=True)  # column-major: outᵀ += alpha · dz xᵀ
+        return out
+    if beta != 1.0:
+        out *= beta
+    out += alpha * (x.T * dz)
+    return out
+
+
 def column_sum(d: Array, out: Array) -> Array:
     """``out = Σ_rows d``: the bias gradient ``db`` of a Dense layer, ``(N, M) -> (M,)``.
 
