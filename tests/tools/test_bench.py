@@ -541,3 +541,16 @@ def test_a_step_longer_than_a_block_is_not_run_again_to_calibrate() -> None:
     runner = timing.Runner(lambda: (calls.append(1), time.sleep(0.03)), lambda: None)
     runner.calibrate(0.02)
     assert runner.calls == 1 and len(calls) == 1
+
+
+def test_every_committed_report_renders_again(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Reports written by earlier versions of the suite (no load meter, no precision) render too."""
+    results = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+    reports = [p for p in results.glob("*.json") if "-scaling-" not in p.name]
+    assert reports
+    for path in reports:
+        copy = tmp_path / path.name
+        copy.write_bytes(path.read_bytes())
+        assert benchmark.main(["--render", str(copy)]) == 0, capsys.readouterr().err
+        table = next(x for x in path.with_suffix(".md").read_text().splitlines() if x.startswith("| numpy |"))
+        assert table in copy.with_suffix(".md").read_text()  # the same figures as the committed Markdown

@@ -1,7 +1,7 @@
 """The benchmark suite: training throughput per regime, against the hardware limit and a peer.
 
     python -m gpu_backprop bench                 # the full suite (several minutes on a 2-core CPU)
-    python -m gpu_backprop bench --quick         # under a minute
+    python -m gpu_backprop bench --quick         # about a minute on a 2-core CPU
     python benchmarks/run.py --model 784-512-10 --batch 1 64 full
 
 For each backend present (NumPy; CuPy where a device answers) and each model
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m gpu_backprop bench [flags]``; returns the exit status (2 for a bad flag)."""
     p = Parser(prog="python -m gpu_backprop bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true",
-                   help="a short run (under a minute on a 2-core CPU): mlp-256, batch 1 128 full, no time to accuracy, "
+                   help="a short run (about a minute on a loaded 2-core CPU): mlp-256, batch 1 128 full, no time to accuracy, "
                         "at most 10 s spent on other processes' load")
     p.add_argument("--model", nargs="+", help="mlp-256, mlp-1024, or sizes like 784-512-10 (default: both)")
     p.add_argument("--batch", nargs="+", help="batch sizes and/or 'full' (default: 1 32 128 1024 full)")

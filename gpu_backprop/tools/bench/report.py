@@ -94,6 +94,16 @@ def _version(value: Any) -> str:
     return "not installed" if value is None else str(value)
 
 
+def _load_text(report: dict[str, Any]) -> str:
+    settings = report.get("settings", {})
+    if "max_load_cores" not in settings:
+        return " (This run predates the load meter: no load was recorded.)"
+    return (" *Load* = cores kept busy by other processes during our blocks (blocks over "
+            f"{settings['max_load_cores']} cores were dropped and, after a wait for quiet, timed again, three times "
+            f"at most, while the run's patience of {settings.get('patience_s', 0):.0f} s lasted; this run spent "
+            f"{settings.get('waited_for_quiet_s', 0):.0f} s on the load).")
+
+
 def to_markdown(report: dict[str, Any]) -> str:
     """The report as Markdown: machine facts, the table, targets, breakdown, time to accuracy, notes."""
     f = report["facts"]
@@ -135,18 +145,15 @@ def to_markdown(report: dict[str, Any]) -> str:
             if lim.get("block_loads"):
                 how += "; other processes: " + ", ".join(_fmt(x, ".2f") for x in lim["block_loads"]) + " cores"
             how += ")"
-        lines.append(f"- {name}: measured {lim['precision']} GEMM ({lim['gemm_n']}³) "
+        lines.append(f"- {name}: measured {lim.get('precision', 'float32')} GEMM ({lim['gemm_n']}³) "
                      f"{lim['gemm_flops'] / 1e9:,.1f} GFLOP/s{how}{extra} — the limit below")
     lines += ["", ("Whole training steps (gather a batch from the device-resident uint8 set and scale it, forward, "
               "backward, SGD with momentum 0.9; float32, ReLU, softmax cross-entropy) on random bytes of the "
               "training set's shape (60,000 × 784), so no data set is needed; full batch = all 60,000 rows, "
               "gathered and scaled once. Ours runs `opt.train_step(Xb, yb)` (= `net.train_step_grads` + "
               "`opt.step()`, as `fit` does). The frameworks are timed interleaved block by block, median of the "
-              "blocks after a warm-up. *Limit* = the step's FLOPs at the measured GEMM rate. *Load* = cores "
-              "kept busy by other processes during our blocks (blocks over "
-              f"{report['settings']['max_load_cores']} cores were dropped and, after a wait for quiet, timed again, "
-              f"three times at most, while the run's patience of {report['settings'].get('patience_s', 0):.0f} s "
-              f"lasted; this run spent {report['settings'].get('waited_for_quiet_s', 0):.0f} s on the load)."), "",
+              "blocks after a warm-up. *Limit* = the step's FLOPs at the measured GEMM rate." + _load_text(report)),
+              "",
               ("| backend | model | batch | samples/s | ms/step | of limit | PyTorch samples/s | ours/PyTorch | "
               "sklearn samples/s | ours/sklearn | load |"),
               "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -186,7 +193,8 @@ def to_markdown(report: dict[str, Any]) -> str:
             res["skipped"] if "skipped" in res else
             f"{res['seconds']:.1f} s to {max(res['accuracies']):.2%} test accuracy on Fashion-MNIST in "
             f"{res['epochs']} epochs (target {res['target']:.0%}, {'reached' if res['reached'] else 'NOT reached'}"
-            f" within {res['max_epochs']} epochs; 784-256-256-10, SGD momentum 0.9, lr 0.05 cosine, batch 128; "
+            + (f" within {res['max_epochs']} epochs" if "max_epochs" in res else "")
+            + "; 784-256-256-10, SGD momentum 0.9, lr 0.05 cosine, batch 128; "
             f"{res['includes']})")]
     over = [r for r in report["results"] if r["fraction_of_limit"] > 1.0]
     if over:
@@ -249,7 +257,7 @@ def figure(report: dict[str, Any]) -> Any:
                     ax.plot(*zip(*pts), "s--", label=f"{peer} ({'cuda' if be == 'cupy' else 'cpu'})")
             lim = report["limits"][be]
             ax.axhline(lim["gemm_flops"] / report["flops_per_sample"][model], linestyle=":", color="gray",
-                       label=f"limit: {lim['precision']} GEMM rate ({be})")
+                       label=f"limit: {lim.get('precision', 'float32')} GEMM rate ({be})")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("batch size (60,000 = full batch)")
@@ -322,7 +330,13 @@ def render(path: Path) -> int:
         print(f"error: --render {path}: not a benchmark report ({exc}); pass a .json this suite wrote",
               file=sys.stderr)
         return 2
-    atomic_write_bytes(path.with_suffix(".md"), to_markdown(report).encode())
+    try:
+        markdown = to_markdown(report)
+    except (KeyError, TypeError, ValueError) as exc:
+        print(f"error: --render {path}: the report lacks a field this suite needs ({exc!r}); it was written by "
+              "another version of the suite", file=sys.stderr)
+        return 2
+    atomic_write_bytes(path.with_suffix(".md"), markdown.encode())
     made_png = plot(report, path.with_suffix(".png"))
     print(f"wrote {path.with_suffix('.md')}" + (", .png" if made_png else ""))
     return 0
