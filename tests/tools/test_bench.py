@@ -554,3 +554,12 @@ def test_every_committed_report_renders_again(tmp_path: Path, capsys: pytest.Cap
         assert benchmark.main(["--render", str(copy)]) == 0, capsys.readouterr().err
         table = next(x for x in path.with_suffix(".md").read_text().splitlines() if x.startswith("| numpy |"))
         assert table in copy.with_suffix(".md").read_text()  # the same figures as the committed Markdown
+
+
+def test_a_model_too_big_for_the_gpu_is_refused_with_the_gpus_memory() -> None:
+    """CuPy's ``Device().mem_info`` is (free, total) bytes; a stand-in GPU of 0.5 GiB."""
+    gpu = types.SimpleNamespace(name="cupy", xp=types.SimpleNamespace(
+        cuda=types.SimpleNamespace(Device=lambda: types.SimpleNamespace(mem_info=(2**28, 2**29)))))
+    problem = benchmark._memory_problem({"mlp-784-100000-10": [784, 100_000, 10]}, 128, [gpu])
+    assert problem is not None and "the GPU has 0.5 GiB" in problem and "79,500,010 parameters" in problem
+    assert benchmark._memory_problem({"mlp-784-1000-10": [784, 1000, 10]}, 60_000, [gpu]) is None

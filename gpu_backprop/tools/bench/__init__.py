@@ -111,7 +111,7 @@ def _memory_problem(models: dict[str, list[int]], rows: int, backends: list[Back
             if have and need > have:
                 params = sum(a * b + b for a, b in itertools.pairwise(sizes))
                 return (f"--model {name.removeprefix('mlp-') if name not in MODELS else name}: {params:,} parameters "
-                        f"at {rows:,} rows need at least {need / 2**30:,.1f} GiB and {where} has "
+                        f"with batches of {rows:,} need at least {need / 2**30:,.1f} GiB and {where} has "
                         f"{have / 2**30:,.1f} GiB; choose smaller layer sizes or batches")
     return None
 
