@@ -45,7 +45,6 @@ import importlib.metadata
 import json
 import os
 import platform
-import re
 import resource
 import statistics
 import subprocess
@@ -60,8 +59,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import gpu_backprop as gb  # noqa: E402
-from gpu_backprop.distributed import OPEN_MPI_ENV, Communicator, init_distributed, mpiexec_path  # noqa: E402
+import gpu_backprop as gb
+from gpu_backprop.distributed import OPEN_MPI_ENV, Communicator, init_distributed, mpiexec_path
+from gpu_backprop.tools.bench.report import machine_slug
+from gpu_backprop.tools.bench.suite import cpu_model
 
 THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -256,11 +257,11 @@ def _machine(engine: str) -> dict[str, Any]:
 
 
 def _slug(machine: dict[str, Any], engine: str, ranks: list[int]) -> str:
-    device = re.sub(r"\(.*?\)", "", machine["device"].split(":", 1)[-1])
-    device = re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-")
+    """The machine's part of the report's name, as the benchmark suite names its reports (``machine_slug``):
+    ``cpu-<model>-<N>core``, or ``gpu-<model>-x<ranks>`` for NCCL."""
     if engine == "nccl":
-        return f"gpu-{device}-x{max(ranks)}"
-    return f"cpu-{device}-{machine['cores']}core"
+        return f"{machine_slug('gpu', machine['device'])}-x{max(ranks)}"
+    return machine_slug("cpu", cpu_model(), machine["cores"])
 
 
 def _markdown(report: dict[str, Any]) -> str:

@@ -11,7 +11,7 @@ flat buffer), not to biases or BatchNorm parameters.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -195,8 +195,17 @@ class SGD(Optimizer):
         #: the momentum buffer ``v`` (flat, laid out like the parameters), or None without momentum
         self.velocity = net.xp.zeros_like(net.flat_params) if self.momentum else None
 
-    def step(self) -> None:
-        self._update()
+    def step(self, products: Sequence[tuple[int, Any, Any]] = ()) -> None:
+        """Apply one update from ``net.flat_grads``; ``products``: weight gradients not in it yet.
+
+        ``products`` is :meth:`Sequential.deferred_weight_grads` after a
+        ``train_step_grads(..., weight_grads=False)`` (NumPy only; see :meth:`train_step`).
+        """
+        net = self.net
+        kernels.sgd_update(net.flat_params, net.flat_grads, self.velocity, self._scratch,
+                           lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
+                           nesterov=self.nesterov, n_decay=net.n_decay, products=products)
+        self.steps += 1
 
     def train_step(self, X: Any, y: Any) -> Any:
         """A step; on the CPU, where it pays, ``dW = Xᵀ dZ`` goes straight into the update.
@@ -214,15 +223,8 @@ class SGD(Optimizer):
         if not kernels.defers_weight_grads(self.net.backend.name, X.shape[0], self.nesterov):
             return super().train_step(X, y)
         loss = self.net.train_step_grads(X, y, weight_grads=False)
-        self._update(self.net.deferred_weight_grads())
+        self.step(self.net.deferred_weight_grads())
         return loss
-
-    def _update(self, products: list[tuple[int, Any, Any]] | None = None) -> None:
-        net = self.net
-        kernels.sgd_update(net.flat_params, net.flat_grads, self.velocity, self._scratch,
-                           lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
-                           nesterov=self.nesterov, n_decay=net.n_decay, products=products or ())
-        self.steps += 1
 
     def state_buffers(self) -> dict[str, Any]:
         return {"velocity": self.velocity} if self.velocity is not None else {}

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -60,11 +62,52 @@ class OurStep:
 def ours(be: Backend, sizes: list[int], batch: int) -> Runner:
     """A runner for gpu_backprop's training step (see :class:`OurStep`)."""
     return Runner(OurStep(be, sizes, batch), be.synchronize, be.xp.cuda if be.name == "cupy" else None,
-                   context=lambda: per_sample_blas(be, batch))  # as gb.fit does
+                  context=lambda: per_sample_blas(be, batch),  # as gb.fit does
+                  precision="tf32" if be.name == "cupy" and tf32_enabled() else "fp32")
 
 
-def torch_peer(device: str, sizes: list[int], batch: int) -> Runner | None:
-    """The same model, data handling and optimiser in PyTorch eager (None if torch is missing)."""
+class TorchCudaEvents:
+    """PyTorch's CUDA events behind CuPy's interface (``Event()``, ``get_elapsed_time``), for :class:`Runner`.
+
+    PyTorch records no time unless asked: ``torch.cuda.Event(enable_timing=True)``, then
+    ``start.elapsed_time(end)`` in milliseconds (there is no ``torch.cuda.get_elapsed_time``).
+    CuPy's ``cupy.cuda.Event()`` times by default and ``cupy.cuda.get_elapsed_time(start, end)``
+    gives milliseconds too.
+    """
+
+    def __init__(self, torch: Any) -> None:
+        self._torch = torch
+
+    def Event(self) -> Any:
+        return self._torch.cuda.Event(enable_timing=True)
+
+    @staticmethod
+    def get_elapsed_time(start: Any, stop: Any) -> float:
+        return float(start.elapsed_time(stop))
+
+
+@contextlib.contextmanager
+def torch_precision(torch: Any, tf32: bool) -> Iterator[None]:
+    """PyTorch's float32 products on CUDA with TF32 or not (cuBLAS and cuDNN) within; the settings before after.
+
+    ``torch.backends.cuda.matmul.allow_tf32`` (False by default) and ``torch.backends.cudnn.allow_tf32``
+    (True by default): both set, so that the peer runs at the precision ours runs.
+    """
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    before = matmul.allow_tf32, cudnn.allow_tf32
+    matmul.allow_tf32 = cudnn.allow_tf32 = tf32
+    try:
+        yield
+    finally:
+        matmul.allow_tf32, cudnn.allow_tf32 = before
+
+
+def torch_peer(device: str, sizes: list[int], batch: int, tf32: bool = False) -> Runner | None:
+    """The same model, data handling and optimiser in PyTorch eager (None if torch is missing).
+
+    On CUDA the blocks are timed with CUDA events, and ``tf32`` lets PyTorch's float32 products
+    use TF32 during the peer's blocks (restored after each); on a CPU ``tf32`` changes nothing.
+    """
     try:
         import torch
     except ImportError:
@@ -99,18 +142,8 @@ def torch_peer(device: str, sizes: list[int], batch: int) -> Runner | None:
 
     if dev.type != "cuda":
         return Runner(step, lambda: None)
-    torch.backends.cuda.matmul.allow_tf32 = tf32_enabled()  # the same precision as ours
-
-    class _TorchEvents:  # CUDA events with CuPy's interface, for Runner
-        @staticmethod
-        def Event() -> Any:  # the name Runner calls, as on CuPy
-            return torch.cuda.Event(enable_timing=True)
-
-        @staticmethod
-        def get_elapsed_time(start: Any, stop: Any) -> float:
-            return float(start.elapsed_time(stop))  # milliseconds, as CuPy's
-
-    return Runner(step, torch.cuda.synchronize, _TorchEvents)
+    return Runner(step, torch.cuda.synchronize, TorchCudaEvents(torch), context=lambda: torch_precision(torch, tf32),
+                  precision="tf32" if tf32 else "fp32")
 
 
 def sklearn_peer(sizes: list[int], batch: int, budget: float) -> Runner | None:

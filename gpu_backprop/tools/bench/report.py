@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import sys
 from pathlib import Path
 from typing import Any
 
+from ..._io import atomic_write_bytes
 from ...backend import Backend
 from .peers import N_TRAIN
 from .suite import MODELS, step_flops
@@ -76,39 +78,82 @@ def _fmt(value: Any, spec: str) -> str:
     return "—" if value is None else format(value, spec)
 
 
+def blas_text(blas: Any) -> str:
+    """The BLAS libraries of a report's facts as one readable phrase (whichever form the run could learn)."""
+    if isinstance(blas, list):  # threadpoolctl: every BLAS loaded, with its threads
+        return "; ".join(f"{b.get('library') or b.get('internal_api')} {b.get('version')} "
+                         f"({b.get('num_threads')} threads, {b.get('architecture')} kernels)" for b in blas) or "none loaded"
+    if isinstance(blas, dict) and blas:  # NumPy's build configuration (no threadpoolctl)
+        config = " ".join(str(blas.get("openblas configuration", "")).split())
+        return (f"{blas.get('name', '?')} {blas.get('version', '')}".rstrip() + " (NumPy's build configuration"
+                + (f": {config}" if config else "") + "; threads unknown, install threadpoolctl to see them)")
+    return "unknown (install threadpoolctl to see it)"
+
+
+def _version(value: Any) -> str:
+    return "not installed" if value is None else str(value)
+
+
+def _load_text(report: dict[str, Any]) -> str:
+    settings = report.get("settings", {})
+    if "max_load_cores" not in settings:
+        return " (This run predates the load meter: no load was recorded.)"
+    return (" *Load* = cores kept busy by other processes during our blocks (blocks over "
+            f"{settings['max_load_cores']} cores were dropped and, after a wait for quiet, timed again, three times "
+            f"at most, while the run's patience of {settings.get('patience_s', 0):.0f} s lasted; this run spent "
+            f"{settings.get('waited_for_quiet_s', 0):.0f} s on the load).")
+
+
 def to_markdown(report: dict[str, Any]) -> str:
     """The report as Markdown: machine facts, the table, targets, breakdown, time to accuracy, notes."""
     f = report["facts"]
-    blas = "; ".join(f"{b.get('library') or b.get('internal_api')} {b.get('version')} "
-                     f"({b.get('num_threads')} threads, {b.get('architecture')} kernels)"
-                     for b in f.get("blas", [])) if isinstance(f.get("blas"), list) else json.dumps(f.get("blas"))
     env = ", ".join(f"{k}={v}" for k, v in f.get("env", {}).items() if v is not None) or "none set"
-    lines = [f"# gpu_backprop benchmark, {f['date']}", "",
-             (f"- CPU: {f['cpu']}, {f['cores']} cores; Python {f['python']}; NumPy {f['numpy']}; "
-             f"SciPy {f.get('scipy')}"),
-             f"- BLAS: {blas}",
-             (f"- BLAS/OpenMP environment: {env}; load average at the start: "
-             f"{' '.join(f.get('loadavg_at_start', ['?']))}"),
-             f"- PyTorch: {f.get('torch')} ({f.get('torch_threads', '—')} threads); scikit-learn: {f.get('sklearn')}"]
+    torch = _version(f.get("torch")) + (f" ({f['torch_threads']} threads)" if f.get("torch_threads") else "")
+    lines = [f"# gpu_backprop benchmark, {f['date']}", ""]
+    if not report.get("complete", True):
+        done, planned = len(report["results"]), report.get("planned_rows", "?")
+        lines += [(f"**Incomplete: {done} of {planned} rows.** The run stopped (or is still running) before its "
+                  "end; every row below was finished and is as measured."), ""]
+    lines += [(f"- CPU: {f['cpu']}, {f['cores']} cores; Python {f['python']}; NumPy {f['numpy']}; "
+              f"SciPy {_version(f.get('scipy'))}"),
+              f"- BLAS: {blas_text(f.get('blas'))}",
+              (f"- BLAS/OpenMP environment: {env}; load average at the start: "
+               f"{' '.join(f.get('loadavg_at_start', ['?']))}"),
+              f"- PyTorch: {torch}; scikit-learn: {_version(f.get('sklearn'))}"]
     if "gpu" in f:
         lines.append(f"- GPU: {f['gpu']}, {f['gpu_memory_gib']} GiB; driver {f['cuda_driver']}, CUDA runtime "
                      f"{f['cuda_runtime']}, CuPy {f['cupy']}, TF32 {'on' if f['tf32'] else 'off'}")
+    precisions: dict[str, dict[str, str | None]] = {}
+    for r in report["results"]:
+        precisions.setdefault(r["backend"], {})["gpu_backprop"] = r.get("precision")
+        if r.get("torch_precision"):
+            precisions[r["backend"]]["PyTorch"] = r["torch_precision"]
+    for be, seen in precisions.items():
+        if any(seen.values()):
+            lines.append(f"- Float32 matrix products on {be}: " + ", ".join(
+                f"{who} {(p or '?').upper()}" for who, p in seen.items()))
     for name, lim in report["limits"].items():
         extra = ""
         if "gemm_tf32_flops" in lim:
             extra = (f" (FP32 {lim['gemm_fp32_flops'] / 1e12:,.1f} TFLOP/s, TF32 {lim['gemm_tf32_flops'] / 1e12:,.1f}"
                      " TFLOP/s)")
-        lines.append(f"- {name}: measured {lim['precision']} GEMM ({lim['gemm_n']}³) "
-                     f"{lim['gemm_flops'] / 1e9:,.1f} GFLOP/s{extra} — the limit below")
+        how = ""
+        if lim.get("rate") == "fastest block":
+            how = " (the fastest of its blocks"
+            if lim.get("median_gemm_flops"):
+                how += f"; median {lim['median_gemm_flops'] / 1e9:,.1f}"
+            if lim.get("block_loads"):
+                how += "; other processes: " + ", ".join(_fmt(x, ".2f") for x in lim["block_loads"]) + " cores"
+            how += ")"
+        lines.append(f"- {name}: measured {lim.get('precision', 'float32')} GEMM ({lim['gemm_n']}³) "
+                     f"{lim['gemm_flops'] / 1e9:,.1f} GFLOP/s{how}{extra} — the limit below")
     lines += ["", ("Whole training steps (gather a batch from the device-resident uint8 set and scale it, forward, "
               "backward, SGD with momentum 0.9; float32, ReLU, softmax cross-entropy) on random bytes of the "
               "training set's shape (60,000 × 784), so no data set is needed; full batch = all 60,000 rows, "
               "gathered and scaled once. Ours runs `opt.train_step(Xb, yb)` (= `net.train_step_grads` + "
               "`opt.step()`, as `fit` does). The frameworks are timed interleaved block by block, median of the "
-              "blocks after a warm-up. *Limit* = the step's FLOPs at the measured GEMM rate. *Load* = cores "
-              "kept busy by other processes during our blocks (blocks over "
-              f"{report['settings']['max_load_cores']} cores were dropped and, after a wait for quiet, timed again, three times at most; "
-              f"this run waited {report['settings'].get('waited_for_quiet_s', 0):.0f} s)."), "",
+              "blocks after a warm-up. *Limit* = the step's FLOPs at the measured GEMM rate." + _load_text(report)),
+              "",
               ("| backend | model | batch | samples/s | ms/step | of limit | PyTorch samples/s | ours/PyTorch | "
               "sklearn samples/s | ours/sklearn | load |"),
               "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -148,8 +193,16 @@ def to_markdown(report: dict[str, Any]) -> str:
             res["skipped"] if "skipped" in res else
             f"{res['seconds']:.1f} s to {max(res['accuracies']):.2%} test accuracy on Fashion-MNIST in "
             f"{res['epochs']} epochs (target {res['target']:.0%}, {'reached' if res['reached'] else 'NOT reached'}"
-            f" within {res['max_epochs']} epochs; 784-256-256-10, SGD momentum 0.9, lr 0.05 cosine, batch 128; "
+            + (f" within {res['max_epochs']} epochs" if "max_epochs" in res else "")
+            + "; 784-256-256-10, SGD momentum 0.9, lr 0.05 cosine, batch 128; "
             f"{res['includes']})")]
+    over = [r for r in report["results"] if r["fraction_of_limit"] > 1.0]
+    if over:
+        lines += ["", ("**Above 100% of the limit:** " + ", ".join(
+            f"{r['backend']} {r['model']} batch {r['batch']} ({r['fraction_of_limit']:.0%})" for r in over)
+            + ". A step cannot beat the device's GEMM rate; the limit was measured at a slower moment than these "
+              "rows (another process's load, or the machine's slow state), so it understates the device here. "
+              "Compare these rows with each other and with the peers, not with the limit.")]
     notes = [*analysis(report), *report.get("notes", [])]
     if notes:
         lines += ["", "## Notes (from this run's measurements)", "", *notes]
@@ -157,19 +210,43 @@ def to_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(report: dict[str, Any], path: Path) -> bool:
-    """Samples/s against batch size, log-log, one line per backend and peer, the limit dotted."""
-    try:
-        import matplotlib
+def figure(report: dict[str, Any]) -> Any:
+    """The report's chart, one panel per model (None without matplotlib or rows).
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    Several batch sizes: samples/s against batch size, log-log, one line per backend and peer,
+    the limit dotted. A single batch size: a bar per framework with its figure written on it
+    (one point on a log axis says little), the limit in the title.
+    """
+    try:
+        from matplotlib.figure import Figure
     except ImportError:
-        return False
+        return None
     models = list(dict.fromkeys(r["model"] for r in report["results"]))
-    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4.2), squeeze=False)
+    if not models:
+        return None
+    fig = Figure(figsize=(5.5 * len(models), 4.2))
+    axes = fig.subplots(1, len(models), squeeze=False)
     for ax, model in zip(axes[0], models):
         rows = [r for r in report["results"] if r["model"] == model]
+        title = f"{model} ({report['facts']['date'][:10]})"
+        if len({str(r["batch"]) for r in rows}) == 1:
+            labels, values, limits = [], [], []
+            for r in rows:
+                device = "cuda" if r["backend"] == "cupy" else "cpu"
+                for who, key in (("gpu_backprop\n(" + r["backend"] + ")", "samples_per_second"),
+                                 (f"PyTorch\n({device})", "torch_samples_per_second"),
+                                 (f"scikit-learn\n({device})", "sklearn_samples_per_second")):
+                    if key in r:
+                        labels.append(who)
+                        values.append(r[key])
+                lim = report["limits"][r["backend"]]
+                limits.append(f"{r['backend']} limit {lim['gemm_flops'] / report['flops_per_sample'][model]:,.0f}/s")
+            bars = ax.bar(range(len(values)), values, color=[f"C{i}" for i in range(len(values))])
+            ax.bar_label(bars, labels=[f"{v:,.0f}" for v in values], fontsize=8)
+            ax.set_xticks(range(len(values)), labels, fontsize=8)
+            ax.set_ylabel("training samples/s")
+            ax.set_title(f"{title}, batch {rows[0]['batch']}\n" + "; ".join(limits), fontsize=9)
+            continue
         for be in sorted({r["backend"] for r in rows}):
             mine = [r for r in rows if r["backend"] == be]
             xs = [N_TRAIN if r["batch"] == "full" else r["batch"] for r in mine]
@@ -180,30 +257,67 @@ def plot(report: dict[str, Any], path: Path) -> bool:
                     ax.plot(*zip(*pts), "s--", label=f"{peer} ({'cuda' if be == 'cupy' else 'cpu'})")
             lim = report["limits"][be]
             ax.axhline(lim["gemm_flops"] / report["flops_per_sample"][model], linestyle=":", color="gray",
-                       label=f"limit: {lim['precision']} GEMM rate ({be})")
+                       label=f"limit: {lim.get('precision', 'float32')} GEMM rate ({be})")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("batch size (60,000 = full batch)")
         ax.set_ylabel("training samples/s")
-        ax.set_title(f"{model} ({report['facts']['date'][:10]})")
+        ax.set_title(title)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
+
+
+def plot(report: dict[str, Any], path: Path) -> bool:
+    """Write :func:`figure` as a PNG (atomically); False when there is nothing to draw it with or from."""
+    fig = figure(report)
+    if fig is None:
+        return False
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    atomic_write_bytes(path, buf.getvalue())
     return True
+
+
+def write(report: dict[str, Any], out: Path, stem: str, final: bool = False) -> list[Path]:
+    """Write ``out/stem.json`` and ``.md`` (and, when ``final``, the ``.png``), each atomically.
+
+    Called after every row of a run, so that a crash or a time-out keeps every finished row: a
+    reader sees the previous version of each file or the new one, never a part.
+    """
+    json_path, md_path = out / f"{stem}.json", out / f"{stem}.md"
+    atomic_write_bytes(json_path, (json.dumps(report, indent=1) + "\n").encode())
+    atomic_write_bytes(md_path, to_markdown(report).encode())
+    written = [json_path, md_path]
+    if final and plot(report, out / f"{stem}.png"):
+        written.append(out / f"{stem}.png")
+    return written
 
 
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:48]
 
 
+def machine_slug(kind: str, model: str, cores: int | None = None, tf32: bool = False) -> str:
+    """The device part of a report's name: ``cpu-<model>-<N>core`` or ``gpu-<model>[-tf32]``.
+
+    ``model`` is the CPU's model name (``AMD EPYC 7B13 64-Core Processor`` → ``amd-epyc-7b13``) or
+    the GPU's (``NVIDIA H100 80GB HBM3``, a ``GPU 0:`` prefix dropped). Shared by this suite and
+    ``benchmarks/scaling.py``, so that reports of one machine sort together.
+    """
+    if kind == "gpu":
+        return f"gpu-{_slug(model.split(':', 1)[-1])}" + ("-tf32" if tf32 else "")
+    if kind != "cpu":
+        raise ValueError(f"kind must be 'cpu' or 'gpu', got {kind!r}")
+    return f"cpu-{_slug(re.sub(r'[0-9]+-Core Processor|Processor|[(]R[)]|[(]TM[)]|CPU', '', model))}-{cores}core"
+
+
 def default_stem(backends: list[Backend], facts: dict[str, Any]) -> str:
     """``DATE-cpu-<cpu>-<N>core`` or ``DATE-gpu-<gpu>[-tf32]`` (the GPU when one was benchmarked)."""
     date = facts["date"][:10]
     if any(be.name == "cupy" for be in backends):
-        return f"{date}-gpu-{_slug(facts['gpu'].split(':', 1)[-1])}" + ("-tf32" if facts.get("tf32") else "")
-    cpu = _slug(re.sub(r"\d+-Core Processor|Processor|\(R\)|\(TM\)|CPU", "", facts["cpu"]))
-    return f"{date}-cpu-{cpu}-{facts['cores']}core"
+        return f"{date}-{machine_slug('gpu', facts['gpu'], tf32=bool(facts.get('tf32')))}"
+    return f"{date}-{machine_slug('cpu', facts['cpu'], facts['cores'])}"
 
 
 def render(path: Path) -> int:
@@ -216,7 +330,13 @@ def render(path: Path) -> int:
         print(f"error: --render {path}: not a benchmark report ({exc}); pass a .json this suite wrote",
               file=sys.stderr)
         return 2
-    path.with_suffix(".md").write_text(to_markdown(report))
+    try:
+        markdown = to_markdown(report)
+    except (KeyError, TypeError, ValueError) as exc:
+        print(f"error: --render {path}: the report lacks a field this suite needs ({exc!r}); it was written by "
+              "another version of the suite", file=sys.stderr)
+        return 2
+    atomic_write_bytes(path.with_suffix(".md"), markdown.encode())
     made_png = plot(report, path.with_suffix(".png"))
     print(f"wrote {path.with_suffix('.md')}" + (", .png" if made_png else ""))
     return 0

@@ -41,6 +41,18 @@ def step_flops(sizes: list[int]) -> int:
     return 2 * sum(pairs) + 2 * sum(pairs) + 2 * sum(pairs[1:])
 
 
+def least_memory_bytes(sizes: list[int], batch: int) -> int:
+    """A lower bound of the bytes one timed step of ``sizes`` at ``batch`` rows holds (one framework).
+
+    Weights, gradients and the momentum velocity in float32 (``3 · 4 · P`` bytes for P parameters),
+    one float32 activation per layer and row (``4 · batch · Σ sᵢ``), and the timed data set, 60,000
+    rows of ``s₀`` bytes. The real step holds more (the backward pass, the peers' copies), so a
+    model over this bound surely does not fit.
+    """
+    params = sum(a * b + b for a, b in itertools.pairwise(sizes))
+    return 12 * params + 4 * batch * sum(sizes) + N_TRAIN * sizes[0]
+
+
 # --------------------------------------------------------------------------
 # Where a step's time goes (measured, for the notes)
 # --------------------------------------------------------------------------
@@ -71,14 +83,12 @@ def breakdown(be: Backend, sizes: list[int], batch: int, repeats: int = 30) -> d
     ``update_bytes`` is the least a momentum update moves: the gradient read, the weights and
     the velocity read and written.
     """
-    from ...optim import _blas
-
     s = OurStep(be, sizes, batch)
     xp, sync = be.xp, be.synchronize
     net, opt = s.net, s.opt
-    dense = [layer for layer in net._steps if isinstance(layer, Dense)]
+    dense = [layer for layer in net.layers if isinstance(layer, Dense)]
     n = min(s.X.shape[0], batch)
-    fused = _blas(net, s.X[:n], opt.nesterov) is not None
+    fused = kernels.defers_weight_grads(be.name, n, opt.nesterov)
     rng = np.random.default_rng(1)
     acts = [xp.asarray(rng.random((n, d), dtype=np.float32)) for d in sizes]
     outs = [xp.empty((n, d), dtype=xp.float32) for d in sizes]
@@ -88,10 +98,8 @@ def breakdown(be: Backend, sizes: list[int], batch: int, repeats: int = 30) -> d
         for i, layer in enumerate(dense):
             W = layer.params["W"]
             kernels.matmul(acts[i], W, outs[i + 1])
-            if n > 1 or xp is not np:
-                kernels.matmul(acts[i].T, acts[i + 1], layer.grads["W"], batch=n)
-            elif not fused:  # one sample: an outer product (fused: BLAS ger, inside the update)
-                np.multiply(acts[i].T, acts[i + 1], out=layer.grads["W"])
+            if not (fused and n == 1):  # one sample, fused: x ⊗ dz is BLAS ger, inside the update
+                kernels.weight_grad(acts[i], acts[i + 1], layer.grads["W"])
             if i:
                 kernels.matmul(acts[i + 1], W.T, outs[i])
 
@@ -105,19 +113,10 @@ def breakdown(be: Backend, sizes: list[int], batch: int, repeats: int = 30) -> d
             xb, yb = s.next_batch()
             sync()
             t1 = time.perf_counter()
-            for layer in dense:
-                layer.defer_rank1 = fused
-            try:
-                net.train_step_grads(xb, yb)
-            finally:
-                for layer in dense:
-                    layer.defer_rank1 = False
+            net.train_step_grads(xb, yb, weight_grads=not fused)
             sync()
             t2 = time.perf_counter()
-            if fused:
-                opt._rank1_update(_blas(net, xb), dense)
-            else:
-                opt.step()
+            opt.step(net.deferred_weight_grads() if fused else ())
             sync()
             t3 = time.perf_counter()
             if r >= 2:  # the first two warm up
@@ -166,7 +165,7 @@ def machine_facts(backends: list[Backend]) -> dict[str, Any]:
     """CPU, BLAS and its threads, GPU, driver and library versions, and the machine's load at the start."""
     facts: dict[str, Any] = {
         "date": _dt.datetime.now().isoformat(timespec="seconds"),
-        "cpu": _cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
+        "cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
         "python": platform.python_version(), "numpy": np.__version__, "gpu_backprop": __version__,
         "env": {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS",
                                                 "OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUPY_TF32")},
@@ -223,7 +222,8 @@ def machine_facts(backends: list[Backend]) -> dict[str, Any]:
     return facts
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; else what :mod:`platform` knows)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -239,18 +239,33 @@ def _cpu_model() -> str:
 def run_suite(models: dict[str, list[int]], batches: list[int | str], backends: list[Backend], *,
               budget: float, repeats: int, gemm_n: int, peers: bool, sklearn: bool = True, tta: bool,
               breakdown_batches: Sequence[int | str] = (), quiet: Quiet | None = None,
-              log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run every (backend, model, batch) and return the report as a dict."""
+              log: Callable[[str], None] = print, facts: dict[str, Any] | None = None,
+              progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Run every (backend, model, batch) and return the report as a dict.
+
+    ``facts``: the machine's (default: :func:`machine_facts` now). ``progress(report)`` is called
+    with the report as it stands after the limits, after every row, and after every breakdown
+    and time-to-accuracy run (``report["complete"]`` stays False until the end), so that a
+    caller can save what is measured before a crash or a time-out can lose it.
+    """
     quiet = quiet or Quiet()
-    report: dict[str, Any] = {"facts": machine_facts(backends), "limits": {}, "results": [],
+    rows: list[dict[str, Any]] = []
+    report: dict[str, Any] = {"facts": facts or machine_facts(backends), "limits": {}, "results": rows,
                               "flops_per_sample": {m: step_flops(s) for m, s in models.items()},
                               "settings": {"budget_s": budget, "repeats": repeats, "max_load_cores": quiet.max_load,
                                            "patience_s": quiet.patience,
                                            "lr": LR, "momentum": MOMENTUM, "data": "random uint8 bytes, "
-                                           f"{N_TRAIN} rows, resident on the device"}}
+                                           f"{N_TRAIN} rows, resident on the device"},
+                              "planned_rows": len(models) * len(batches) * len(backends), "complete": False}
+
+    def saved() -> None:
+        report["settings"]["waited_for_quiet_s"] = quiet.waited
+        if progress is not None:
+            progress(report)
+
     for be in backends:
         n = gemm_n if be.name == "numpy" else max(gemm_n, 8192)
-        lim: dict[str, Any] = {"gemm_n": n, "device": be.device}
+        lim: dict[str, Any] = {"gemm_n": n, "device": be.device, "rate": "fastest block"}
         if be.name == "cupy":  # FP32 and TF32 both measured; the limit is the one the run uses
             tf32 = tf32_enabled()
             set_tf32(False)
@@ -262,17 +277,19 @@ def run_suite(models: dict[str, list[int]], batches: list[int | str], backends: 
             lim["precision"] = "tf32" if tf32 else "fp32"
         else:
             g = gemm_rate(be, n, max(3, repeats), quiet)
-            lim.update(gemm_flops=g["flops"], precision="fp32", load=g["load"])
+            lim.update(gemm_flops=g["flops"], median_gemm_flops=g["median_flops"], precision="fp32", load=g["load"],
+                       block_loads=g["block_loads"])
         report["limits"][be.name] = lim
         log(f"{be.name}: {lim['precision']} GEMM {n}³ at {lim['gemm_flops'] / 1e9:,.1f} GFLOP/s on {be.device}")
-    rows = []
+    saved()
     for name, sizes in models.items():
         for batch in batches:
             b = N_TRAIN if batch == "full" else int(batch)
             for be in backends:
                 runners: dict[str, Runner | None] = {"ours": ours(be, sizes, b)}
                 if peers:
-                    runners["torch"] = torch_peer("cuda" if be.name == "cupy" else "cpu", sizes, b)
+                    runners["torch"] = torch_peer("cuda" if be.name == "cupy" else "cpu", sizes, b,
+                                                  tf32=be.name == "cupy" and tf32_enabled())
                     if sklearn and be.name == "numpy" and batch != "full":
                         runners["sklearn"] = sklearn_peer(sizes, b, budget)
                 present = {k: r for k, r in runners.items() if r is not None}
@@ -286,40 +303,48 @@ def run_suite(models: dict[str, list[int]], batches: list[int | str], backends: 
                                        "samples_per_second": b / secs["ours"],
                                        "fraction_of_limit": flops / secs["ours"] / limit,
                                        "steps_per_block": mine.calls, "blocks": len(mine.times),
-                                       "blocks_rerun": mine.rerun, "other_load_cores": mine.load}
+                                       "blocks_rerun": mine.rerun, "other_load_cores": mine.load,
+                                       "precision": mine.precision}
                 if "torch" in secs:
                     row.update(torch_samples_per_second=b / secs["torch"],
                                torch_fraction_of_limit=flops / secs["torch"] / limit,
                                ours_over_torch=secs["torch"] / secs["ours"],
-                               torch_other_load_cores=present["torch"].load)
+                               torch_other_load_cores=present["torch"].load,
+                               torch_precision=present["torch"].precision)
                 if "sklearn" in secs:
                     row.update(sklearn_samples_per_second=b / secs["sklearn"],
                                ours_over_sklearn=secs["sklearn"] / secs["ours"],
                                sklearn_other_load_cores=present["sklearn"].load)
                 rows.append(row)
                 log(_row_text(row))
+                saved()
                 del runners, present  # free the full-batch buffers before the next row
-    report["results"] = rows
     for be in backends:
         for name, sizes in models.items():
             for batch in breakdown_batches:
                 b = N_TRAIN if batch == "full" else int(batch)
                 tries = []
-                for _attempt in range(3):  # like a timed block: again after a wait if the machine was busy
+                for attempt in range(3):  # like a timed block: again after a wait if the machine was busy
                     quiet.wait()
+                    t0 = time.perf_counter()
                     tries.append(breakdown(be, sizes, b))
-                    if (tries[-1]["other_load_cores"] or 0.0) <= quiet.max_load:
+                    if attempt:  # a breakdown made again is time spent on the load
+                        quiet.spend(time.perf_counter() - t0)
+                    if (tries[-1]["other_load_cores"] or 0.0) <= quiet.max_load or quiet.exhausted:
                         break
                 res = min(tries, key=lambda t: t["other_load_cores"] or 0.0)
                 report.setdefault("breakdown", []).append(res)
                 log(f"{be.name} {name} batch {batch}: " + ", ".join(
                     f"{k} {res[k] * 1e3:.3f} ms" for k in ("step", "gather", "fwd_bwd", "update", "gemm")))
+                saved()
     if tta:
         for be in backends:
             report.setdefault("time_to_accuracy", {})[be.name] = res = time_to_accuracy(be)
             log(f"{be.name}: time to 89% on Fashion-MNIST: {res}")
+            saved()
     report["settings"]["waited_for_quiet_s"] = quiet.waited
     report["targets"] = check_targets(report)
+    report["complete"] = True
     return report
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -57,9 +58,11 @@ class Runner:
     """
 
     def __init__(self, step: Callable[[], Any], sync: Callable[[], None], events: Any = None,
-                 samples_per_call: int = 1, context: Callable[[], Any] = contextlib.nullcontext) -> None:
+                 samples_per_call: int = 1, context: Callable[[], Any] = contextlib.nullcontext,
+                 precision: str = "fp32") -> None:
         self.step, self.sync, self.events, self.samples_per_call = step, sync, events, samples_per_call
         self.context = context  # entered around every timed block (e.g. one BLAS thread for batch 1)
+        self.precision = precision  # of the float32 matrix products: "fp32" or "tf32" (for the report)
         self.calls = 1
         self.times: list[float] = []
         self.loads: list[float | None] = []
@@ -67,10 +70,18 @@ class Runner:
         self._meter = LoadMeter()
 
     def calibrate(self, budget: float) -> None:
-        """Warm up (buffers, kernels, caches) and pick how many steps make a block of about ``budget`` s."""
+        """Warm up (buffers, kernels, caches) and pick how many steps make a block of about ``budget`` s.
+
+        A warm-up step that alone takes ``budget`` or more (a full batch on a CPU) settles it: one
+        step per block, and no more steps spent on calibrating.
+        """
         with self.context():
+            t0 = time.perf_counter()
             self.step()
             self.sync()
+            if time.perf_counter() - t0 >= budget:
+                self.calls = 1
+                return
             n, t0 = 0, time.perf_counter()
             while True:  # time enough steps (50 ms) that one slow step does not shorten every block
                 self.step()
@@ -123,21 +134,48 @@ class Quiet:
     """How long a run may wait for the machine's other processes to go quiet, and what counts as quiet.
 
     ``max_load``: cores of other processes' work tolerated during a timed block;
-    ``patience``: seconds of waiting the whole run may spend before it times blocks anyway.
+    ``patience``: seconds the whole run may spend on the load, in all — waiting for quiet and
+    timing loaded blocks again — before it keeps what it measured (0: neither); ``say``: where a
+    wait is announced as it begins (one line; default stderr).
     """
 
-    def __init__(self, max_load: float = 0.25, patience: float = 120.0) -> None:
+    WINDOW = 0.25  # seconds: the load is judged over windows this long
+
+    def __init__(self, max_load: float = 0.25, patience: float = 120.0,
+                 say: Callable[[str], None] | None = None) -> None:
         self.max_load, self.patience, self.waited = max_load, patience, 0.0
+        self.say = say if say is not None else (lambda line: print(line, file=sys.stderr, flush=True))
+
+    @property
+    def exhausted(self) -> bool:
+        """True once the run has spent its ``patience``: no more waiting, and no block is timed again."""
+        return self.waited >= self.patience
+
+    def spend(self, seconds: float) -> None:
+        """Count ``seconds`` spent because of the load (a block timed again) against ``patience``."""
+        self.waited += seconds
 
     def wait(self, timeout: float = 30.0) -> None:
-        """Sleep in 0.25 s windows until one passes with at most ``max_load`` foreign cores."""
-        meter, t0 = LoadMeter(), time.perf_counter()
-        while time.perf_counter() - t0 < min(timeout, self.patience - self.waited):
+        """Sleep in ``WINDOW``-long windows until one passes with at most ``max_load`` foreign cores.
+
+        Waits ``timeout`` seconds at most, and never beyond what is left of ``patience``; a wait
+        that goes past its first window says so on one line (the load seen, the most it may take).
+        """
+        limit = min(timeout, self.patience - self.waited)
+        if limit <= 0:
+            return
+        meter, t0, announced = LoadMeter(), time.perf_counter(), False
+        while time.perf_counter() - t0 < limit:
             meter.start()
-            time.sleep(0.25)
+            time.sleep(min(self.WINDOW, limit))
             load = meter.stop()
             if load is None or load <= self.max_load:
                 break
+            if not announced:
+                self.say(f"waiting for other processes to go quiet: {load:.1f} cores busy, up to "
+                         f"{max(limit - (time.perf_counter() - t0), 0.0):.0f} s more "
+                         f"(--patience SECONDS or --no-wait to change)")
+                announced = True
         self.waited += time.perf_counter() - t0
 
 
@@ -151,39 +189,54 @@ def interleaved(runners: dict[str, Runner], budget: float, repeats: int, quiet: 
     measured; PyTorch's OpenMP pool spins briefly too). A block during which other
     processes kept more than ``quiet.max_load`` cores busy is dropped, and after a wait for
     the machine to go quiet it is timed again, ``reruns`` times at most; if every try was
-    loaded, the least loaded one counts (and the report shows its load).
+    loaded, the least loaded one counts (and the report shows its load). Once the run has
+    spent its patience (``quiet.exhausted``), a loaded block is kept as it is: timing it again
+    without a wait would only sample the same load.
     """
     quiet = quiet or Quiet()
     for r in runners.values():
         r.calibrate(budget)
     for _ in range(repeats):
         for r in runners.values():
-            tries: list[tuple[float, float, float | None]] = []
-            for _attempt in range(reruns + 1):
+            tries: list[tuple[float, float]] = []
+            for attempt in range(reruns + 1):
+                t0 = time.perf_counter()
                 time.sleep(PAUSE)
                 r.block()
+                if attempt:  # a block timed again is time spent on the load, like a wait
+                    quiet.spend(time.perf_counter() - t0)
                 load = r.loads[-1]
-                tries.append((load if load is not None else 0.0, r.times[-1], load))
                 if load is None or load <= quiet.max_load:
-                    break
+                    break  # a quiet block: kept
+                tries.append((load, r.times[-1]))
                 r.drop_last()
-                if _attempt < reruns:
-                    quiet.wait()
-            else:  # every try was loaded: keep the least loaded one
-                r.rerun -= 1
-                best = min(tries)
-                r.times.append(best[1])
-                r.loads.append(best[2])
+                if attempt == reruns or quiet.exhausted:  # no try left: keep the least loaded one
+                    r.rerun -= 1
+                    load, seconds = min(tries)
+                    r.times.append(seconds)
+                    r.loads.append(load)
+                    break
+                quiet.wait()
     return {name: r.seconds for name, r in runners.items()}
 
 
 def gemm_rate(be: Backend, n: int, repeats: int, quiet: Quiet | None = None) -> dict[str, Any]:
-    """Measured float32 GEMM rate for an n×n×n product on ``be``'s device: ``{"flops": FLOP/s, "load": cores}``."""
+    """Measured float32 GEMM rate for an n×n×n product on ``be``'s device.
+
+    Returns ``{"flops": ..., "median_flops": ..., "load": ..., "block_loads": [...]}``: ``flops`` is the
+    rate of the *fastest* of the ``repeats`` blocks — what the device reached in this run, the
+    limit the report divides by — and ``median_flops`` that of the median block; ``load`` is the
+    median of the cores other processes kept busy during the blocks, ``block_loads`` each block's.
+    A median taken while the machine was loaded would understate the limit and put figures
+    timed at a quieter moment above 100 % of it.
+    """
     xp = be.xp
     rng = np.random.default_rng(0)
     a = xp.asarray(rng.standard_normal((n, n), dtype=np.float32))
     b = xp.asarray(rng.standard_normal((n, n), dtype=np.float32))
     c = xp.empty((n, n), dtype=xp.float32)
     runner = Runner(lambda: xp.matmul(a, b, out=c), be.synchronize, xp.cuda if be.name == "cupy" else None)
-    seconds = interleaved({"gemm": runner}, budget=0.3, repeats=repeats, quiet=quiet)["gemm"]
-    return {"flops": 2.0 * n**3 / seconds, "load": runner.load}
+    median = interleaved({"gemm": runner}, budget=0.3, repeats=repeats, quiet=quiet)["gemm"]
+    flops = 2.0 * n**3
+    return {"flops": flops / min(runner.times), "median_flops": flops / median, "load": runner.load,
+            "block_loads": runner.loads}
