@@ -43,7 +43,7 @@ from .layers import BatchNorm, Dense, Dropout, Layer, LeakyReLU, make_activation
 from .network import DTYPES, Sequential
 from .optim import Optimizer
 
-__all__ = ["CheckpointError", "checkpoint_metadata", "load_checkpoint", "load_model", "network_from_config", "read_checkpoint",
+__all__ = ["CheckpointError", "check_resumable", "checkpoint_metadata", "load_checkpoint", "load_model", "network_from_config", "read_checkpoint",
            "save_checkpoint"]
 
 FORMAT = "gpu_backprop-checkpoint-2"
@@ -512,3 +512,51 @@ def load_model(path: str | os.PathLike[str], backend: str | Backend | None = Non
     net = network_from_config(config, get_backend(backend))
     load_checkpoint(path, net, None)
     return net
+
+
+#: the arguments of fit that a resumed run must repeat, as (the saved state's key, fit's argument)
+_RESUMED = (("seed", "seed"), ("base_lr", "the optimizer's lr"), ("batch_size", "batch_size"),
+            ("schedule", "schedule"), ("max_grad_norm", "max_grad_norm"), ("validation_fraction", "validation_fraction"))
+
+
+def check_resumable(path: Any, saved: dict[str, Any], run: dict[str, Any]) -> None:
+    """Refuse to resume from ``saved`` (a checkpoint's training state) a run that differs from it.
+
+    Resuming continues the saved run: the seed, the base learning rate, the
+    batch size, the schedule, the clipping, the validation split and the number
+    of training samples must be those it was saved with (``epochs`` may grow). Each difference is
+    one sentence; so is a state that does not hold what fit wrote.
+    """
+    epoch = saved.get("epoch")
+    if not (isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 0):
+        raise CheckpointError(f"checkpoint {path} holds no epoch count; it was not written by fit")
+    _check_history(path, saved.get("history", {}))
+    samples = saved.get("samples")
+    if samples is not None and samples != run["samples"]:
+        raise CheckpointError(f"checkpoint {path} was trained on {samples:,} samples but the training data has "
+                              f"{run['samples']:,}; resume on the same data set")
+    for key, what in _RESUMED:
+        if key not in saved or (key == "schedule" and None in (saved[key], run[key])):  # older file; a callable
+            continue
+        if saved[key] != run[key]:
+            raise CheckpointError(
+                f"{what} {run[key]!r} differs from the checkpoint's {saved[key]!r}; pass "
+                f"{key.replace('base_lr', 'lr')}={saved[key]!r} to continue the saved run, or train afresh "
+                "without resume"
+            )
+
+
+def _check_history(path: Any, h: Any) -> None:
+    """A saved :class:`History` has the types :meth:`History.from_dict` needs."""
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    ok = (isinstance(h, dict)
+          and isinstance(h.get("epochs", []), list)
+          and all(isinstance(e, dict) and all(number(v) for v in e.values()) for e in h.get("epochs", []))
+          and isinstance(h.get("steps", []), list)
+          and all(isinstance(p, list) and len(p) == 2 and all(number(v) for v in p) for p in h.get("steps", []))
+          and (h.get("stopped_reason") is None or isinstance(h.get("stopped_reason"), str))
+          and (h.get("best_epoch") is None or number(h.get("best_epoch"))))
+    if not ok:
+        raise CheckpointError(f"checkpoint {path} holds a training history that fit did not write")

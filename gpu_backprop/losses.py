@@ -46,6 +46,10 @@ class Loss:
             buf = self._buffers[key] = get_array_module(like).empty(shape, dtype=like.dtype)
         return buf
 
+    def release_buffers(self) -> None:
+        """Drop the cached buffers (they come back on the next call)."""
+        self._buffers.clear()
+
     def prepare_targets(self, out: Array, y: Array) -> Array:
         """Integer labels stay labels for losses that index by them; others get one-hot targets."""
         if y.ndim == 1 and not self.takes_labels:

@@ -20,7 +20,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .backend import Backend, BackendError, check_same_device, get_backend, is_cupy_array, to_device, to_numpy
+from .backend import Backend, BackendError, check_same_device, get_backend, to_device, to_numpy
+from .checks import as_array, check_samples, check_targets
 from .layers import Activation, BatchNorm, Dense, Dropout, Layer, LeakyReLU, make_activation
 from .losses import Loss, make_loss
 
@@ -187,67 +188,25 @@ class Sequential:
 
     # ------------------------------------------------------------------ checks at the boundary
     def check_inputs(self, X: Any, y: Any = None) -> tuple[Array, Array | None]:
-        """Validate and convert ``X`` (and targets ``y``) at the API boundary.
+        """Validate and convert ``X`` (and targets ``y``) at the API boundary (see :mod:`.checks`).
 
-        Returns arrays on this network's device in its dtype (labels as int64).
+        Returns ``X`` as ``(N, D)`` rows in this network's dtype (uint8 images
+        scaled by 1/255) and ``y`` as int64 labels or float targets, all on this
+        network's device, where they must already be (``gb.to_device`` moves them).
         Raises :class:`TypeError` for wrong types, devices or dtypes and
         :class:`ValueError` for wrong shapes, empty batches, labels out of range
         and non-finite values, each with a sentence that says how to fix it.
         """
         check_same_device(self.backend, X=X, y=y)
         xp = self.xp
-        X = self._as_array(X, "X")
-        if X.ndim != 2:
-            hint = " (flatten images with X.reshape(len(X), -1))" if X.ndim > 2 else ""
-            raise ValueError(f"X must be 2-D (N, D), got shape {X.shape}{hint}")
-        if X.shape[0] == 0:
-            raise ValueError("X is an empty batch (0 rows); pass at least one sample")
-        if X.shape[1] != self.input_dim:
-            raise ValueError(f"X has {X.shape[1]} features per row but the network takes {self.input_dim}")
-        if X.dtype.kind != "f" or X.dtype.itemsize < 4:
-            fix = " (scale images with X.astype('float32') / 255)" if X.dtype.kind in "ui" else ""
-            raise TypeError(f"X has dtype {X.dtype}; pass float32 or float64 data{fix}")
+        X, scale = check_samples(as_array(X, self.backend, "X"), self.input_dim)
         X = xp.ascontiguousarray(X, dtype=self.dtype)
-        if not bool(xp.isfinite(X).all()):
-            raise ValueError("X contains NaN or Inf; clean or impute the data before training")
+        if scale != 1.0:
+            X = X * scale  # uint8 images: a new float array
         if y is None:
             return X, None
-        y = self._as_array(y, "y")
-        n, c = X.shape[0], self.output_dim
-        if y.shape[0:1] != (n,):
-            raise ValueError(f"y has {y.shape[0] if y.ndim else 0} rows but X has {n}; pass one target per sample")
-        if y.ndim == 1:
-            if y.dtype.kind not in "iu":
-                raise TypeError(
-                    f"labels y have dtype {y.dtype}; pass integer class labels (y.astype('int64')) "
-                    f"or float targets of shape ({n}, {c})"
-                )
-            lo, hi = int(y.min()), int(y.max())
-            limit = c if c > 1 else 2  # one output: binary labels 0/1
-            if lo < 0 or hi >= limit:
-                raise ValueError(
-                    f"labels must lie in [0, {limit - 1}] for a network with {c} outputs, "
-                    f"got values from {lo} to {hi}"
-                )
-            return X, xp.ascontiguousarray(y, dtype=xp.int64)
-        if y.ndim != 2 or y.shape[1] != c:
-            raise ValueError(f"targets y must be labels ({n},) or an array ({n}, {c}), got shape {y.shape}")
-        if y.dtype.kind != "f":
-            raise TypeError(f"targets y of shape {y.shape} have dtype {y.dtype}; pass float targets")
-        y = xp.ascontiguousarray(y, dtype=self.dtype)
-        if not bool(xp.isfinite(y).all()):
-            raise ValueError("targets y contain NaN or Inf; clean them before training")
-        return X, y
-
-    def _as_array(self, a: Any, name: str) -> Array:
-        if not (is_cupy_array(a) or isinstance(a, np.ndarray)):
-            try:
-                a = to_device(a, self.backend)
-            except Exception as exc:
-                raise TypeError(f"{name} must be an array, got {type(a).__name__} ({exc})") from None
-        if a.dtype.kind not in "biuf":
-            raise TypeError(f"{name} must be a numeric array, got dtype {a.dtype} from {type(a).__name__}")
-        return a
+        y = check_targets(as_array(y, self.backend, "y"), X.shape[0], self.output_dim)
+        return X, xp.ascontiguousarray(y, dtype=xp.int64 if y.ndim == 1 else self.dtype)
 
     # ------------------------------------------------------------------ computation
     def forward(self, X: Array, train: bool = False) -> Array:
@@ -315,11 +274,36 @@ class Sequential:
         X, y = self.check_inputs(X, y)
         return float(self.loss.forward(self.forward(X), y))
 
-    def predict(self, X: Any, batch_size: int = 8192) -> Array:
-        """Predictions (class probabilities for the classifiers) for ``X``, a new array."""
-        X, _ = self.check_inputs(X)
-        parts = [self.loss.predict(self.forward(X[i:i + batch_size])) for i in range(0, X.shape[0], batch_size)]
+    def predict_proba(self, X: Any, batch_size: int = 8192) -> Array:
+        """What the network predicts for ``X``: class probabilities ``(N, C)`` for the classifiers.
+
+        Softmax of the outputs for softmax cross-entropy, the sigmoid for binary
+        cross-entropy, the outputs themselves for mean squared error. ``X`` is
+        what :func:`gpu_backprop.fit` takes (uint8 images or float features, on
+        any device); the result is a new array on this network's device.
+        """
+        X = as_array(X, self.backend, "X")
+        X, scale = check_samples(X, self.input_dim)
+        X = to_device(X, self.backend)
+        parts = []
+        for i in range(0, X.shape[0], batch_size):
+            xb = self.xp.asarray(X[i:i + batch_size], dtype=self.dtype)
+            if scale != 1.0:
+                xb = xb * scale
+            parts.append(self.loss.predict(self.forward(xb)))
         return parts[0] if len(parts) == 1 else self.xp.concatenate(parts)
+
+    def predict_classes(self, X: Any, batch_size: int = 8192) -> Array:
+        """The predicted class of each row of ``X`` as int64 ``(N,)``: the most probable one (0/1 for one output)."""
+        p = self.predict_proba(X, batch_size)
+        if p.shape[1] == 1:
+            return (p[:, 0] > 0.5).astype(self.xp.int64)
+        return p.argmax(axis=1).astype(self.xp.int64)
+
+    def predict(self, X: Any, batch_size: int = 8192) -> Array:
+        """Probabilities, as :meth:`predict_proba` (kept for old code; a scikit-learn user would read labels
+        into the name, so prefer :meth:`predict_proba` or :meth:`predict_classes`)."""
+        return self.predict_proba(X, batch_size)
 
     # ------------------------------------------------------------------ state
     def _layer_states(self) -> list[dict[str, Any]]:

@@ -1,39 +1,41 @@
 """Training: a device-resident loop over whole batches, with a progress bar and nothing lost.
 
-    history = gb.fit(net, opt, X_train, y_train, epochs=10, batch_size=128,
-                     validation=(X_test, y_test))
+    history = gb.fit(net, opt, X_train, y_train, epochs=10, batch_size=128, validation_fraction=0.1)
+    test_loss, test_accuracy = gb.evaluate(net, X_test, y_test)
 
-The data set goes to the device once, as it is (uint8 images stay uint8). Each
-epoch draws a permutation on the device from ``(seed, epoch)``; each step
+The data set goes to the device once, as it is (uint8 images stay uint8). A
+``validation_fraction`` of it is held out first, chosen from the seed, and
+evaluated after every epoch; early stopping watches it. The test set is not
+fit's business: evaluate it once, at the end.
+
+Each epoch draws a permutation on the device from ``(seed, epoch)``; each step
 gathers its rows and scales them to floats in one kernel, runs forward,
 backward and the optimiser, and adds its loss to a device accumulator. The
 host reads that accumulator back only at a check (every few steps, see
 ``_check_steps``) or when the progress bar refreshes, so on a GPU the steps
 queue up without waiting. Everything that can change numbers or saved state
-(the divergence guard's snapshot, the loss curve's points, folding optimiser
-state) happens at checks, which the step count fixes: never on a timer, so the
-same seed gives the same bits however busy the machine is.
+(the divergence guard's snapshot, the loss curve's points) happens at checks,
+which the step count fixes: never on a timer, so the same seed gives the same
+bits however busy the machine is.
 
 ``batch_size`` is an integer (1 is per-sample SGD) or ``"full"`` (full-batch
 gradient descent): the same matrix-form step serves all three. On a GPU,
 per-sample SGD of the networks it implements runs as one fused kernel per run
 of samples instead (:mod:`gpu_backprop.experimental.persample`), with the same
 results to float rounding.
-
-The data may be NumPy or CuPy arrays whatever the network's device: each set
-is checked where it is and moved once.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import json
 import math
 import os
 import re
 import time
-import warnings
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -41,95 +43,138 @@ import numpy as np
 
 from . import kernels
 from ._io import atomic_write_bytes
-from .backend import get_array_module, is_cupy_array, per_sample_blas, to_device
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .backend import per_sample_blas, to_device
+from .checkpoint import check_resumable, load_checkpoint, save_checkpoint
+from .checks import as_array, check_samples, check_targets
 from .network import Sequential
 from .optim import SGD, Optimizer
+from .schedules import Schedule, make_schedule
 
-__all__ = ["SCHEDULES", "DeviceMemoryError", "History", "TrainingDiverged", "evaluate", "fit", "make_schedule"]
+__all__ = ["Batches", "Callback", "DeviceMemoryError", "FitConfig", "History", "StopReason", "TrainingDiverged",
+           "evaluate", "fit"]
 
 Array = Any
-Schedule = Callable[[int, int, int], float]  # (epoch, step, total_steps) -> lr factor
+#: called after every epoch with its record (``epoch``, ``loss``, ``accuracy``, ``val_loss``, ...); True stops
+Callback = Callable[[dict[str, float]], "bool | None"]
+
+REFRESH_SECONDS = 0.5  #: the progress bar's refresh interval (it reads the loss; it never changes a number)
+VALIDATION_SPLIT = 2**63  #: the hash counter of the validation split (epochs use their own number)
 
 
 # --------------------------------------------------------------------------
-# Learning-rate schedules: a factor on the optimiser's base learning rate
+# What a run is, and what happened
 # --------------------------------------------------------------------------
-SCHEDULES = ("constant", "step", "cosine", "onecycle")
+@dataclass(frozen=True)
+class FitConfig:
+    """How a run trains: everything that shapes its result. A resumed run must repeat it (``epochs`` may grow).
 
-
-def make_schedule(spec: str | Schedule | None) -> Schedule:
-    """A schedule from its name, or a callable ``(epoch, step, total_steps) -> factor``.
-
-    ``"constant"``; ``"step"`` or ``"step:K:G"`` (multiply by G, default 0.1,
-    every K epochs, default 10); ``"cosine"`` (per step, from 1 to 0);
-    ``"onecycle"`` (per step: linear warm-up from 1/25 to 1 over the first 30%,
-    then cosine down to 1/10⁴).
+    Attributes
+    ----------
+    epochs : the total number of epochs (a resumed run continues up to it).
+    batch_size : an integer (1 = per-sample SGD) or ``"full"`` (the whole set per step).
+    seed : seeds the shuffling and the validation split (the weights come from the network's seed).
+    schedule : a learning-rate schedule (:func:`gpu_backprop.schedules.make_schedule`); cosine and
+        one-cycle span all ``epochs``.
+    validation_fraction : the share of the training data held out for validation (0 for none).
+    patience : stop when the validation loss has not improved for this many epochs, and
+        restore the best weights (a resumed run counts afresh).
+    max_grad_norm : clip the gradient to this global L2 norm.
     """
-    if spec is None or callable(spec):
-        return spec or (lambda e, s, t: 1.0)
-    name, *args = str(spec).split(":")
-    try:
-        if name == "constant" and not args:
-            return lambda e, s, t: 1.0
-        if name == "step" and len(args) <= 2:
-            every = int(args[0]) if args else 10
-            gamma = float(args[1]) if len(args) > 1 else 0.1
-            if every < 1 or not 0 < gamma:
-                raise ValueError
-            return lambda e, s, t: gamma ** (e // every)
-        if name == "cosine" and not args:
-            return lambda e, s, t: 0.5 * (1 + math.cos(math.pi * s / max(t, 1)))
-        if name == "onecycle" and not args:
-            return _one_cycle
-    except ValueError:
-        pass
-    raise ValueError(f"unknown schedule {spec!r}; choose constant, step[:EVERY[:GAMMA]], cosine or onecycle")
+
+    epochs: int = 10
+    batch_size: int | str = 128
+    seed: int = 0
+    schedule: str | Schedule | None = None
+    validation_fraction: float = 0.0
+    patience: int | None = None
+    max_grad_norm: float | None = None
+
+    def __post_init__(self) -> None:
+        if not _is_int(self.epochs) or self.epochs < 1:
+            raise ValueError(f"epochs must be a positive integer, got {self.epochs!r}")
+        if self.batch_size != "full" and (not _is_int(self.batch_size) or cast(int, self.batch_size) < 1):
+            raise ValueError(f"batch_size must be a positive integer or 'full', got {self.batch_size!r}")
+        if not _is_int(self.seed):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        make_schedule(self.schedule)  # a bad name is one sentence now, not at the first step
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction!r}")
+        if self.patience is not None and (not _is_int(self.patience) or self.patience < 1):
+            raise ValueError(f"patience must be a positive integer, got {self.patience!r}")
+        if self.max_grad_norm is not None and not (math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0):
+            raise ValueError(f"max_grad_norm must be a positive number, got {self.max_grad_norm!r}")
 
 
-def _one_cycle(epoch: int, step: int, total: int) -> float:
-    warm = max(1, int(0.3 * total))
-    if step < warm:
-        return 1 / 25 + (1 - 1 / 25) * step / warm
-    frac = (step - warm) / max(1, total - warm)
-    return 1e-4 + (1 - 1e-4) * 0.5 * (1 + math.cos(math.pi * frac))
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
-# --------------------------------------------------------------------------
-# History
-# --------------------------------------------------------------------------
+class StopReason(str, enum.Enum):
+    """Why :func:`fit` returned (a run that diverges raises :class:`TrainingDiverged` instead)."""
+
+    COMPLETED = "completed"  #: every epoch ran
+    EARLY_STOPPING = "early_stopping"  #: the validation loss stopped improving; the best weights were restored
+    CALLBACK = "callback"  #: a callback returned True
+
+
 @dataclass
 class History:
     """What happened during training: per-epoch metrics, a sampled loss curve, and why it stopped."""
 
     epochs: list[dict[str, float]] = field(default_factory=list)
     steps: list[tuple[int, float]] = field(default_factory=list)  #: (global step, mean loss since last point)
-    stopped_reason: str | None = None
-    best_epoch: int | None = None
+    stopped_reason: StopReason = StopReason.COMPLETED
+    stop_message: str | None = None  #: the same in words, for people
+    best_epoch: int | None = None  #: the epoch whose weights early stopping restored
 
     def metric(self, name: str) -> list[float]:
         """One metric over the epochs, e.g. ``history.metric("val_accuracy")``."""
         return [e.get(name, math.nan) for e in self.epochs]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """As plain JSON types; a non-finite number becomes None (JSON has no NaN)."""
+        d = dataclasses.asdict(self)
+        d["stopped_reason"] = self.stopped_reason.value
+        return cast(dict[str, Any], _finite_or_none(d))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> History:
-        return cls(epochs=list(d.get("epochs", [])), steps=[tuple(s) for s in d.get("steps", [])],
-                   stopped_reason=d.get("stopped_reason"), best_epoch=d.get("best_epoch"))
+        reason = d.get("stopped_reason") or StopReason.COMPLETED.value
+        known = reason in StopReason._value2member_map_  # older files kept the message here
+        return cls(epochs=[{k: math.nan if v is None else v for k, v in e.items()} for e in d.get("epochs", [])],
+                   steps=[(int(s), math.nan if v is None else float(v)) for s, v in d.get("steps", [])],
+                   stopped_reason=StopReason(reason) if known else StopReason.COMPLETED,
+                   stop_message=d.get("stop_message") if known else reason, best_epoch=d.get("best_epoch"))
 
     def to_json(self, path: str | os.PathLike[str]) -> None:
-        """Write the history as JSON, atomically."""
-        atomic_write_bytes(Path(path), json.dumps(self.to_dict(), indent=1).encode())
+        """Write the history as (valid) JSON, atomically."""
+        atomic_write_bytes(Path(path), json.dumps(self.to_dict(), indent=1, allow_nan=False).encode())
 
     @classmethod
     def from_json(cls, path: str | os.PathLike[str]) -> History:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 
+def _finite_or_none(x: Any) -> Any:
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _finite_or_none(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite_or_none(v) for v in x]
+    return x
+
+
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite (the network keeps its last good weights)."""
+    """The loss or the weights became NaN or infinite; the network holds its last good weights.
+
+    ``history`` is the run up to the last complete epoch, ``step`` the last
+    good step (the weights restored are those after it).
+    """
+
+    def __init__(self, message: str, history: History, step: int) -> None:
+        super().__init__(message)
+        self.history, self.step = history, step
 
 
 class DeviceMemoryError(MemoryError):
@@ -156,66 +201,39 @@ def _as_memory_error(exc: BaseException, net: Sequential, batch: int) -> DeviceM
 # --------------------------------------------------------------------------
 # Data on the device
 # --------------------------------------------------------------------------
-def _prepare(net: Sequential, X: Any, y: Any, what: str) -> tuple[Array, Array, float]:
-    """Check a data set once and put it on the device: ``(X (N, D), y int64 (N,), scale)``.
+class Batches:
+    """A data set on the network's device, as given (uint8 images stay uint8), and its batches as floats.
 
-    Arrays are checked where they are — NumPy data on the host before it is
-    copied to the network's device, device data on the device (one wait for
-    its answers) — then moved once: images as uint8, features in the
-    network's dtype. Anything else array-like goes to the device first.
+    ``X`` is ``(N, D)``, ``y`` labels ``(N,)`` or targets ``(N, C)``; ``scale``
+    turns ``X`` into the network's floats (1/255 for images). Each batch size
+    gets one buffer, reused every step (a training step allocates nothing).
     """
-    X = X if is_cupy_array(X) or isinstance(X, np.ndarray) else to_device(X, net.backend)
-    y = y if is_cupy_array(y) or isinstance(y, np.ndarray) else to_device(y, net.backend)
-    if X.ndim < 2:
-        raise ValueError(f"{what} data X must have one row per sample, got shape {X.shape}")
-    n = X.shape[0]
-    if n == 0:
-        raise ValueError(f"{what} data is empty; pass at least one sample")
-    d = int(np.prod(X.shape[1:]))
-    if d != net.input_dim:
-        raise ValueError(f"{what} samples have {d} features ({X.shape[1:]}) but the network takes {net.input_dim}")
-    if y.shape != (n,):
-        raise ValueError(f"{what} labels y have shape {y.shape}; pass one integer label per sample, shape ({n},)")
-    if y.dtype.kind not in "iu":
-        raise TypeError(f"{what} labels y have dtype {y.dtype}; pass integer class labels")
-    limit = net.output_dim if net.output_dim > 1 else 2
-    lo, hi = int(y.min()), int(y.max())
-    if lo < 0 or hi >= limit:
-        raise ValueError(f"{what} labels must lie in [0, {limit - 1}] for a network with {net.output_dim} outputs, "
-                         f"got values from {lo} to {hi}")
-    if X.dtype == np.uint8:
-        scale, dtype = 1.0 / 255.0, None
-    elif X.dtype.kind == "f" and X.dtype.itemsize >= 4:
-        scale, dtype = 1.0, net.dtype
-        if not bool(get_array_module(X).isfinite(X).all()):
-            raise ValueError(f"{what} data X contains NaN or Inf; clean or impute it before training")
-    else:
-        raise TypeError(f"{what} data X has dtype {X.dtype}; pass uint8 images or float32/float64 features")
-    xp = net.xp
-    Xd = to_device(X, net.backend, dtype=dtype).reshape(n, d)
-    return xp.ascontiguousarray(Xd), xp.ascontiguousarray(to_device(y, net.backend), dtype=xp.int64), scale
 
-
-class _Batches:
-    """Buffers for one batch size: gathered rows on the device, scaled into floats."""
-
-    def __init__(self, net: Sequential, X: Array, scale: float) -> None:
-        self.net, self.X, self.scale = net, X, scale
+    def __init__(self, net: Sequential, X: Any, y: Any, what: str = "training data") -> None:
+        """Check ``(X, y)`` where they are (see :mod:`.checks`), then move them to ``net``'s device once."""
+        X, self.scale = check_samples(as_array(X, net.backend, f"{what} X"), net.input_dim, f"{what} X")
+        y = check_targets(as_array(y, net.backend, f"{what} y"), X.shape[0], net.output_dim, f"{what} y")
+        xp = net.xp
+        self.net = net
+        self.X = xp.ascontiguousarray(to_device(X, net.backend, dtype=None if self.scale != 1.0 else net.dtype))
+        self.y = xp.ascontiguousarray(to_device(y, net.backend), dtype=xp.int64 if y.ndim == 1 else net.dtype)
         self._bufs: dict[int, tuple[Array, Array | None]] = {}
         self._full: Array | None = None
 
-    def full(self) -> Array:
-        """The whole data set scaled, in its stored order: made once, then reused.
+    def __len__(self) -> int:
+        return int(self.X.shape[0])
 
-        A full batch is the same matrix every step (the order of its rows does not
-        change the gradient), so it is gathered and scaled only the first time, into
-        a buffer of its own.
-        """
-        if self._full is None:
-            n = self.X.shape[0]
-            self._full = self.get(self.net.xp.arange(n, dtype=self.net.xp.int64))
-            del self._bufs[n]  # the buffer is the full batch's now; a batch of n rows gets another
-        return self._full
+    @property
+    def labels(self) -> bool:
+        """True for integer class labels (accuracy is counted), False for float targets."""
+        return self.y.ndim == 1
+
+    def subset(self, rows: Array) -> Batches:
+        """The samples ``rows`` (sorted device indices) as a data set of their own (a copy on the device)."""
+        new = object.__new__(Batches)
+        new.net, new.scale, new.X, new.y = self.net, self.scale, self.X[rows], self.y[rows]
+        new._bufs, new._full = {}, None
+        return new
 
     def get(self, rows: Array) -> Array:
         """``X[rows]`` scaled to the network's dtype, ``(B, D)``, in a buffer reused for every batch of B rows."""
@@ -229,169 +247,178 @@ class _Batches:
         out, staging = self._bufs[b]
         return kernels.gather_scale(self.X, rows, self.scale, out, staging)
 
+    def full(self) -> Array:
+        """The whole data set scaled, in its stored order: made once, then reused (full-batch descent)."""
+        if self._full is None:
+            n = len(self)
+            self._full = self.get(self.net.xp.arange(n, dtype=self.net.xp.int64))
+            del self._bufs[n]  # the buffer is the full batch's now; a batch of n rows gets another
+        return self._full
 
-def evaluate(net: Sequential, X: Any, y: Any, batch_size: int = 4096) -> tuple[float, float]:
-    """Mean loss and accuracy of ``net`` on ``(X, y)`` in eval mode."""
-    Xd, yd, scale = _prepare(net, X, y, "evaluation")
-    return _evaluate(net, Xd, yd, scale, batch_size)
-
-
-def _evaluate(net: Sequential, X: Array, y: Array, scale: float, batch_size: int = 4096) -> tuple[float, float]:
-    xp = net.xp
-    batches = _Batches(net, X, scale)
-    loss_sum = xp.zeros((), dtype=xp.float64)
-    correct = xp.zeros((), dtype=xp.int64)
-    n = X.shape[0]
-    for i in range(0, n, batch_size):
-        rows = xp.arange(i, min(i + batch_size, n), dtype=xp.int64)
-        out = net.forward(batches.get(rows), train=False)
-        yb = y[i:i + batch_size]
-        loss_sum += net.loss.forward(out, yb) * rows.shape[0]
-        correct += _correct(xp, out, yb)
-    return float(loss_sum) / n, int(correct) / n
+    def release(self) -> None:
+        """Drop the batch buffers (they come back on the next batch)."""
+        self._bufs.clear()
+        self._full = None
 
 
-def _correct(xp: Any, out: Array, y: Array) -> Array:
-    if out.shape[1] == 1:  # one output: a binary classifier on logits (or probabilities around 0.5)
+def _correct(out: Array, y: Array) -> Array:
+    """How many rows of ``out`` predict their label ``y`` (a device scalar)."""
+    if out.shape[1] == 1:  # one output: a binary classifier on logits
         return ((out[:, 0] > 0) == (y == 1)).sum()
     return (out.argmax(axis=1) == y).sum()
 
 
+def evaluate(net: Sequential, X: Any, y: Any, batch_size: int = 4096) -> tuple[float, float]:
+    """Mean loss and accuracy of ``net`` on ``(X, y)`` in eval mode (accuracy NaN for float targets)."""
+    if not isinstance(net, Sequential):
+        raise TypeError(f"evaluate takes a gpu_backprop network, got {type(net).__name__}")
+    return _evaluate(Batches(net, X, y, "evaluation data"), batch_size)
+
+
+def _evaluate(data: Batches, batch_size: int = 4096) -> tuple[float, float]:
+    net, xp = data.net, data.net.xp
+    loss_sum = xp.zeros((), dtype=xp.float64)
+    correct = xp.zeros((), dtype=xp.int64)
+    n = len(data)
+    for i in range(0, n, batch_size):
+        rows = xp.arange(i, min(i + batch_size, n), dtype=xp.int64)
+        out = net.forward(data.get(rows), train=False)
+        yb = data.y[i:i + batch_size]
+        loss_sum += net.loss.forward(out, yb) * rows.shape[0]
+        if data.labels:
+            correct += _correct(out, yb)
+    return float(loss_sum) / n, int(correct) / n if data.labels else math.nan
+
+
 # --------------------------------------------------------------------------
-# The loop
+# fit
 # --------------------------------------------------------------------------
 def fit(
     net: Sequential,
     optimizer: Optimizer,
     X: Any,
     y: Any,
-    epochs: int = 10,
-    batch_size: int | str = 128,
-    validation: tuple[Any, Any] | None = None,
+    config: FitConfig | None = None,
     *,
-    seed: int = 0,
-    schedule: str | Schedule | None = None,
-    patience: int | None = None,
-    max_grad_norm: float | None = None,
-    progress: bool = True,
-    refresh_seconds: float = 0.5,
+    validation: tuple[Any, Any] | None = None,
+    callbacks: Iterable[Callback] = (),
     checkpoint: str | os.PathLike[str] | None = None,
     resume: str | os.PathLike[str] | None = None,
     comm: Any = None,
-    callback: Callable[[dict[str, float]], bool | None] | None = None,
-    check_every: int | None = None,
+    progress: bool = True,
+    **settings: Any,
 ) -> History:
     """Train ``net`` with ``optimizer`` on ``(X, y)`` and return its :class:`History`.
 
     Parameters
     ----------
-    X, y : images (uint8, scaled by 1/255 on the device) or float features,
-        and integer labels. Checked once, then moved to the device once.
-    epochs : the total number of epochs (a resumed run continues up to it).
-    batch_size : an integer (1 = per-sample SGD) or ``"full"`` (the whole set per step).
-        Per-sample SGD on CuPy runs the fused per-sample kernel where it applies
-        (Dense layers and their activations, softmax cross-entropy, SGD; one
-        process, no clipping), the general path otherwise.
-    validation : ``(X_val, y_val)``, evaluated after every epoch.
-    seed : seeds the shuffling; the same seed gives the same run.
-    schedule : a learning-rate schedule (see :func:`make_schedule`); cosine and
-        one-cycle span all ``epochs``, so resume a run with the ``epochs`` it started with.
-    patience : stop when the validation loss has not improved for this many
-        epochs, and restore the best weights. (A resumed run counts afresh from
-        the epoch it resumes at: the best weights are not part of a checkpoint.)
-    max_grad_norm : clip the gradient to this global L2 norm.
+    X, y : images (uint8, scaled by 1/255 on the device) or float features, and
+        integer labels or float targets; NumPy or CuPy arrays (or anything
+        array-like), checked where they are, then moved to the device once.
+    config : a :class:`FitConfig`; ``**settings`` are its fields, given directly
+        (``fit(net, opt, X, y, epochs=5, batch_size=128)``) or overriding ``config``'s.
+    validation : ``(X_val, y_val)`` evaluated after every epoch, instead of a
+        held-out ``validation_fraction`` of ``(X, y)``.
+    callbacks : called after every epoch with its record; one that returns True stops training.
     checkpoint : a path; a checkpoint is written there (atomically) after every epoch.
-    resume : a checkpoint to continue from; the run continues exactly as if
-        it had never stopped (bit for bit on NumPy). It continues the saved
-        run, so everything that shapes it must be as saved: the network, the
-        optimizer's kind and hyper-parameters (``lr`` as first given), ``seed``,
-        ``batch_size``, ``schedule``, ``max_grad_norm`` and the number of
-        training samples; only ``epochs`` may grow. A difference is a
+    resume : a checkpoint to continue from: the run goes on exactly as if it had
+        never stopped (bit for bit on NumPy). It continues the saved run, so the
+        network, the optimiser's kind and hyper-parameters (``lr`` as first given)
+        and the :class:`FitConfig` must be as saved (``epochs`` may grow) and the
+        training data of the same size; a difference is a
         :class:`~gpu_backprop.checkpoint.CheckpointError` (a ValueError) that
         names it, and nothing is loaded.
-    comm : a communicator from :mod:`gpu_backprop.distributed` for
-        data-parallel training: every rank takes its shard of each global
-        batch and the gradients are averaged with one all-reduce per step.
-        Global batches must divide evenly across ranks; a last partial batch
-        that does not is dropped. BatchNorm statistics are per rank.
+    comm : a communicator from :mod:`gpu_backprop.distributed` for data-parallel
+        training: every rank takes its shard of each global batch and the
+        gradients are averaged with one all-reduce per step (``comm.check_every``
+        verifies that the ranks' weights agree). BatchNorm statistics are per rank.
+    progress : a progress bar per epoch and a line after it (rank 0 only).
 
-    A loss (or weights) that become NaN or infinite stop training: the weights and
-    the optimiser go back to the last check where the loss and the weights were finite,
-    ``history.stopped_reason`` says what happened, and a warning is issued.
+    Raises
+    ------
+    TrainingDiverged
+        When the loss or the weights become NaN or infinite: the weights and the
+        optimiser state are put back to the last check where both were finite.
+    DeviceMemoryError
+        When a step runs out of memory: the weights are unchanged.
     """
     if not isinstance(net, Sequential):
         raise TypeError(f"fit takes a gpu_backprop network, got {type(net).__name__}")
     if not isinstance(optimizer, Optimizer) or optimizer.net is not net:
         raise TypeError("fit needs an optimizer built for this network, e.g. gb.SGD(net, lr=0.1)")
-    if not isinstance(epochs, (int, np.integer)) or epochs < 1:
-        raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
-    if patience is not None and (validation is None or patience < 1):
-        raise ValueError("early stopping (patience) needs validation data and patience >= 1")
-    if max_grad_norm is not None and not max_grad_norm > 0:
-        raise ValueError(f"max_grad_norm must be positive, got {max_grad_norm}")
-    sched = make_schedule(schedule)
-    Xd, yd, scale = _prepare(net, X, y, "training")
-    val = _prepare(net, *validation, "validation") if validation is not None else None
-    n = Xd.shape[0]
+    cfg = _config(config, settings)
+    callbacks = [callbacks] if callable(callbacks) else list(callbacks)
+    if validation is not None and cfg.validation_fraction:
+        raise ValueError("give validation data or a validation_fraction, not both")
+    if cfg.patience is not None and validation is None and not cfg.validation_fraction:
+        raise ValueError("early stopping (patience) needs validation data: pass validation_fraction=0.1 "
+                         "or validation=(X_val, y_val)")
+    train = Batches(net, X, y)
+    val = Batches(net, *validation, "validation data") if validation is not None else None
+    if cfg.validation_fraction:
+        train, val = _hold_out(train, cfg.validation_fraction, cfg.seed)
     rank, size = (comm.rank, comm.size) if comm is not None else (0, 1)
-    B = _batch_size(batch_size, n, size)
+    n = len(train)
+    B = _batch_size(cfg.batch_size, n, size)
     steps_per_epoch = n // B if size > 1 else -(-n // B)
-    total_steps = steps_per_epoch * epochs
     base_lr = optimizer.lr
+    schedule = make_schedule(cfg.schedule)
 
     history = History()
     start_epoch = 0
-    run = {"seed": seed, "base_lr": base_lr, "batch_size": B, "samples": n, "epochs": epochs,
-           "schedule": "constant" if schedule is None else schedule if isinstance(schedule, str) else None,
-           "max_grad_norm": max_grad_norm}  # what shapes the run: a resumed one must match it (epochs aside)
+    run = {"seed": cfg.seed, "base_lr": base_lr, "batch_size": B, "samples": n, "epochs": cfg.epochs,
+           "schedule": "constant" if cfg.schedule is None else cfg.schedule if isinstance(cfg.schedule, str) else None,
+           "max_grad_norm": cfg.max_grad_norm, "validation_fraction": cfg.validation_fraction}
     if resume is not None:
-        state = load_checkpoint(resume, net, optimizer, check=lambda saved: _check_resume(resume, saved, run))
+        state = load_checkpoint(resume, net, optimizer, check=lambda saved: check_resumable(resume, saved, run))
         start_epoch = state["epoch"]
         history = History.from_dict(state.get("history", {}))
-    if comm is not None and size > 1:
+    if size > 1:
         comm.broadcast_(net.flat_params)
 
-    # batch 1 on a GPU: the fused per-sample kernel where it implements the network, else the general path
-    loop_class = _FusedLoop if _fuses_per_sample(net, optimizer, B, size, max_grad_norm) else _Loop
-    loop = loop_class(net, optimizer, Xd, yd, scale, B, size, rank, comm, max_grad_norm, progress and rank == 0,
-                      refresh_seconds, history)
-    loop.check_every = check_every if comm is not None and size > 1 else None
-    best_loss, best_state, best_epoch = math.inf, None, 0  # for early stopping
-    bad_epochs = 0
-    for epoch in range(start_epoch, epochs):
+    loop = _Loop(net, optimizer, train, B, comm, cfg.max_grad_norm, progress and rank == 0, history)
+    best_loss, best_state, best_epoch, bad_epochs = math.inf, None, 0, 0  # early stopping
+    for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
-        order = kernels.random_permutation(net.xp, n, seed, epoch)
+        order = kernels.random_permutation(net.xp, n, cfg.seed, epoch)
         with np.errstate(over="ignore", invalid="ignore"), per_sample_blas(net.backend, B // size):
             # (a diverging run is caught by the guard; BLAS threads set up for single samples)
-            stats = loop.run_epoch(epoch, epochs, order, _lr_at(base_lr, sched, epoch, total_steps),
-                                   epoch * steps_per_epoch)
+            stats = loop.run_epoch(epoch, cfg.epochs, order, base_lr, schedule, epoch * steps_per_epoch,
+                                   steps_per_epoch * cfg.epochs)
         seconds = time.perf_counter() - t0
         record = {"epoch": epoch + 1, "lr": optimizer.lr, "seconds": seconds,
-                  "samples_per_second": stats["samples"] / seconds, **{k: stats[k] for k in ("loss", "accuracy")}}
-        if stats["diverged"]:
-            history.stopped_reason = stats["diverged"]
-            history.epochs.append(record)
-            warnings.warn(stats["diverged"], RuntimeWarning, stacklevel=2)
-            break
+                  "samples_per_second": stats["samples"] / seconds, "loss": stats["loss"]}
+        if train.labels:
+            record["accuracy"] = stats["accuracy"]
         if val is not None:
-            record["val_loss"], record["val_accuracy"] = _evaluate(net, *val)
+            record["val_loss"], record["val_accuracy"] = _evaluate(val)
+            if not math.isfinite(record["val_loss"]):
+                loop.restore()
+                raise TrainingDiverged(
+                    f"training diverged: the validation loss became {record['val_loss']} after epoch {epoch + 1} "
+                    f"(the training loss was {record['loss']:.4g}); restored the weights of step {loop.good_step}; "
+                    "lower the learning rate or the weight decay", history, loop.good_step)
+        if not train.labels:
+            record.pop("val_accuracy", None)
         history.epochs.append(record)
         if rank == 0 and progress:
-            _print_epoch(record, epochs)
-        if patience is not None:
+            _print_epoch(record, cfg.epochs)
+        stop = None
+        if cfg.patience is not None:
             if record["val_loss"] < best_loss:
                 best_loss, best_state, best_epoch, bad_epochs = record["val_loss"], net.state_dict(), epoch + 1, 0
             else:
                 bad_epochs += 1
-                if bad_epochs >= patience:
-                    history.stopped_reason = (f"early stopping: validation loss did not improve for {patience} "
-                                              f"epochs; restored the weights of epoch {best_epoch}")
-                    break
-        stop = bool(callback(record)) if callback is not None else False
+                if bad_epochs >= cfg.patience:
+                    stop = (StopReason.EARLY_STOPPING, f"early stopping: the validation loss did not improve for "
+                            f"{cfg.patience} epochs; restored the weights of epoch {best_epoch}")
+        if stop is None and any([bool(cb(record)) for cb in callbacks]):  # every callback sees every epoch
+            stop = (StopReason.CALLBACK, f"stopped by a callback after epoch {epoch + 1}")
+        if stop is not None:
+            history.stopped_reason, history.stop_message = stop
         if checkpoint is not None and rank == 0:
             save_checkpoint(checkpoint, net, optimizer, {**run, "epoch": epoch + 1, "history": history.to_dict()})
-        if stop:
-            history.stopped_reason = f"stopped by the callback after epoch {epoch + 1}"
+        if stop is not None:
             break
     if best_state is not None and best_epoch != len(history.epochs):
         net.load_state_dict(best_state)
@@ -399,70 +426,30 @@ def fit(
     return history
 
 
-#: the arguments of fit that a resumed run must repeat, as (the saved state's key, fit's argument)
-_RESUMED = (("seed", "seed"), ("base_lr", "the optimizer's lr"), ("batch_size", "batch_size"),
-            ("schedule", "schedule"), ("max_grad_norm", "max_grad_norm"))
+def _config(config: FitConfig | None, settings: dict[str, Any]) -> FitConfig:
+    """``config`` with ``settings`` (its fields by name) applied; an unknown name is one sentence."""
+    names = [f.name for f in dataclasses.fields(FitConfig)]
+    unknown = [k for k in settings if k not in names]
+    if unknown:
+        raise TypeError(f"fit() got the unknown setting {unknown[0]!r}; the settings are {', '.join(names)}")
+    return dataclasses.replace(config or FitConfig(), **settings)
 
 
-def _check_resume(path: Any, saved: dict[str, Any], run: dict[str, Any]) -> None:
-    """Refuse to resume from ``saved`` (a checkpoint's training state) a run that differs from it.
-
-    Resuming continues the saved run: the seed, the base learning rate, the
-    batch size, the schedule, the clipping and the number of training samples
-    must be those it was saved with (``epochs`` may grow). Each difference is
-    one sentence; so is a state that does not hold what fit wrote.
-    """
-    epoch = saved.get("epoch")
-    if not (isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 0):
-        raise CheckpointError(f"checkpoint {path} holds no epoch count; it was not written by fit")
-    _check_history(path, saved.get("history", {}))
-    samples = saved.get("samples")
-    if samples is not None and samples != run["samples"]:
-        raise CheckpointError(f"checkpoint {path} was trained on {samples:,} samples but the training data has "
-                              f"{run['samples']:,}; resume on the same data set")
-    for key, what in _RESUMED:
-        if key not in saved or (key == "schedule" and None in (saved[key], run[key])):  # older file; a callable
-            continue
-        if saved[key] != run[key]:
-            raise CheckpointError(
-                f"{what} {run[key]!r} differs from the checkpoint's {saved[key]!r}; pass "
-                f"{key.replace('base_lr', 'lr')}={saved[key]!r} to continue the saved run, or train afresh "
-                "without resume"
-            )
-
-
-def _check_history(path: Any, h: Any) -> None:
-    """A saved :class:`History` has the types :meth:`History.from_dict` needs."""
-    def number(v: Any) -> bool:
-        return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-    ok = (isinstance(h, dict)
-          and isinstance(h.get("epochs", []), list)
-          and all(isinstance(e, dict) and all(number(v) for v in e.values()) for e in h.get("epochs", []))
-          and isinstance(h.get("steps", []), list)
-          and all(isinstance(p, list) and len(p) == 2 and all(number(v) for v in p) for p in h.get("steps", []))
-          and (h.get("stopped_reason") is None or isinstance(h.get("stopped_reason"), str))
-          and (h.get("best_epoch") is None or number(h.get("best_epoch"))))
-    if not ok:
-        raise CheckpointError(f"checkpoint {path} holds a training history that fit did not write")
-
-
-def _lr_at(base_lr: float, schedule: Schedule, epoch: int, total_steps: int) -> Callable[[int], float]:
-    """The learning rate at each global step of ``epoch``."""
-    return lambda step: base_lr * schedule(epoch, step, total_steps)
+def _hold_out(data: Batches, fraction: float, seed: int) -> tuple[Batches, Batches]:
+    """``(training, validation)``: a ``fraction`` of the samples, chosen from ``seed``, held out for validation."""
+    n = len(data)
+    k = max(1, round(fraction * n))
+    if k >= n:
+        raise ValueError(f"validation_fraction {fraction} of {n} samples leaves none to train on; use a smaller one")
+    xp = data.net.xp
+    order = kernels.random_permutation(xp, n, seed, VALIDATION_SPLIT)
+    return data.subset(xp.sort(order[k:])), data.subset(xp.sort(order[:k]))
 
 
 def _batch_size(batch_size: int | str, n: int, size: int) -> int:
-    if batch_size == "full":
-        b = n
-    elif isinstance(batch_size, (int, np.integer)) and not isinstance(batch_size, bool):
-        b = int(batch_size)
-        if b < 1:
-            raise ValueError(f"batch_size must be at least 1, got {b}")
-        if b > n:
-            raise ValueError(f"batch_size {b} is larger than the {n} training samples; use 'full' or a smaller batch")
-    else:
-        raise ValueError(f"batch_size must be a positive integer or 'full', got {batch_size!r}")
+    b = n if batch_size == "full" else int(batch_size)
+    if b > n:
+        raise ValueError(f"batch_size {b} is larger than the {n} training samples; use 'full' or a smaller batch")
     if size > 1:
         if n < size:
             raise ValueError(f"{size} ranks but only {n} training samples; use fewer ranks")
@@ -472,64 +459,72 @@ def _batch_size(batch_size: int | str, n: int, size: int) -> int:
 
 
 def _print_epoch(r: dict[str, float], epochs: int) -> None:
-    from tqdm import tqdm
+    from tqdm.auto import tqdm
 
-    text = (f"epoch {int(r['epoch'])}/{epochs}: loss {r['loss']:.4f}, accuracy {r['accuracy']:.4f}, "
-            f"{r['samples_per_second']:,.0f} samples/s")
+    text = f"epoch {int(r['epoch'])}/{epochs}: loss {r['loss']:.4f}"
+    if "accuracy" in r:
+        text += f", accuracy {r['accuracy']:.4f}"
+    text += f", {r['samples_per_second']:,.0f} samples/s"
     if "val_loss" in r:
-        text += f"; validation loss {r['val_loss']:.4f}, accuracy {r['val_accuracy']:.4f}"
+        text += f"; validation loss {r['val_loss']:.4f}"
+        if "val_accuracy" in r:
+            text += f", accuracy {r['val_accuracy']:.4f}"
     tqdm.write(text)
 
 
-_RANK_REFRESH_STEPS = 50  # with several ranks, the progress refresh (and divergence check) every this many steps
+# --------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------
+_RANK_CHECK_STEPS = 50  # with several ranks, a check every this many steps (all ranks at the same steps)
 _CHECK_SAMPLES = 4096  # one rank: a check (divergence guard, loss-curve point) about every this many samples ...
 _CHECK_MIN_STEPS = 8  # ... but no more often than every this many steps (a GPU would wait at each one)
+_FUSED_RUN = 512  # per-sample SGD on a GPU: samples per launch of the fused kernel
 
 
 def _check_steps(batch: int, size: int) -> int:
     """How many steps from one check to the next: a function of the settings alone, never of time."""
     if size > 1:
-        return _RANK_REFRESH_STEPS
+        return _RANK_CHECK_STEPS
     return max(_CHECK_MIN_STEPS, -(-_CHECK_SAMPLES // batch))
 
 
 class _Loop:
-    """One epoch of steps, with the device accumulators and the divergence guard."""
+    """The steps of each epoch, the device accumulators, the divergence guard and the progress bar.
 
-    def __init__(self, net: Sequential, opt: Optimizer, X: Array, y: Array, scale: float, B: int, size: int,
-                 rank: int, comm: Any, max_grad_norm: float | None, progress: bool, refresh: float,
-                 history: History) -> None:
-        self.net, self.opt, self.X, self.y, self.B = net, opt, X, y, B
-        self.size, self.rank, self.comm = size, rank, comm
-        self.max_grad_norm, self.progress, self.refresh, self.history = max_grad_norm, progress, refresh, history
-        self.batches = _Batches(net, X, scale)
-        self.check_every: int | None = None
-        self.check_steps = _check_steps(B, size)
+    A *unit* of work is one step of ``B`` rows — or, for per-sample SGD on a
+    GPU, one launch of the fused kernel over a run of samples. Checks come
+    after the unit that completes every ``_check_steps`` steps and after the
+    last unit of an epoch; at a check the loss is read (the one wait for the
+    device), the weights are tested, and a snapshot of the good state is kept.
+    """
+
+    def __init__(self, net: Sequential, opt: Optimizer, data: Batches, B: int, comm: Any,
+                 max_grad_norm: float | None, progress: bool, history: History) -> None:
+        self.net, self.opt, self.data, self.B, self.comm = net, opt, data, B, comm
+        self.rank, self.size = (comm.rank, comm.size) if comm is not None else (0, 1)
+        self.max_grad_norm, self.progress, self.history = max_grad_norm, progress, history
+        self.check_every = getattr(comm, "check_every", None) if self.size > 1 else None
+        self.fused = _fuses_per_sample(net, opt, B, self.size, max_grad_norm)
+        self.check_steps = _check_steps(B, self.size)
         xp = net.xp
         self.loss_sum = xp.zeros((), dtype=xp.float64)
         self.correct = xp.zeros((), dtype=xp.int64)
+        self.good_step = 0
         self._good = self._snapshot()
 
-    def release(self) -> None:
-        """Drop every cached buffer so the device memory is free again."""
-        for layer in self.net.layers:
-            layer.release_buffers()
-        self.net.loss._buffers.clear()
-        self.batches._bufs.clear()
-        self.batches._full = None
-        self.net.backend.free_cached_memory()
-
-    def _snapshot(self) -> tuple[Array, dict[str, Any]]:
-        """The weights and the optimiser state as they are (taking it changes nothing)."""
+    # ---- the good state ------------------------------------------------
+    def _snapshot(self) -> tuple[Array, dict[str, Array]]:
+        """Copies of the weights and the optimiser state (taking them changes nothing)."""
         return self.net.flat_params.copy(), {k: v.copy() for k, v in self.opt.state_buffers().items()}
 
-    def _restore(self) -> None:
+    def restore(self) -> None:
+        """Put back the weights and the optimiser state of the last good check."""
         params, state = self._good
         self.net.flat_params[...] = params
         for k, v in self.opt.state_buffers().items():
             v[...] = state[k]
 
-    def _first_bad_layer(self) -> str:
+    def _first_bad(self) -> str:
         xp = self.net.xp
         for name, g in self.net.grads.items():
             if not bool(xp.isfinite(g).all()):
@@ -539,13 +534,57 @@ class _Loop:
                 return f"the weights {name}"
         return "the loss itself"
 
+    def release(self) -> None:
+        """Drop every cached buffer so the device memory is free again."""
+        for layer in self.net.layers:
+            layer.release_buffers()
+        self.net.loss.release_buffers()
+        self.data.release()
+        self.net.backend.free_cached_memory()
+
+    # ---- one unit of work ---------------------------------------------
+    def _units(self, order: Array) -> list[tuple[int, int]]:
+        """``(first step, steps)`` of each unit of an epoch of ``len(order)`` samples."""
+        n = order.shape[0]
+        steps = n // self.B if self.size > 1 else -(-n // self.B)
+        per_unit = _FUSED_RUN if self.fused else 1
+        return [(s, min(per_unit, steps - s)) for s in range(0, steps, per_unit)]
+
+    def _train_unit(self, order: Array, s: int, k: int, lr_at: Callable[[int], float]) -> int:
+        """Train on the ``k`` steps from step ``s`` of this epoch; returns the samples seen (on this rank)."""
+        net, B = self.net, self.B
+        if self.fused:  # one launch for k single samples, each at its own learning rate
+            from .experimental.persample import per_sample_sgd
+
+            rates = [lr_at(s + j) for j in range(k)]
+            self.opt.lr = rates[-1]
+            lr = rates[0] if rates.count(rates[0]) == k else net.xp.asarray(np.array(rates), dtype=net.dtype)
+            loss, correct = per_sample_sgd(net, cast(SGD, self.opt), self.data.X, self.data.y, order[s:s + k],
+                                           scale=self.data.scale, lr=lr, method="kernel")
+            self.loss_sum += loss
+            self.correct += correct
+            return k
+        rows = order[s * B:(s + 1) * B]
+        if self.size > 1:
+            shard = B // self.size
+            rows = rows[self.rank * shard:(self.rank + 1) * shard]
+        self.opt.lr = lr_at(s)
+        whole = B == len(self.data) and self.size == 1  # full-batch descent: the same batch every step
+        xb, yb = (self.data.full(), self.data.y) if whole else (self.data.get(rows), self.data.y[rows])
+        loss = self._step(xb, yb)
+        b = rows.shape[0]
+        self.loss_sum += loss * b
+        if self.data.labels:
+            self.correct += _correct(net.last_output, yb)
+        return b
+
     def _step(self, xb: Array, yb: Array) -> Array:
         """Gradients (averaged over the ranks), optional clipping, the update; returns the loss."""
         net, xp = self.net, self.net.xp
-        if self.comm is None and self.max_grad_norm is None:
-            return self.opt.train_step(xb, yb)  # may fuse gradient and update (SGD, one sample)
+        if self.size == 1 and self.max_grad_norm is None:
+            return self.opt.train_step(xb, yb)  # may take dW straight into the update (SGD on the CPU)
         loss = net.train_step_grads(xb, yb)
-        if self.comm is not None and self.size > 1:
+        if self.size > 1:
             self.comm.allreduce_mean_(net.flat_grads)
         if self.max_grad_norm is not None:
             norm = xp.sqrt(xp.vdot(net.flat_grads, net.flat_grads))
@@ -553,83 +592,79 @@ class _Loop:
         self.opt.step()
         return loss
 
-    def run_epoch(self, epoch: int, epochs: int, order: Array, lr_at: Callable[[int], float],
-                  step0: int) -> dict[str, Any]:
-        from tqdm import tqdm
+    # ---- an epoch -------------------------------------------------------
+    def run_epoch(self, epoch: int, epochs: int, order: Array, base_lr: float, schedule: Schedule, step0: int,
+                  total_steps: int) -> dict[str, Any]:
+        """Train one epoch over ``order``; returns its samples, mean loss and accuracy (raises if it diverges)."""
+        from tqdm.auto import tqdm
 
-        net, xp, B = self.net, self.net.xp, self.B
-        n = order.shape[0]
-        shard = B // self.size
-        steps = n // B if self.size > 1 else -(-n // B)
+        net = self.net
+        lr_at = lambda s: base_lr * schedule(epoch, step0 + s, total_steps)  # noqa: E731 - s counts in the epoch
+        units = self._units(order)
+        total = units[-1][0] + units[-1][1]
         self.loss_sum.fill(0)
         self.correct.fill(0)
         seen = seen_at_check = 0
         loss_at_check = 0.0
-        good_step = step0  # the global step of the last check where the loss and the weights were finite
-        bar = tqdm(total=steps * B if self.size > 1 else n, desc=f"epoch {epoch + 1}/{epochs}", unit="sample",
-                   disable=not self.progress, leave=False, dynamic_ncols=True)
-        last = t_start = time.perf_counter() if self.progress else 0.0
-        diverged = None
-        whole = B == n and self.size == 1  # full-batch gradient descent: the same batch every step
-        for s in range(steps):
-            rows = order[s * B:(s + 1) * B]
-            if self.size > 1:
-                rows = rows[self.rank * shard:(self.rank + 1) * shard]
-            self.opt.lr = lr_at(step0 + s)
+        self.good_step = step0
+        samples = total * self.B if self.size > 1 else order.shape[0]
+        bar = tqdm(total=samples, desc=f"epoch {epoch + 1}/{epochs}", unit="sample", disable=None if self.progress
+                   else True, leave=False, dynamic_ncols=True)
+        last = t_start = time.perf_counter()
+        for s, k in units:
             try:
-                xb, yb = (self.batches.full(), self.y) if whole else (self.batches.get(rows), self.y[rows])
-                loss = self._step(xb, yb)
+                seen += self._train_unit(order, s, k, lr_at)
             except Exception as exc:  # out of memory: free the buffers, keep the weights, say what to do
-                error = _as_memory_error(exc, net, B)
+                error = _as_memory_error(exc, net, self.B)
                 if error is None:
                     raise
                 bar.close()
                 self.release()
                 raise error from None
-            if self.check_every and (step0 + s + 1) % self.check_every == 0:
-                self.comm.check_same(f"the weights after step {step0 + s + 1}", net.flat_params)
-            b = rows.shape[0]
-            self.loss_sum += loss * b
-            self.correct += _correct(xp, net.last_output, yb)
-            seen += b
-            # checks come at steps fixed by the settings, the same on every rank (which decide on the
-            # global loss, so that they all stop and restore the same weights together: a rank left alone
-            # would wait forever); the progress bar alone may refresh on a timer in between
-            check = (s + 1) % self.check_steps == 0 or s == steps - 1
-            now = time.perf_counter() if self.progress else 0.0
-            if not check and not (self.progress and now - last >= self.refresh):
+            done = s + k  # steps of this epoch done
+            if self.check_every and (step0 + done) % self.check_every == 0:
+                self.comm.check_same(f"the weights after step {step0 + done}", net.flat_params)
+            check = done == total or done // self.check_steps > s // self.check_steps
+            now = time.perf_counter()
+            refresh = self.progress and now - last >= REFRESH_SECONDS
+            if not (check or refresh):
                 continue
-            total = float(self.loss_sum)  # the one synchronisation: at a check or a progress refresh
+            loss_total = float(self.loss_sum)  # the one wait for the device: at a check or a progress refresh
             if check:
-                # the loss comes before the update, so look at the weights too: a snapshot must be finite
-                weights_ok = bool(xp.isfinite(net.flat_params).all())
-                mine = total if weights_ok else math.nan
-                if not math.isfinite(mine if self.size == 1 else self.comm.allreduce_sum_scalar(mine)):
-                    where = self._first_bad_layer()
-                    self._restore()
-                    what = ("the weights became NaN or infinite" if math.isfinite(total) and not weights_ok
-                            else f"the loss became {total / max(seen, 1)}")
-                    diverged = (f"training diverged: {what} between steps "
-                                f"{good_step + 1} and {step0 + s + 1} (epoch {epoch + 1}); the first non-finite "
-                                f"value is in {where}; restored the weights of step {good_step}; "
-                                "lower the learning rate or clip gradients (max_grad_norm)")
-                    break
-                self._good, good_step = self._snapshot(), step0 + s + 1
-                window = seen - seen_at_check
-                if window:
-                    self.history.steps.append((step0 + s + 1, (total - loss_at_check) / window))
-                loss_at_check, seen_at_check = total, seen
+                self._check(loss_total, seen, step0 + done, epoch, bar)
+                if seen > seen_at_check:
+                    self.history.steps.append((step0 + done, (loss_total - loss_at_check) / (seen - seen_at_check)))
+                loss_at_check, seen_at_check = loss_total, seen
             if self.progress:
-                bar.set_postfix(loss=f"{total / seen:.4f}", acc=f"{int(self.correct) / seen:.3f}",
-                                rate=f"{seen * self.size / max(now - t_start, 1e-9):,.0f}/s", refresh=False)
+                postfix = {"loss": f"{loss_total / seen:.4f}", "rate": f"{seen * self.size / max(now - t_start, 1e-9):,.0f}/s"}
+                if self.data.labels:
+                    postfix["acc"] = f"{int(self.correct) / seen:.3f}"
+                bar.set_postfix(postfix, refresh=False)
                 bar.update(seen * self.size - bar.n)
                 last = now
         bar.close()
-        if diverged:
-            return {"diverged": diverged, "samples": max(seen * self.size, 1), "loss": math.nan,
-                    "accuracy": math.nan}
-        return {"diverged": None, "samples": seen * self.size, "loss": float(self.loss_sum) / seen,
-                "accuracy": int(self.correct) / seen}
+        return {"samples": seen * self.size, "loss": float(self.loss_sum) / seen,
+                "accuracy": int(self.correct) / seen if self.data.labels else math.nan}
+
+    def _check(self, loss_total: float, seen: int, step: int, epoch: int, bar: Any) -> None:
+        """Keep the state as good if the loss and the weights are finite (on every rank); else restore and raise."""
+        xp = self.net.xp
+        # the loss comes before the update, so look at the weights too: a snapshot must be finite
+        weights_ok = bool(xp.isfinite(self.net.flat_params).all())
+        mine = loss_total if weights_ok else math.nan
+        # several ranks decide on the global loss, so that they all stop (and restore the same weights) together
+        if math.isfinite(mine if self.size == 1 else self.comm.allreduce_sum_scalar(mine)):
+            self._good, self.good_step = self._snapshot(), step
+            return
+        bar.close()
+        where = self._first_bad()
+        self.restore()
+        what = ("the weights became NaN or infinite" if math.isfinite(loss_total) and not weights_ok
+                else f"the loss became {loss_total / max(seen, 1)}")
+        raise TrainingDiverged(
+            f"training diverged: {what} between steps {self.good_step + 1} and {step} (epoch {epoch + 1}); "
+            f"the first non-finite value is in {where}; restored the weights of step {self.good_step}; "
+            "lower the learning rate or clip gradients (max_grad_norm)", self.history, self.good_step)
 
 
 def _fuses_per_sample(net: Sequential, optimizer: Optimizer, B: int, size: int, max_grad_norm: float | None) -> bool:
@@ -645,75 +680,3 @@ def _fuses_per_sample(net: Sequential, optimizer: Optimizer, B: int, size: int, 
     from .experimental import persample  # only batch 1 on a GPU needs it
 
     return persample.can_fuse(net, optimizer)
-
-
-class _FusedLoop(_Loop):
-    """Batch-1 SGD as the fused per-sample kernel: each run of :attr:`RUN` samples is one launch.
-
-    The samples, their order and their learning rates are those of the general
-    path (one rate per sample from the schedule), so the weights are the same to
-    float rounding. Progress, the divergence check and the loss curve come at a
-    run's end when ``refresh`` seconds have passed, as the general loop's do.
-    """
-
-    RUN = 512  #: samples per launch: few launches, yet a progress refresh and a divergence check often enough
-
-    def run_epoch(self, epoch: int, epochs: int, order: Array, lr_at: Callable[[int], float],
-                  step0: int) -> dict[str, Any]:
-        from tqdm import tqdm
-
-        from .experimental.persample import per_sample_sgd
-
-        net, xp = self.net, self.net.xp
-        n = order.shape[0]
-        self.loss_sum.fill(0)
-        self.correct.fill(0)
-        seen = seen_at_check = 0
-        loss_at_check = 0.0
-        good_step = step0
-        bar = tqdm(total=n, desc=f"epoch {epoch + 1}/{epochs}", unit="sample", disable=not self.progress,
-                   leave=False, dynamic_ncols=True)
-        last = t_start = time.perf_counter()
-        diverged = None
-        for lo in range(0, n, self.RUN):
-            k = min(self.RUN, n - lo)
-            rates = [lr_at(step0 + lo + j) for j in range(k)]
-            self.opt.lr = rates[-1]
-            lr = rates[0] if rates.count(rates[0]) == k else xp.asarray(np.array(rates), dtype=net.dtype)
-            try:
-                loss, correct = per_sample_sgd(net, cast(SGD, self.opt), self.X, self.y, order[lo:lo + k],
-                                               scale=self.batches.scale, lr=lr, method="kernel")
-            except Exception as exc:  # out of memory: free the buffers, keep the weights, say what to do
-                error = _as_memory_error(exc, net, 1)
-                if error is None:
-                    raise
-                bar.close()
-                self.release()
-                raise error from None
-            self.loss_sum += loss
-            self.correct += correct
-            seen += k
-            now = time.perf_counter()
-            if now - last >= self.refresh or lo + k == n:
-                total = float(self.loss_sum)  # the one synchronisation: at a progress refresh
-                if not math.isfinite(total):
-                    where = self._first_bad_layer()
-                    self._restore()
-                    diverged = (f"training diverged: the loss became {total / max(seen, 1)} between steps "
-                                f"{good_step + 1} and {step0 + lo + k} (epoch {epoch + 1}); the first non-finite "
-                                f"value is in {where}; restored the weights of step {good_step}; "
-                                "lower the learning rate or clip gradients (max_grad_norm)")
-                    break
-                self._good, good_step = self._snapshot(), step0 + lo + k
-                if seen > seen_at_check:
-                    self.history.steps.append((step0 + lo + k, (total - loss_at_check) / (seen - seen_at_check)))
-                loss_at_check, seen_at_check = total, seen
-                bar.set_postfix(loss=f"{total / seen:.4f}", acc=f"{int(self.correct) / seen:.3f}",
-                                rate=f"{seen / (now - t_start):,.0f}/s", refresh=False)
-                bar.update(seen - bar.n)
-                last = now
-        bar.close()
-        if diverged:
-            return {"diverged": diverged, "samples": max(seen, 1), "loss": math.nan, "accuracy": math.nan}
-        return {"diverged": None, "samples": seen, "loss": float(self.loss_sum) / seen,
-                "accuracy": int(self.correct) / seen}

@@ -196,7 +196,7 @@ def saved_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         net = gb.MLP([784, 8, 10], seed=3, backend="numpy")
         opt = gb.SGD(net, lr=0.1, momentum=momentum)
         gb.fit(net, opt, ds.x_train, ds.y_train, epochs=3, batch_size=500, seed=3, progress=False,
-               checkpoint=root / name / "checkpoint.npz", callback=lambda record: True)  # stops after epoch 1
+               checkpoint=root / name / "checkpoint.npz", callbacks=[lambda record: True])  # stops after epoch 1
         runs[name] = root / name / "checkpoint.npz"
     return runs
 
@@ -256,7 +256,7 @@ def api_checkpoint(tmp_path: Path) -> Path:
     X, y = _toy()
     net = _net()
     gb.fit(net, gb.SGD(net, lr=0.1, momentum=0.9), X, y, **_fit_args(), checkpoint=tmp_path / "c.npz",
-           callback=lambda record: True)
+           callbacks=[lambda record: True])
     return tmp_path / "c.npz"
 
 
@@ -327,7 +327,7 @@ def test_a_batchnorm_network_resumes_bit_for_bit(tmp_path: Path) -> None:
     straight, opt = new()
     gb.fit(straight, opt, X, y, **_fit_args())
     first, opt1 = new()
-    gb.fit(first, opt1, X, y, **_fit_args(), checkpoint=tmp_path / "c.npz", callback=lambda record: True)
+    gb.fit(first, opt1, X, y, **_fit_args(), checkpoint=tmp_path / "c.npz", callbacks=[lambda record: True])
     resumed, opt2 = new()  # fresh: its BatchNorm has no running statistics yet
     gb.fit(resumed, opt2, X, y, **_fit_args(), resume=tmp_path / "c.npz")
     np.testing.assert_array_equal(resumed.flat_params, straight.flat_params)

@@ -1,6 +1,6 @@
 """The same seed gives the same bits, however the clock, the threads or the machine's load fall.
 
-What used to break it: the trainer's checks ran on a timer (every ``refresh_seconds``) and each
+What used to break it: the trainer's checks ran on a timer (the progress bar's refresh) and each
 folded SGD's lazy momentum scale into the velocity, so the rounding depended on when they fell;
 the loss curve's points fell on the timer too; and ``kernels.column_sum`` added the per-thread
 partial sums in the order the threads finished. Each test below forces one of these (a fake clock,
@@ -22,7 +22,7 @@ import gpu_backprop as gb
 from gpu_backprop import kernels, trainer
 from gpu_backprop.kernels import _cpu
 
-pytest.importorskip("scipy.linalg")  # the fused BLAS path of SGD, with its lazy momentum scale
+pytest.importorskip("scipy.linalg")  # the fused BLAS path of SGD
 
 
 def _data(n: int, d: int, classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -34,8 +34,13 @@ def _train(sizes: list[int], X: np.ndarray, y: np.ndarray, batch: int | str, epo
            **kwargs: Any) -> tuple[np.ndarray, list[tuple[int, float]]]:
     net = gb.MLP(sizes, backend="numpy", seed=3)
     opt = gb.SGD(net, lr=0.05, momentum=0.9)
-    h = gb.fit(net, opt, X, y, epochs=epochs, batch_size=batch, seed=5, **kwargs)
-    assert h.stopped_reason is None
+    saved = trainer.REFRESH_SECONDS
+    trainer.REFRESH_SECONDS = kwargs.pop("refresh_seconds", saved)  # how often the progress bar reads the loss
+    try:
+        h = gb.fit(net, opt, X, y, epochs=epochs, batch_size=batch, seed=5, **kwargs)
+    finally:
+        trainer.REFRESH_SECONDS = saved
+    assert h.stopped_reason is gb.StopReason.COMPLETED
     return net.flat_params.copy(), h.steps
 
 
@@ -105,10 +110,10 @@ def test_divergence_restores_finite_weights_when_the_loss_was_still_finite() -> 
     for momentum in (0.0, 0.9):
         net = gb.MLP([12, 16, 3], backend="numpy", seed=0)
         before = net.flat_params.copy()
-        with pytest.warns(RuntimeWarning, match="diverged"):
-            h = gb.fit(net, gb.SGD(net, lr=1e300, momentum=momentum), X, y, epochs=3, batch_size="full",
-                       progress=False)
-        assert "the weights became NaN or infinite" in h.stopped_reason and "step 0" in h.stopped_reason
+        with pytest.raises(gb.TrainingDiverged, match="the weights became NaN or infinite") as info:
+            gb.fit(net, gb.SGD(net, lr=1e300, momentum=momentum), X, y, epochs=3, batch_size="full",
+                   progress=False)
+        assert "restored the weights of step 0" in str(info.value) and info.value.step == 0
         np.testing.assert_array_equal(net.flat_params, before)
 
 

@@ -127,17 +127,18 @@ def test_non_contiguous_read_only_and_float64_inputs_work(net: gb.MLP, batch) ->
 
 
 @pytest.mark.parametrize("X,y,error,match", [
-    (np.zeros((4, 6, 1), np.float32), np.zeros(4, int), ValueError, r"2-D .*reshape"),
-    (np.zeros((4, 5), np.float32), np.zeros(4, int), ValueError, "5 features per row but the network takes 6"),
-    (np.zeros((0, 6), np.float32), np.zeros(0, int), ValueError, "empty batch"),
-    (np.zeros((4, 6), np.uint8), np.zeros(4, int), TypeError, r"dtype uint8.*/ 255"),
+    (np.zeros((4, 5, 1), np.float32), np.zeros(4, int), ValueError, r"5 features per sample \(shape \(4, 5, 1\)\)"),
+    (np.zeros((4, 5), np.float32), np.zeros(4, int), ValueError, "5 features per sample .* the network takes 6"),
+    (np.zeros((0, 6), np.float32), np.zeros(0, int), ValueError, "empty"),
+    (np.zeros((4, 6), np.int16), np.zeros(4, int), TypeError, r"dtype int16.*/ 255"),
+    (np.zeros((4, 6), np.complex64), np.zeros(4, int), TypeError, "complex dtype complex64; pass real numbers"),
     (np.zeros((4, 6), np.float16), np.zeros(4, int), TypeError, "float16"),
     (np.full((4, 6), np.nan, np.float32), np.zeros(4, int), ValueError, "NaN or Inf"),
     (np.full((4, 6), np.inf, np.float32), np.zeros(4, int), ValueError, "NaN or Inf"),
     (np.zeros((4, 6), np.float32), np.array([0, 1, 2, 3]), ValueError, r"\[0, 2\].*from 0 to 3"),
     (np.zeros((4, 6), np.float32), np.array([0, -1, 2, 1]), ValueError, "from -1 to 2"),
     (np.zeros((4, 6), np.float32), np.array([0.0, 1.0, 2.0, 1.0]), TypeError, "integer class labels"),
-    (np.zeros((4, 6), np.float32), np.zeros(3, int), ValueError, "y has 3 rows but X has 4"),
+    (np.zeros((4, 6), np.float32), np.zeros(3, int), ValueError, "y has 3 rows but there are 4 samples"),
     (np.zeros((4, 6), np.float32), np.zeros((4, 5)), ValueError, r"\(4, 3\)"),
     (np.zeros((4, 6), np.float32), np.full((4, 3), np.nan), ValueError, "NaN"),
     ("not an array", np.zeros(4, int), TypeError, "X must be a numeric array"),
@@ -183,3 +184,27 @@ def test_batchnorm_running_statistics_follow_the_data(rng: np.random.Generator) 
     h = X @ net.params["layers.0.W"] + net.params["layers.0.b"]
     np.testing.assert_allclose(bn.running_mean, h.mean(0), rtol=1e-6)
     np.testing.assert_allclose(bn.running_var, h.var(0, ddof=1), rtol=1e-6)
+
+
+def test_predict_takes_what_fit_takes_and_names_what_it_returns() -> None:
+    """uint8 images of any shape, as in a data set; probabilities and classes under names nobody misreads."""
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (20, 2, 3), dtype=np.uint8)  # (N, H, W), as load_dataset gives them
+    y = rng.integers(0, 3, 20)
+    net = gb.MLP([6, 5, 3], backend="numpy", seed=0)
+    as_floats = images.reshape(20, 6).astype(np.float32) / 255
+    proba = net.predict_proba(images)
+    np.testing.assert_allclose(proba, net.predict_proba(as_floats), rtol=1e-6)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-6)
+    classes = net.predict_classes(images)
+    assert classes.dtype == np.int64 and classes.shape == (20,)
+    np.testing.assert_array_equal(classes, proba.argmax(axis=1))
+    np.testing.assert_array_equal(net.predict(images), proba)  # the old name: probabilities, as before
+    assert net.loss_and_grads(images, y)[0] == pytest.approx(net.loss_and_grads(as_floats, y)[0], rel=1e-6)
+
+
+def test_predict_classes_of_a_binary_classifier_are_zero_and_one() -> None:
+    net = gb.MLP([4, 3, 1], loss="bce", backend="numpy", seed=1)
+    X = np.random.default_rng(0).standard_normal((30, 4)).astype(np.float32)
+    p = net.predict_proba(X)
+    np.testing.assert_array_equal(net.predict_classes(X), (p[:, 0] > 0.5).astype(np.int64))

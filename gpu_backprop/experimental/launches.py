@@ -373,7 +373,7 @@ def launch_budget(net: Any, batch_size: int, *, momentum: float = 0.9) -> dict[s
             traced = net.copy(backend=_TRACED)
             opt = SGD(traced, lr=1e-3, momentum=momentum)
         with trace() as counts:
-            fit(traced, opt, X, y, epochs=1, batch_size=batch_size, progress=False, refresh_seconds=1e9)
+            fit(traced, opt, X, y, epochs=1, batch_size=batch_size, progress=False)
         runs.append(counts)
     per2 = runs[1] - runs[0]
     launches = {k: v / 2 for k, v in sorted(per2.launches.items())}

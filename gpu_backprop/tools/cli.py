@@ -47,7 +47,7 @@ DEFAULTS: dict[str, Any] = dict(
     backend=None, dataset=None, data_dir=None, hidden="256,256", activation="relu",
     loss="softmax_cross_entropy", output_activation=None, init="auto", optimizer="sgd", lr=0.05,
     momentum=0.9, nesterov=False, weight_decay=0.0, l2_lambda=None, batch_size="128", epochs=5, seed=0, schedule=None,
-    patience=None, max_grad_norm=None, dtype="float32", tf32=False, out=None, resume=None, json=False, progress=True,
+    patience=None, validation_fraction=0.1, max_grad_norm=None, dtype="float32", tf32=False, out=None, resume=None, json=False, progress=True,
     distributed="none",
 )
 
@@ -89,7 +89,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int)
     t.add_argument("--seed", type=int)
     t.add_argument("--schedule", help="constant, step[:EVERY[:GAMMA]], cosine or onecycle")
-    t.add_argument("--patience", type=int, help="early stopping on the test loss after this many epochs")
+    t.add_argument("--validation-fraction", type=float,
+                   help="share of the training data held out for validation (default 0.1; 0 for none)")
+    t.add_argument("--patience", type=int, help="early stopping on the validation loss after this many epochs")
     t.add_argument("--max-grad-norm", type=float, help="clip gradients to this global norm")
     t.add_argument("--dtype", choices=["float32", "float64"])
     t.add_argument("--tf32", action="store_true", default=None,
@@ -275,13 +277,17 @@ def _train(args: argparse.Namespace) -> int:
                              "choose another --out") from None
 
     t0 = time.perf_counter()
-    history = fit(net, opt, ds.x_train, ds.y_train, epochs=cfg["epochs"], batch_size=batch_size,
-                  validation=(ds.x_test, ds.y_test), seed=cfg["seed"], schedule=cfg["schedule"],
-                  patience=cfg["patience"], max_grad_norm=cfg["max_grad_norm"], progress=cfg["progress"],
-                  checkpoint=out_dir / "checkpoint.npz" if out_dir else None, resume=cfg["resume"], comm=comm)
+    diverged = None
+    try:  # the test set is evaluated once, below; validation is a held-out part of the training data
+        history = fit(net, opt, ds.x_train, ds.y_train, epochs=cfg["epochs"], batch_size=batch_size,
+                      seed=cfg["seed"], schedule=cfg["schedule"], validation_fraction=cfg["validation_fraction"],
+                      patience=cfg["patience"], max_grad_norm=cfg["max_grad_norm"], progress=cfg["progress"],
+                      checkpoint=out_dir / "checkpoint.npz" if out_dir else None, resume=cfg["resume"], comm=comm)
+    except gb.TrainingDiverged as exc:
+        diverged, history = str(exc), exc.history
     seconds = time.perf_counter() - t0
     if not rank0:
-        return 0 if not (history.stopped_reason or "").startswith("training diverged") else 3
+        return 3 if diverged else 0
     last = history.epochs[-1] if history.epochs else {}
     trained = [e for e in history.epochs if math.isfinite(e.get("loss", math.nan))]
     samples = sum(e["samples_per_second"] * e["seconds"] for e in trained)
@@ -290,8 +296,8 @@ def _train(args: argparse.Namespace) -> int:
     if out_dir is not None:
         history.to_json(out_dir / "history.json")
         _plot(history, out_dir / "curves.png")
-    if history.stopped_reason:
-        print(history.stopped_reason, file=sys.stderr)
+    if diverged or history.stop_message:
+        print(diverged or history.stop_message, file=sys.stderr)
     print(f"test accuracy {test_acc:.4f}, test loss {test_loss:.4f} after {len(history.epochs)} epochs "
           f"({train_seconds:.1f} s of training, {samples / max(train_seconds, 1e-9):,.0f} samples/s)")
     if cfg["json"]:
@@ -300,9 +306,9 @@ def _train(args: argparse.Namespace) -> int:
             "wall_seconds": seconds, "samples_per_second": samples / max(train_seconds, 1e-9),
             "epochs": len(history.epochs), "backend": backend.name, "device": backend.device,
             "dataset": ds.name, "preset": cfg["preset"], "sizes": sizes, "batch_size": batch_size,
-            "stopped_reason": history.stopped_reason, "final_lr": last.get("lr"),
+            "stopped_reason": "diverged" if diverged else history.stopped_reason.value, "final_lr": last.get("lr"),
         }))
-    return 3 if (history.stopped_reason or "").startswith("training diverged") else 0
+    return 3 if diverged else 0
 
 
 # --------------------------------------------------------------------------
@@ -377,7 +383,7 @@ def _saved_settings(meta: dict[str, Any]) -> dict[str, Any]:
         saved.update(momentum=0.0, nesterov=False)
     if "base_lr" in state or "lr" in hyper:
         saved["lr"] = state.get("base_lr", hyper.get("lr"))
-    for key in ("seed", "batch_size", "schedule", "max_grad_norm", "epochs"):
+    for key in ("seed", "batch_size", "schedule", "max_grad_norm", "validation_fraction", "epochs"):
         if key in state and not (key == "schedule" and state[key] is None):  # (None: a callable, not recorded)
             saved[key] = state[key]
     for key, v in saved.items():
@@ -398,6 +404,8 @@ def _valid(key: str, v: Any) -> bool:
         return number(v) and v >= 0
     if key == "max_grad_norm":
         return v is None or (number(v) and v > 0)
+    if key == "validation_fraction":
+        return number(v) and 0 <= v < 1
     if key == "nesterov":
         return isinstance(v, bool)
     if key == "schedule":
@@ -414,7 +422,7 @@ def _resumed_settings(cfg: dict[str, Any], given: dict[str, tuple[str, Any]], me
     saved = _saved_settings(meta)
     normal: dict[str, Callable[[Any], Any]] = {
         "hidden": _hidden, "loss": lambda v: make_loss(v).name, "lr": float, "momentum": float,
-        "weight_decay": float, "max_grad_norm": float, "seed": int, "nesterov": bool,
+        "weight_decay": float, "max_grad_norm": float, "validation_fraction": float, "seed": int, "nesterov": bool,
         "activation": lambda v: str(v).lower().replace("-", "_"),
         "output_activation": lambda v: str(v).lower().replace("-", "_"),
     }

@@ -35,25 +35,25 @@ class OurStep:
     """
 
     def __init__(self, be: Backend, sizes: list[int], batch: int) -> None:
-        from ...trainer import _Batches
+        from ...trainer import Batches
 
         xp = be.xp
         Xh, yh = random_data(max(N_TRAIN, batch), sizes[0], sizes[-1])
         self.X, self.y = xp.asarray(Xh), xp.asarray(yh)
         self.net = MLP(sizes, activation="relu", backend=be, seed=0)
         self.opt = SGD(self.net, lr=LR, momentum=MOMENTUM)
-        self.batches = _Batches(self.net, self.X, 1.0 / 255)
+        self.batches = Batches(self.net, self.X, self.y)
         self.order = kernels.random_permutation(xp, self.X.shape[0], 0, 0)
         self.batch, self.i = batch, 0
 
     def next_batch(self) -> tuple[Any, Any]:
         """The next batch, gathered and scaled on the device (the whole set for a full batch)."""
         if self.batch == self.X.shape[0]:  # full batch: the whole set, scaled once (as fit does)
-            return self.batches.full(), self.y
+            return self.batches.full(), self.batches.y
         i = self.i if self.i + self.batch <= self.X.shape[0] else 0
         rows = self.order[i:i + self.batch]
         self.i = i + self.batch
-        return self.batches.get(rows), self.y[rows]
+        return self.batches.get(rows), self.batches.y[rows]
 
     def __call__(self) -> None:
         self.opt.train_step(*self.next_batch())

@@ -136,10 +136,11 @@ def time_to_accuracy(be: Backend, target: float = 0.89, max_epochs: int = 10) ->
     """Wall time until Fashion-MNIST test accuracy ≥ ``target``.
 
     784-256-256-10 ReLU, SGD with momentum 0.9, lr 0.05 on a cosine schedule over ``max_epochs``,
-    batch 128 (the command line's ``fashion`` preset), evaluated after every epoch.
+    batch 128 (the command line's ``fashion`` preset). As in MLPerf's time-to-quality rule, the
+    test set is evaluated after every epoch only to stop the clock: nothing is tuned on it.
     """
     from ...data import DataError, load_dataset
-    from ...trainer import fit
+    from ...trainer import evaluate, fit
 
     try:
         ds = load_dataset("fashion-mnist", download=False)
@@ -147,12 +148,16 @@ def time_to_accuracy(be: Backend, target: float = 0.89, max_epochs: int = 10) ->
         return {"skipped": f"Fashion-MNIST not available ({str(exc).split(';')[0]})"}
     net = MLP([784, 256, 256, 10], backend=be, seed=0)
     opt = SGD(net, lr=0.05, momentum=0.9)  # the `fashion` preset of the command line
+    accs: list[float] = []
+
+    def reached(record: dict[str, float]) -> bool:
+        accs.append(evaluate(net, ds.x_test, ds.y_test)[1])
+        return accs[-1] >= target
+
     t0 = time.perf_counter()
-    history = fit(net, opt, ds.x_train, ds.y_train, epochs=max_epochs, batch_size=128, schedule="cosine",
-                  validation=(ds.x_test, ds.y_test), progress=False,
-                  callback=lambda record: record["val_accuracy"] >= target)
+    fit(net, opt, ds.x_train, ds.y_train, epochs=max_epochs, batch_size=128, schedule="cosine", progress=False,
+        callbacks=[reached])
     seconds = time.perf_counter() - t0
-    accs = history.metric("val_accuracy")
     return {"target": target, "reached": accs[-1] >= target, "seconds": seconds, "epochs": len(accs),
             "max_epochs": max_epochs, "accuracies": accs,
             "includes": "data upload, training, and a test evaluation after each epoch"}

@@ -1,0 +1,96 @@
+"""Input validation at the API boundary, shared by the network and the trainer.
+
+Data is checked once, where it lives, before any work: on the host for NumPy
+arrays (before they are copied to a GPU), on the device for CuPy arrays (one
+wait for the answers). Every problem is one sentence that says what is wrong
+and how to fix it — a :class:`TypeError` for the kind of thing given, a
+:class:`ValueError` for its shape or values.
+
+Samples are rows: ``X`` is ``(N, D)``, or ``(N, H, W, ...)`` images that are
+flattened to ``(N, H·W·...)``. uint8 images are scaled by 1/255 when they
+become floats; other data must be float32 or float64. Targets are integer
+class labels ``(N,)`` or float targets ``(N, C)`` (one-hot, soft, or
+regression values).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from .backend import Backend, get_array_module, is_cupy_array, to_device
+
+__all__ = ["as_array", "check_samples", "check_targets"]
+
+Array = Any
+
+IMAGE_SCALE = 1.0 / 255.0  #: uint8 images become floats in [0, 1]
+
+
+def as_array(a: Any, backend: Backend, name: str) -> Array:
+    """``a`` as a NumPy or CuPy array, where it is; anything else array-like (a list, a tensor) goes to ``backend``."""
+    if not (is_cupy_array(a) or isinstance(a, np.ndarray)):
+        try:
+            a = to_device(a, backend)
+        except Exception as exc:  # whatever the object's own conversion raises
+            raise TypeError(f"{name} must be an array, got {type(a).__name__} ({exc})") from None
+    if a.dtype.kind == "c":
+        raise TypeError(f"{name} has the complex dtype {a.dtype}; pass real numbers ({name}.real, or abs({name}))")
+    if a.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be a numeric array, got dtype {a.dtype} from {type(a).__name__}")
+    return a
+
+
+def check_samples(X: Array, input_dim: int, what: str = "X") -> tuple[Array, float]:
+    """``X`` as ``(N, D)`` rows (a view where it is) and the scale that makes them floats.
+
+    uint8 images scale by 1/255; float32/float64 features by 1 and must be finite.
+    """
+    if X.ndim < 2:
+        raise ValueError(f"{what} must have one row per sample, (N, D) or images (N, H, W), got shape {X.shape}")
+    n = X.shape[0]
+    if n == 0:
+        raise ValueError(f"{what} is empty (0 samples); pass at least one")
+    d = math.prod(X.shape[1:])
+    if d != input_dim:
+        raise ValueError(f"{what} has {d} features per sample (shape {X.shape}) but the network takes {input_dim}")
+    if X.dtype == np.uint8:
+        scale = IMAGE_SCALE
+    elif X.dtype.kind == "f" and X.dtype.itemsize >= 4:
+        scale = 1.0
+        if not bool(get_array_module(X).isfinite(X).all()):
+            raise ValueError(f"{what} contains NaN or Inf; clean or impute the data first")
+    else:
+        fix = " (or scale them: X.astype('float32') / 255)" if X.dtype.kind in "iu" else ""
+        raise TypeError(f"{what} has dtype {X.dtype}; pass uint8 images or float32/float64 features{fix}")
+    return X.reshape(n, d), scale
+
+
+def check_targets(y: Array, n: int, outputs: int, what: str = "y") -> Array:
+    """``y`` checked for ``n`` samples and a network with ``outputs`` outputs: labels or float targets.
+
+    Labels are integers in ``[0, outputs)`` (0/1 for one output); targets are
+    finite floats ``(n, outputs)``. Returned where they are, unconverted.
+    """
+    rows = y.shape[0] if y.ndim else 0
+    if rows != n:
+        raise ValueError(f"{what} has {rows} rows but there are {n} samples; pass one target per sample")
+    if y.ndim == 1:
+        if y.dtype.kind not in "iu":
+            raise TypeError(f"{what}: labels have dtype {y.dtype}; pass integer class labels (y.astype('int64')) "
+                            f"or float targets of shape ({n}, {outputs})")
+        limit = outputs if outputs > 1 else 2  # one output: a binary classifier, labels 0 and 1
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0 or hi >= limit:
+            raise ValueError(f"{what}: labels must lie in [0, {limit - 1}] for a network with {outputs} outputs, "
+                             f"got values from {lo} to {hi}")
+        return y
+    if y.ndim != 2 or y.shape[1] != outputs:
+        raise ValueError(f"{what}: targets must be labels ({n},) or an array ({n}, {outputs}), got shape {y.shape}")
+    if y.dtype.kind != "f":
+        raise TypeError(f"{what}: targets of shape {y.shape} have dtype {y.dtype}; pass float targets")
+    if not bool(get_array_module(y).isfinite(y).all()):
+        raise ValueError(f"{what}: targets contain NaN or Inf; clean them first")
+    return y
