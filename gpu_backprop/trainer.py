@@ -310,10 +310,14 @@ def fit(
         :class:`~gpu_backprop.checkpoint.CheckpointError` (a ValueError) that
         names it, and nothing is loaded.
     comm : a communicator from :mod:`gpu_backprop.distributed` for
-        data-parallel training: every rank takes its shard of each global
-        batch and the gradients are averaged with one all-reduce per step.
-        Global batches must divide evenly across ranks; a last partial batch
-        that does not is dropped. BatchNorm statistics are per rank.
+        data-parallel training: every rank takes its contiguous shard of each
+        global batch of b rows (``b//R`` or ``b//R + 1`` rows; none when b < R)
+        and one all-reduce per step weighs the ranks' gradients by their rows,
+        so the run, its steps and the loss and accuracy it reports are those of
+        one process with the same batch, for any data set size and batch (to
+        float rounding; BatchNorm statistics and Dropout masks are per rank).
+        ``comm.check_every = N`` verifies every N steps that the ranks' weights
+        are identical.
 
     A loss (or weights) that become NaN or infinite stop training: the weights and
     the optimiser go back to the last check where the loss and the weights were finite,
@@ -334,8 +338,8 @@ def fit(
     val = _prepare(net, *validation, "validation") if validation is not None else None
     n = Xd.shape[0]
     rank, size = (comm.rank, comm.size) if comm is not None else (0, 1)
-    B = _batch_size(batch_size, n, size)
-    steps_per_epoch = n // B if size > 1 else -(-n // B)
+    B = _batch_size(batch_size, n)
+    steps_per_epoch = -(-n // B)
     total_steps = steps_per_epoch * epochs
     base_lr = optimizer.lr
 
@@ -355,13 +359,13 @@ def fit(
     loop_class = _FusedLoop if _fuses_per_sample(net, optimizer, B, size, max_grad_norm) else _Loop
     loop = loop_class(net, optimizer, Xd, yd, scale, B, size, rank, comm, max_grad_norm, progress and rank == 0,
                       refresh_seconds, history)
-    loop.check_every = check_every if comm is not None and size > 1 else None
+    loop.check_every = (check_every or getattr(comm, "check_every", None)) if comm is not None and size > 1 else None
     best_loss, best_state, best_epoch = math.inf, None, 0  # for early stopping
     bad_epochs = 0
     for epoch in range(start_epoch, epochs):
         t0 = time.perf_counter()
         order = kernels.random_permutation(net.xp, n, seed, epoch)
-        with np.errstate(over="ignore", invalid="ignore"), per_sample_blas(net.backend, B // size):
+        with np.errstate(over="ignore", invalid="ignore"), per_sample_blas(net.backend, -(-B // size)):
             # (a diverging run is caught by the guard; BLAS threads set up for single samples)
             stats = loop.run_epoch(epoch, epochs, order, _lr_at(base_lr, sched, epoch, total_steps),
                                    epoch * steps_per_epoch)
@@ -452,7 +456,7 @@ def _lr_at(base_lr: float, schedule: Schedule, epoch: int, total_steps: int) -> 
     return lambda step: base_lr * schedule(epoch, step, total_steps)
 
 
-def _batch_size(batch_size: int | str, n: int, size: int) -> int:
+def _batch_size(batch_size: int | str, n: int) -> int:
     if batch_size == "full":
         b = n
     elif isinstance(batch_size, (int, np.integer)) and not isinstance(batch_size, bool):
@@ -463,12 +467,33 @@ def _batch_size(batch_size: int | str, n: int, size: int) -> int:
             raise ValueError(f"batch_size {b} is larger than the {n} training samples; use 'full' or a smaller batch")
     else:
         raise ValueError(f"batch_size must be a positive integer or 'full', got {batch_size!r}")
-    if size > 1:
-        if n < size:
-            raise ValueError(f"{size} ranks but only {n} training samples; use fewer ranks")
-        if b % size:
-            raise ValueError(f"the global batch of {b} does not divide across {size} ranks; use a multiple of {size}")
     return b
+
+
+def _shard_rows(rows: Array, rank: int, size: int) -> Array:
+    """Rank ``rank``'s contiguous part of a global batch's ``rows``, ``(b_r,)``: ``b_r = b//size + (rank < b % size)``.
+
+    The parts of all ranks, in rank order, are ``rows`` itself; a rank gets
+    none (an empty slice) when the batch has fewer rows than there are ranks.
+    """
+    q, extra = divmod(rows.shape[0], size)
+    lo = rank * q + min(rank, extra)
+    return rows[lo:lo + q + (rank < extra)]
+
+
+def _average_gradients(comm: Any, grads: Array, rows: int, batch: int) -> None:
+    """The gradient of the whole batch from each rank's, in place: ``g ← Σ_r (b_r / b) g_r``, one all-reduce.
+
+    ``grads`` holds this rank's mean gradient over its ``rows`` (b_r) of the
+    global ``batch`` (b = Σ_r b_r), shards as :func:`_shard_rows` cuts them.
+    When every shard has b/R rows this is the plain average (NCCL's average,
+    no scaling kernel); otherwise each rank weighs its buffer by b_r / b before
+    the sum, and a rank without rows adds zeros, whatever its buffer holds.
+    """
+    if batch % comm.size == 0:
+        comm.allreduce_mean_(grads)
+    else:
+        comm.allreduce_weighted_mean_(grads, rows, batch)
 
 
 def _print_epoch(r: dict[str, float], epochs: int) -> None:
@@ -538,14 +563,19 @@ class _Loop:
                 return f"the weights {name}"
         return "the loss itself"
 
-    def _step(self, xb: Array, yb: Array) -> Array:
-        """Gradients (averaged over the ranks), optional clipping, the update; returns the loss."""
+    def _step(self, xb: Array, yb: Array, batch: int) -> Array:
+        """Gradients (the global batch's, from the ranks'), optional clipping, the update; returns the loss.
+
+        ``(xb, yb)`` is this rank's shard of a global batch of ``batch`` rows; it
+        may be empty (``xb`` is then ``None``): the rank still takes part in the
+        all-reduce and the update, and its loss is 0.
+        """
         net, xp = self.net, self.net.xp
         if self.comm is None and self.max_grad_norm is None:
             return self.opt.train_step(xb, yb)  # may fuse gradient and update (SGD, one sample)
-        loss = net.train_step_grads(xb, yb)
+        loss = net.train_step_grads(xb, yb) if xb is not None else 0.0
         if self.comm is not None and self.size > 1:
-            self.comm.allreduce_mean_(net.flat_grads)
+            _average_gradients(self.comm, net.flat_grads, yb.shape[0], batch)
         if self.max_grad_norm is not None:
             norm = xp.sqrt(xp.vdot(net.flat_grads, net.flat_grads))
             net.flat_grads *= xp.minimum(1.0, self.max_grad_norm / (norm + 1e-12)).astype(net.dtype)
@@ -558,26 +588,28 @@ class _Loop:
 
         net, xp, B = self.net, self.net.xp, self.B
         n = order.shape[0]
-        shard = B // self.size
-        steps = n // B if self.size > 1 else -(-n // B)
-        self.loss_sum.fill(0)
+        steps = -(-n // B)
+        self.loss_sum.fill(0)  # this rank's rows' (so are `correct` and `mine`; `seen` counts every rank's)
         self.correct.fill(0)
-        seen = seen_at_check = 0
-        loss_at_check = 0.0
+        seen = mine = seen_at_check = 0
+        loss_at_check = 0.0  # every rank's loss sum at the last check
         good_step = step0  # the global step of the last check where the loss and the weights were finite
-        bar = tqdm(total=steps * B if self.size > 1 else n, desc=f"epoch {epoch + 1}/{epochs}", unit="sample",
+        bar = tqdm(total=n, desc=f"epoch {epoch + 1}/{epochs}", unit="sample",
                    disable=not self.progress, leave=False, dynamic_ncols=True)
         last = t_start = time.perf_counter() if self.progress else 0.0
         diverged = None
         whole = B == n and self.size == 1  # full-batch gradient descent: the same batch every step
         for s in range(steps):
             rows = order[s * B:(s + 1) * B]
+            batch = rows.shape[0]
             if self.size > 1:
-                rows = rows[self.rank * shard:(self.rank + 1) * shard]
+                rows = _shard_rows(rows, self.rank, self.size)
+            b = rows.shape[0]
             self.opt.lr = lr_at(step0 + s)
             try:
-                xb, yb = (self.batches.full(), self.y) if whole else (self.batches.get(rows), self.y[rows])
-                loss = self._step(xb, yb)
+                xb = self.batches.full() if whole else self.batches.get(rows) if b else None
+                yb = self.y if whole else self.y[rows]
+                loss = self._step(xb, yb, batch)
             except Exception as exc:  # out of memory: free the buffers, keep the weights, say what to do
                 error = _as_memory_error(exc, net, B)
                 if error is None:
@@ -587,10 +619,10 @@ class _Loop:
                 raise error from None
             if self.check_every and (step0 + s + 1) % self.check_every == 0:
                 self.comm.check_same(f"the weights after step {step0 + s + 1}", net.flat_params)
-            b = rows.shape[0]
-            self.loss_sum += loss * b
-            self.correct += _correct(xp, net.last_output, yb)
-            seen += b
+            if b:
+                self.loss_sum += loss * b
+                self.correct += _correct(xp, net.last_output, yb)
+            seen, mine = seen + batch, mine + b
             # checks come at steps fixed by the settings, the same on every rank (which decide on the
             # global loss, so that they all stop and restore the same weights together: a rank left alone
             # would wait forever); the progress bar alone may refresh on a timer in between
@@ -602,12 +634,12 @@ class _Loop:
             if check:
                 # the loss comes before the update, so look at the weights too: a snapshot must be finite
                 weights_ok = bool(xp.isfinite(net.flat_params).all())
-                mine = total if weights_ok else math.nan
-                if not math.isfinite(mine if self.size == 1 else self.comm.allreduce_sum_scalar(mine)):
+                total_all = _sum_over_ranks(self.comm, self.size, total if weights_ok else math.nan)
+                if not math.isfinite(total_all):
                     where = self._first_bad_layer()
                     self._restore()
                     what = ("the weights became NaN or infinite" if math.isfinite(total) and not weights_ok
-                            else f"the loss became {total / max(seen, 1)}")
+                            else f"the loss became {total / max(mine, 1)}")
                     diverged = (f"training diverged: {what} between steps "
                                 f"{good_step + 1} and {step0 + s + 1} (epoch {epoch + 1}); the first non-finite "
                                 f"value is in {where}; restored the weights of step {good_step}; "
@@ -618,19 +650,23 @@ class _Loop:
                 self._good, good_step = self._snapshot(), step0 + s + 1
                 window = seen - seen_at_check
                 if window:
-                    self.history.steps.append((step0 + s + 1, (total - loss_at_check) / window))
-                loss_at_check, seen_at_check = total, seen
-            if self.progress:
-                bar.set_postfix(loss=f"{total / seen:.4f}", acc=f"{int(self.correct) / seen:.3f}",
-                                rate=f"{seen * self.size / max(now - t_start, 1e-9):,.0f}/s", refresh=False)
-                bar.update(seen * self.size - bar.n)
+                    self.history.steps.append((step0 + s + 1, (total_all - loss_at_check) / window))
+                loss_at_check, seen_at_check = total_all, seen
+            if self.progress:  # between checks, the bar shows this rank's loss and accuracy
+                bar.set_postfix(loss=f"{total / max(mine, 1):.4f}", acc=f"{int(self.correct) / max(mine, 1):.3f}",
+                                rate=f"{seen / max(now - t_start, 1e-9):,.0f}/s", refresh=False)
+                bar.update(seen - bar.n)
                 last = now
         bar.close()
         if diverged:
-            return {"diverged": diverged, "samples": max(seen * self.size, 1), "loss": math.nan,
-                    "accuracy": math.nan}
-        return {"diverged": None, "samples": seen * self.size, "loss": float(self.loss_sum) / seen,
-                "accuracy": int(self.correct) / seen}
+            return {"diverged": diverged, "samples": max(seen, 1), "loss": math.nan, "accuracy": math.nan}
+        correct = _sum_over_ranks(self.comm, self.size, int(self.correct))  # the epoch ends at a check: loss too
+        return {"diverged": None, "samples": seen, "loss": loss_at_check / seen, "accuracy": int(correct) / seen}
+
+
+def _sum_over_ranks(comm: Any, size: int, x: float) -> float:
+    """``Σ_r x_r`` over the ranks (one host all-reduce), or ``x`` in one process; NaN if any rank's is."""
+    return float(x) if size == 1 else comm.allreduce_sum_scalar(x)
 
 
 def _fuses_per_sample(net: Sequential, optimizer: Optimizer, B: int, size: int, max_grad_norm: float | None) -> bool:
