@@ -1,4 +1,4 @@
-"""``python -m gpu_backprop train ...`` / ``python -m gpu_backprop bench ...``."""
+"""``python -m gpu_backprop train ...``, ``... bench ...`` and ``... doctor``: see :mod:`gpu_backprop.tools.cli`."""
 
 import sys
 

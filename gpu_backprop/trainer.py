@@ -115,6 +115,7 @@ class StopReason(str, enum.Enum):
     COMPLETED = "completed"  #: every epoch ran
     EARLY_STOPPING = "early_stopping"  #: the validation loss stopped improving; the best weights were restored
     CALLBACK = "callback"  #: a callback returned True
+    DIVERGED = "diverged"  #: the history that :class:`TrainingDiverged` carries: the loss or weights became non-finite
 
 
 @dataclass
@@ -174,6 +175,7 @@ class TrainingDiverged(RuntimeError):
 
     def __init__(self, message: str, history: History, step: int) -> None:
         super().__init__(message)
+        history.stopped_reason, history.stop_message = StopReason.DIVERGED, message
         self.history, self.step = history, step
 
 

@@ -272,3 +272,37 @@ def test_resume_with_a_contradicting_flag_is_one_line_and_writes_nothing(
         assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
         assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
         assert not (tmp_path / "next").exists()
+
+
+# --------------------------------------------------------------------------
+# Appended: a training set of one class; complex numbers at the API
+# --------------------------------------------------------------------------
+def test_a_training_set_of_one_class_is_one_sentence(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """All labels 0: a one-output network whose softmax is always 1 would report accuracy by chance."""
+    root = _idx_dir(tmp_path / "one")
+    write_idx(root / "train-labels-idx1-ubyte", np.zeros(10, np.uint8))
+    write_idx(root / "t10k-labels-idx1-ubyte", np.zeros(4, np.uint8))
+    before = sorted(tmp_path.rglob("*"))
+    code, err = _cli(["train", "--dataset", "idx", "--data-dir", str(root), "--epochs", "1", "--batch-size", "5",
+                      "--no-progress", "--out", str(tmp_path / "run")], capsys)
+    assert code == 2, err
+    assert "are all 0" in err and "at least two classes" in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+COMPLEX_CASES: list[tuple[str, Callable[[], Any]]] = [
+    ("loss_and_grads X", lambda: _net().loss_and_grads(_X().astype(np.complex64) + 1j, _y())),
+    ("predict X", lambda: _net().predict(_X().astype(np.complex128))),
+    ("check_inputs targets", lambda: _net().check_inputs(_X(), np.zeros((4, 3), np.complex64))),
+    ("fit X", _fit(_X().astype(np.complex64), _y())),
+    ("fit validation X", _fit(_X(), _y(), validation=(_X().astype(np.complex64), _y()))),
+    ("evaluate X", lambda: gb.evaluate(_net(), _X().astype(np.complex128), _y())),
+]
+
+
+@pytest.mark.parametrize("name,call", COMPLEX_CASES, ids=[c[0] for c in COMPLEX_CASES])
+def test_complex_data_is_refused_not_cut_to_its_real_part(name: str, call: Callable[[], Any]) -> None:
+    with pytest.raises(TypeError) as info:
+        call()
+    assert "complex" in str(info.value) and "\n" not in str(info.value), str(info.value)

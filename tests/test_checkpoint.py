@@ -231,7 +231,7 @@ def test_resuming_continues_the_saved_run_and_says_so(saved_runs: dict[str, Path
     code, out, err = _run(["train", "--dataset", "mnist-sample", "--no-progress", "--json",
                            "--resume", str(saved_runs["momentum"])], capsys)
     assert code == 0, err
-    header = out.splitlines()[1]
+    header = err.splitlines()[1]  # (with --json the lines for people go to stderr)
     # the saved settings, not the defaults (lr 0.05, batch 128, 5 epochs, seed 0, 256,256)
     assert "network 784-8-10 relu" in header and "sgd lr 0.1 momentum 0.9," in header, header
     assert "batch 500, 3 epochs, seed 3" in header, header

@@ -342,7 +342,7 @@ def test_train_mnist_script_picks_cupy_by_itself_and_trains() -> None:
     proc = _run(stand_in_command(str(ROOT / "scripts" / "train_mnist.py"), "--dataset", "mnist-sample",
                                  "--epochs", "1", "--hidden", "32", "--json", "--no-progress"))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "backend cupy on GPU 0: CuPy stand-in" in proc.stdout
+    assert "backend cupy on GPU 0: CuPy stand-in" in proc.stderr  # (with --json the lines for people go there)
     assert _last_json(proc.stdout)["test_accuracy"] > 0.6
 
 
@@ -378,7 +378,7 @@ def test_one_rank_distributed_training_on_cupy(engine: str) -> None:
                                    "--epochs", "1", "--hidden", "32", "--distributed", engine, "--json",
                                    "--no-progress")], **OPEN_MPI_ENV)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    assert f"1 rank ({engine}" in proc.stdout and _last_json(proc.stdout)["test_accuracy"] > 0.6
+    assert f"1 rank ({engine}" in proc.stderr and _last_json(proc.stdout)["test_accuracy"] > 0.6
 
 
 @needs_mpi

@@ -1,7 +1,20 @@
-"""The command line: ``python -m gpu_backprop train`` (also ``scripts/train_mnist.py``) and ``bench``.
+"""The command line: ``python -m gpu_backprop train`` (also ``scripts/train_mnist.py``), ``bench`` and ``doctor``.
 
-Every mistake in a flag or an input ends with exit status 2 and one line on
-stderr that says what is wrong and how to fix it — never a traceback.
+``train`` prints its configuration, a progress bar on a terminal (a widget in a
+notebook), a line per epoch, and ends with the test accuracy. With ``--json``
+stdout holds one JSON object and nothing else: every line for people goes to
+stderr. It ends with exit status
+
+* 0 when the run trained and its test loss is a finite number;
+* 2 for a mistake in a flag or an input: one line on stderr that says what is
+  wrong and how to fix it, never a traceback, no half-written file;
+* 3 when training diverged (the last good weights are kept) or the trained
+  network's test loss is not a finite number;
+* 130 on Ctrl-C and 143 on SIGTERM, after every file being written is either
+  finished or removed.
+
+A reader that goes away (``train ... | head -1``) does not stop the run: what
+it would have read goes to /dev/null, and the run ends with its own status.
 """
 
 from __future__ import annotations
@@ -11,12 +24,15 @@ import contextlib
 import io
 import json
 import math
+import os
+import signal
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO, cast
 
 from .. import __version__
 from .._io import DirectoryInUse, atomic_write_bytes, lock_directory
@@ -27,33 +43,54 @@ __all__ = ["PRESETS", "main"]
 #: Named configurations; flags given explicitly override them.
 PRESETS: dict[str, dict[str, Any]] = {
     # Nielsen, "Neural Networks and Deep Learning", ch. 1: ≈95% on MNIST
-    "book-quadratic": dict(dataset="mnist", hidden="30", activation="sigmoid", loss="mse",
-                           output_activation="sigmoid", optimizer="sgd", lr=3.0, momentum=0.0,
-                           batch_size="10", epochs=30, init="glorot_normal"),
+    "book-quadratic": {"dataset": "mnist", "hidden": "30", "activation": "sigmoid", "loss": "mse",
+                       "output_activation": "sigmoid", "optimizer": "sgd", "lr": 3.0, "momentum": 0.0,
+                       "batch_size": "10", "epochs": 30, "init": "glorot_normal"},
     # Nielsen, ch. 3: 784-100-10 sigmoid, cross-entropy on sigmoid outputs, L2 with λ = 5 over the
     # n training samples (his w ← (1 − ηλ/n) w − η∇C₀ is SGD with weight_decay = λ/n, n taken from
     # the data set actually loaded), ≈98%
-    "book-crossentropy": dict(dataset="mnist", hidden="100", activation="sigmoid", loss="bce",
-                              optimizer="sgd", lr=0.5, momentum=0.0, l2_lambda=5.0,
-                              batch_size="10", epochs=30, init="lecun_normal"),
+    "book-crossentropy": {"dataset": "mnist", "hidden": "100", "activation": "sigmoid", "loss": "bce",
+                          "optimizer": "sgd", "lr": 0.5, "momentum": 0.0, "l2_lambda": 5.0,
+                          "batch_size": "10", "epochs": 30, "init": "lecun_normal"},
     # the benchmark's network on Fashion-MNIST: ≥ 89% test accuracy
-    "fashion": dict(dataset="fashion-mnist", hidden="256,256", activation="relu", loss="softmax_cross_entropy",
-                    optimizer="sgd", lr=0.05, momentum=0.9, batch_size="128", epochs=10, schedule="cosine"),
+    "fashion": {"dataset": "fashion-mnist", "hidden": "256,256", "activation": "relu",
+                "loss": "softmax_cross_entropy", "optimizer": "sgd", "lr": 0.05, "momentum": 0.9,
+                "batch_size": "128", "epochs": 10, "schedule": "cosine"},
     # a first run in seconds, offline
-    "quick": dict(dataset="mnist-sample", hidden="256,256", epochs=5, batch_size="64", lr=0.05, momentum=0.9),
+    "quick": {"dataset": "mnist-sample", "hidden": "256,256", "epochs": 5, "batch_size": "64", "lr": 0.05,
+              "momentum": 0.9},
 }
 
-DEFAULTS: dict[str, Any] = dict(
-    backend=None, dataset=None, data_dir=None, hidden="256,256", activation="relu",
-    loss="softmax_cross_entropy", output_activation=None, init="auto", optimizer="sgd", lr=0.05,
-    momentum=0.9, nesterov=False, weight_decay=0.0, l2_lambda=None, batch_size="128", epochs=5, seed=0, schedule=None,
-    patience=None, validation_fraction=0.1, max_grad_norm=None, dtype="float32", tf32=False, out=None, resume=None, json=False, progress=True,
-    distributed="none",
-)
+#: The settings of a run given no flags. The parser's own defaults are all None, so that a flag given
+#: explicitly can be told from a default (a --preset's value lies between the two).
+DEFAULTS: dict[str, Any] = {
+    "backend": None, "device": None, "dataset": None, "data_dir": None, "dtype": "float32", "tf32": False,
+    "hidden": "256,256", "activation": "relu", "loss": "softmax_cross_entropy", "output_activation": None,
+    "init": "auto", "optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": False, "weight_decay": 0.0,
+    "l2_lambda": None, "batch_size": "128", "epochs": 5, "seed": 0, "schedule": None, "validation_fraction": 0.1,
+    "patience": None, "max_grad_norm": None, "out": None, "resume": None, "json": False, "quiet": False,
+    "progress": True, "distributed": "none",
+}
 
+#: How --help shows the defaults that are decided at run time (None above)
+_DEFAULTS_SHOWN = {
+    "backend": "auto, or $GPU_BACKPROP_BACKEND", "device": "CuPy's current device, 0",
+    "dataset": "mnist if cached or downloadable, else mnist-sample", "output_activation": "none",
+    "schedule": "constant", "patience": "off", "max_grad_norm": "off",
+    "weight_decay": "0; --preset book-crossentropy takes 5/n, n the training samples",
+}
 
 _COMM: Any = None  # the communicator of a distributed run, so that an error on one rank stops them all
-_HELD = contextlib.ExitStack()  # the lock on --out while a run trains into it
+_HELD = contextlib.ExitStack()  # the lock on --out while a run trains into it, and the cleanup of --out
+
+
+def _default(key: str) -> str:
+    """The end of a flag's help: its default, and whether a --preset may set another."""
+    value = DEFAULTS.get(key)
+    if key not in _DEFAULTS_SHOWN and (value is None or value is False):
+        return ""
+    preset = "; the preset's value with --preset" if any(key in p for p in PRESETS.values()) else ""
+    return f" (default: {_DEFAULTS_SHOWN.get(key) or _show(value)}{preset})"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -69,48 +106,127 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"gpu_backprop {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train an MLP on MNIST-like data",
-                       description="Train an MLP on MNIST, Fashion-MNIST, the shipped MNIST sample, or IDX files.")
-    t.add_argument("--preset", choices=sorted(PRESETS), help="a named configuration (flags override it)")
-    t.add_argument("--backend", choices=["auto", "numpy", "cupy"], help="array backend (default: auto)")
-    t.add_argument("--dataset", choices=DATASETS,
-                   help="default: mnist if cached or downloadable, else mnist-sample")
-    t.add_argument("--data-dir", help="directory holding the four IDX files")
-    t.add_argument("--hidden", help="hidden layer sizes, e.g. 256,256 (default 256,256)")
-    t.add_argument("--activation", choices=ACTIVATIONS)
-    t.add_argument("--loss", choices=LOSSES)
-    t.add_argument("--output-activation", choices=ACTIVATIONS, help="activation after the last layer (for mse)")
-    t.add_argument("--init", help="weight initialiser, e.g. he_normal (default: auto)")
-    t.add_argument("--optimizer", choices=OPTIMIZERS)
-    t.add_argument("--lr", type=float, help="learning rate")
-    t.add_argument("--momentum", type=float)
-    t.add_argument("--nesterov", action="store_true", default=None)
-    t.add_argument("--weight-decay", type=float)
-    t.add_argument("--batch-size", help="an integer (1 = per-sample SGD) or 'full'")
-    t.add_argument("--epochs", type=int)
-    t.add_argument("--seed", type=int)
-    t.add_argument("--schedule", help="constant, step[:EVERY[:GAMMA]], cosine or onecycle")
-    t.add_argument("--validation-fraction", type=float,
-                   help="share of the training data held out for validation (default 0.1; 0 for none)")
-    t.add_argument("--patience", type=int, help="early stopping on the validation loss after this many epochs")
-    t.add_argument("--max-grad-norm", type=float, help="clip gradients to this global norm")
-    t.add_argument("--dtype", choices=["float32", "float64"])
-    t.add_argument("--tf32", action="store_true", default=None,
-                   help="float32 matrix products on TF32 tensor cores (CuPy on Ampere+; ~3e-4 relative error)")
-    t.add_argument("--out", help="directory for checkpoints, history.json and curves.png")
-    t.add_argument("--resume", help="checkpoint to continue from, with the saved run's settings (a flag that "
-                                    "contradicts them is an error; --epochs may grow)")
-    t.add_argument("--json", action="store_true", default=None,
-                   help="print the final metrics as one JSON object on the last line")
-    t.add_argument("--no-progress", dest="progress", action="store_false", default=None)
-    t.add_argument("--distributed", choices=["none", "mpi", "nccl"], help="data-parallel engine (with mpiexec)")
+                       description="Train an MLP on MNIST, Fashion-MNIST, the shipped MNIST sample, or IDX files. "
+                                   "Exit status: 0 trained, 2 bad flag or input, 3 diverged, 130 Ctrl-C, 143 SIGTERM.")
+
+    def flag(*names: str, help: str, **kw: Any) -> None:
+        key = kw.get("dest") or names[-1].lstrip("-").replace("-", "_")
+        t.add_argument(*names, help=help if "action" in kw else help + _default(key), **kw)
+
+    flag("--preset", choices=sorted(PRESETS), help="a named configuration (flags override it)")
+    flag("--dataset", choices=DATASETS, help="the data set")
+    flag("--data-dir", metavar="DIR", help="a directory holding the four IDX files")
+    flag("--backend", choices=["auto", "numpy", "cupy"], help="array backend")
+    flag("--device", type=int, metavar="N", help="the CUDA device to train on (CuPy's device N)")
+    flag("--dtype", choices=["float32", "float64"], help="precision of the weights and the arithmetic")
+    flag("--tf32", action="store_true", default=None,
+         help="float32 matrix products on TF32 tensor cores (CuPy on Ampere+; ~3e-4 relative error)")
+    flag("--hidden", metavar="SIZES", help="hidden layer sizes, comma-separated")
+    flag("--activation", choices=ACTIVATIONS, help="activation of the hidden layers")
+    flag("--loss", choices=LOSSES, help="the loss")
+    flag("--output-activation", choices=ACTIVATIONS, help="activation after the last layer (for mse)")
+    flag("--init", help="weight initialiser, e.g. he_normal")
+    flag("--optimizer", choices=OPTIMIZERS, help="the optimiser")
+    flag("--lr", type=float, help="learning rate")
+    flag("--momentum", type=float, help="SGD momentum")
+    flag("--nesterov", action="store_true", default=None, help="Nesterov momentum")
+    flag("--weight-decay", type=float, help="L2 weight decay")
+    flag("-b", "--batch-size", metavar="N", help="samples per step: an integer (1 = per-sample SGD) or 'full'")
+    flag("-e", "--epochs", type=int, metavar="N", help="passes over the training set")
+    flag("--seed", type=int, help="seeds the initial weights and the shuffling")
+    flag("--schedule", metavar="NAME", help="learning-rate schedule: constant, step[:EVERY[:GAMMA]], cosine or onecycle")
+    flag("--validation-fraction", type=float, metavar="F",
+         help="the share of the training data held out for validation (0 for none; the test set is evaluated "
+              "once, at the end)")
+    flag("--patience", type=int, metavar="N", help="stop early when the validation loss has not improved for N epochs")
+    flag("--max-grad-norm", type=float, metavar="NORM", help="clip gradients to this global norm")
+    flag("-o", "--out", metavar="DIR", help="directory for the checkpoint, history.json and curves.png")
+    flag("-r", "--resume", metavar="CHECKPOINT",
+         help="continue from a checkpoint, with the saved run's settings (a flag that contradicts them is an "
+              "error; --epochs may grow)")
+    flag("--json", action="store_true", default=None,
+         help="print the final metrics as one JSON object on stdout (every other line goes to stderr)")
+    flag("-q", "--quiet", action="store_true", default=None,
+         help="no progress bar, configuration or per-epoch lines: only the final line (and problems)")
+    flag("--no-progress", dest="progress", action="store_false", default=None,
+         help="no progress bar (there is none anyway when stderr is not a terminal)")
+    flag("--distributed", choices=["none", "mpi", "nccl"], help="data-parallel engine (with mpiexec)")
     sub.add_parser("bench", help="run the benchmark suite (python -m gpu_backprop bench --help)")
     sub.add_parser("doctor", help="check CuPy, CUDA, NVRTC, NCCL and MPI, and compile every kernel "
                                   "(python -m gpu_backprop doctor --help)")
     return p
 
 
+# --------------------------------------------------------------------------
+# The process: signals, a reader that goes away, and the exit status
+# --------------------------------------------------------------------------
+class Terminated(BaseException):
+    """SIGTERM, raised where the program is, so that every ``finally`` and cleanup runs on the way out.
+
+    A BaseException, like KeyboardInterrupt, so that no ``except Exception`` takes it for an error.
+    """
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the cleanup short
+    raise Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """While the block runs, SIGTERM raises :class:`Terminated` (signals reach the main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class _Stdout(io.TextIOBase):
+    """stdout for one run, whose reader may go away (``| head -1``): the rest then goes to /dev/null.
+
+    As Python's documentation on SIGPIPE advises, the descriptor itself is
+    pointed at /dev/null, so that the interpreter's last flush cannot fail
+    either; the run goes on and ends with its own exit status.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__()
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            self.stream.write(text)
+        except BrokenPipeError:
+            self._reader_left()
+        return len(text)
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except BrokenPipeError:
+            self._reader_left()
+
+    def _reader_left(self) -> None:
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):  # a stream with no descriptor: its writes keep failing, and are dropped
+            pass
+
+    def isatty(self) -> bool:
+        return self.stream.isatty()
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m gpu_backprop`` and the ``gpu-backprop`` command."""
+    """Entry point of ``python -m gpu_backprop`` and the ``gpu-backprop`` command; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:  # the benchmark suite parses its own flags
         from .bench import main as bench_main
@@ -125,24 +241,32 @@ def main(argv: list[str] | None = None) -> int:
     from ..checkpoint import CheckpointError
     from ..data import DataError
 
-    try:
-        return _train(args)
-    except (UsageError, ValueError, TypeError, DataError, CheckpointError, BackendError, OSError,
-            MemoryError) as exc:
-        if _COMM is not None and _COMM.size > 1:  # the other ranks would wait for this one forever
-            _COMM.abort(f"rank {_COMM.rank}: error: {exc}; stopping all {_COMM.size} ranks", code=2)
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        if _COMM is not None and _COMM.size > 1:  # a rank still in an all-reduce would never see the signal
-            _COMM.abort(f"rank {_COMM.rank}: interrupted; stopping all {_COMM.size} ranks; the last checkpoint "
-                        "(if --out was given) is intact", code=130)
-        print("interrupted; the last checkpoint (if --out was given) is intact", file=sys.stderr)
-        return 130
-    finally:
-        _HELD.close()  # the --out lock
+    with _sigterm_raises(), contextlib.redirect_stdout(cast(TextIO, _Stdout(sys.stdout))):
+        try:
+            return _train(args)
+        except (UsageError, ValueError, TypeError, DataError, CheckpointError, BackendError, OSError,
+                MemoryError) as exc:
+            _stop_all_ranks(f"error: {exc}", code=2)
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except (KeyboardInterrupt, Terminated) as exc:
+            what, code = ("terminated", 143) if isinstance(exc, Terminated) else ("interrupted", 130)
+            _stop_all_ranks(f"{what}; the last checkpoint (if --out was given) is intact", code=code)
+            print(f"{what}; the last checkpoint (if --out was given) is intact", file=sys.stderr)
+            return code
+        finally:
+            _HELD.close()  # the --out lock
 
 
+def _stop_all_ranks(message: str, code: int) -> None:
+    """In a distributed run, stop every rank: the others would wait for this one forever in an all-reduce."""
+    if _COMM is not None and _COMM.size > 1:
+        _COMM.abort(f"rank {_COMM.rank}: {message}; stopping all {_COMM.size} ranks", code=code)
+
+
+# --------------------------------------------------------------------------
+# Settings
+# --------------------------------------------------------------------------
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
     cfg = dict(DEFAULTS)
     if args.preset:
@@ -175,7 +299,12 @@ def _batch(text: str) -> int | str:
 
 
 def _check_out_dir(out: str) -> Path:
+    """Create --out and check that it can be written, before anything is trained.
+
+    A run that ends without writing into it leaves no empty directory behind.
+    """
     path = Path(out)
+    _HELD.callback(_remove_if_empty, [p for p in (path, *path.parents) if not p.exists()])
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
@@ -185,12 +314,68 @@ def _check_out_dir(out: str) -> Path:
     return path
 
 
+def _remove_if_empty(directories: list[Path]) -> None:
+    """Remove the directories made for --out, deepest first, as long as they are empty."""
+    for d in directories:
+        try:
+            d.rmdir()
+        except OSError:
+            return
+
+
+def _use_device(cfg: dict[str, Any]) -> None:
+    """Make CuPy's device ``--device N`` the current one, before the backend is chosen (which describes it)."""
+    n = cfg["device"]
+    if n is None:
+        return
+    if n < 0:
+        raise UsageError(f"--device takes a CUDA device number (0, 1, ...), got {n}")
+    if cfg["backend"] == "numpy":
+        raise UsageError("--device picks a CUDA device, which --backend numpy does not use; drop one of the two")
+    if cfg["distributed"] == "nccl":
+        raise UsageError("--device cannot be combined with --distributed nccl, where each rank takes the GPU of "
+                         "its local rank; drop --device")
+    from .. import backend
+
+    # a BackendError (one sentence) when CuPy cannot run or there is no device n
+    backend.use_device(n)  # type: ignore[attr-defined]  # (backend.use_device is on its way)
+
+
+def _shows_progress(cfg: dict[str, Any]) -> bool:
+    """A progress bar only where someone watches it: a terminal, or a notebook (tqdm.auto draws a widget there).
+
+    Elsewhere (a pipe, a file, a CI log) its frames would only fill the log;
+    the per-epoch lines say the same once per epoch.
+    """
+    if cfg["quiet"] or not cfg["progress"]:
+        return False
+    return bool(getattr(sys.stderr, "isatty", lambda: False)()) or _in_notebook()
+
+
+def _in_notebook() -> bool:
+    ipython = sys.modules.get("IPython")  # imported by the notebook's kernel, never by us
+    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
+    return type(shell).__name__ == "ZMQInteractiveShell"
+
+
+def _check_two_classes(ds: Any) -> None:
+    """Refuse a training set of one class: there is nothing to tell apart, and nothing to learn."""
+    import numpy as np
+
+    classes = np.unique(ds.y_train)
+    if classes.size == 1:
+        raise UsageError(f"the training labels of {ds.name} ({ds.source}) are all {int(classes[0])}; a classifier "
+                         "needs at least two classes, so check the labels file or the --data-dir")
+
+
+# --------------------------------------------------------------------------
+# A run
+# --------------------------------------------------------------------------
 def _train(args: argparse.Namespace) -> int:
     import gpu_backprop as gb
 
-    from ..data import DataError, load_dataset
     from ..optim import make_optimizer
-    from ..trainer import fit
+    from ..trainer import evaluate
 
     cfg = _settings(args)
     hidden = _hidden(cfg["hidden"])
@@ -208,6 +393,7 @@ def _train(args: argparse.Namespace) -> int:
         resumed = checkpoint_metadata(cfg["resume"])
         cfg = _resumed_settings(cfg, _explicit(args), resumed)
     out_dir = _check_out_dir(cfg["out"]) if cfg["out"] else None
+    _use_device(cfg)
 
     global _COMM
     comm = None
@@ -219,16 +405,15 @@ def _train(args: argparse.Namespace) -> int:
         except (RuntimeError, ImportError) as exc:
             raise UsageError(str(exc)) from None
     rank0 = comm is None or comm.rank == 0
+    human = sys.stderr if cfg["json"] else sys.stdout  # the lines for people: stdout holds the JSON alone
 
-    note = ""
-    if cfg["dataset"] is None:
-        try:
-            ds = load_dataset("mnist", cfg["data_dir"])
-        except DataError:
-            ds = load_dataset("mnist-sample")
-            note = " (full MNIST is not cached and could not be downloaded, so: the 10,000-digit sample shipped)"
-    else:
-        ds = load_dataset(cfg["dataset"], cfg["data_dir"])
+    def say(text: str) -> None:
+        """A line of the configuration or of an epoch (rank 0 only; none with --quiet)."""
+        if rank0 and not cfg["quiet"]:
+            print(text, file=human, flush=True)
+
+    ds, note = _load_data(cfg)
+    _check_two_classes(ds)
     backend = gb.get_backend(cfg["backend"])
     if cfg["tf32"]:
         gb.backend.set_tf32(True)
@@ -238,22 +423,21 @@ def _train(args: argparse.Namespace) -> int:
     sizes = [int(ds.x_train[0].size), *hidden, ds.num_classes if cfg["loss"] != "bce" or ds.num_classes > 2 else 1]
     if resumed is not None:
         weight_decay, batch_size, sizes = _resumed_sizes(cfg, args, resumed, len(ds.y_train), weight_decay)
-    if rank0:
-        print(f"gpu_backprop {__version__}: training on {ds.name}{note}: {len(ds.y_train):,} train / "
-              f"{len(ds.y_test):,} test samples from {ds.source}")
-        print(f"backend {backend.name} on {backend.device} ({backend.reason}); network {'-'.join(map(str, sizes))} "
-              f"{cfg['activation']}, loss {cfg['loss']}, {cfg['optimizer']} lr {cfg['lr']}"
-              f"{' momentum ' + str(cfg['momentum']) if cfg['optimizer'] == 'sgd' and cfg['momentum'] else ''}"
-              f"{' nesterov' if cfg['optimizer'] == 'sgd' and cfg['nesterov'] else ''}"
-              f"{f' weight decay {weight_decay:.3g}' if weight_decay else ''}, "
-              f"batch {batch_size}, {cfg['epochs']} epochs, seed {cfg['seed']}, {cfg['dtype']}"
-              + (f", schedule {cfg['schedule']}" if cfg["schedule"] not in (None, "constant") else "")
-              + (f", gradient norm clipped at {cfg['max_grad_norm']}" if cfg["max_grad_norm"] is not None else "")
-              + (f", {comm.size} ranks ({comm.engine})" if comm is not None else "")
-              + (f"; resumed from {cfg['resume']} at epoch {resumed['state']['epoch']}" if resumed else ""),
-              flush=True)
-        if comm is not None:
-            print(comm.describe(), flush=True)  # which pid is which rank, for the launcher's messages
+    network = f"{'-'.join(map(str, sizes))} {cfg['activation']}"
+    optimiser = (f"{cfg['optimizer']} lr {cfg['lr']}"
+                 + (f" momentum {cfg['momentum']}" if cfg["optimizer"] == "sgd" and cfg["momentum"] else "")
+                 + (" nesterov" if cfg["optimizer"] == "sgd" and cfg["nesterov"] else ""))
+    say(f"gpu_backprop {__version__}: training on {ds.name}{note}: {len(ds.y_train):,} train / "
+        f"{len(ds.y_test):,} test samples from {ds.source}")
+    say(f"backend {backend.name} on {backend.device} ({backend.reason}); network {network}, loss {cfg['loss']}, "
+        f"{optimiser}{f' weight decay {weight_decay:.3g}' if weight_decay else ''}, "
+        f"batch {batch_size}, {cfg['epochs']} epochs, seed {cfg['seed']}, {cfg['dtype']}"
+        + (f", schedule {cfg['schedule']}" if cfg["schedule"] not in (None, "constant") else "")
+        + (f", gradient norm clipped at {cfg['max_grad_norm']}" if cfg["max_grad_norm"] is not None else "")
+        + (f", {comm.size} ranks ({comm.engine})" if comm is not None else "")
+        + (f"; resumed from {cfg['resume']} at epoch {resumed['state']['epoch']}" if resumed else ""))
+    if comm is not None:
+        say(comm.describe())  # which pid is which rank, for the launcher's messages
     if resumed is not None:  # the saved run's network and optimiser, whatever built them
         from ..checkpoint import network_from_config
 
@@ -276,47 +460,109 @@ def _train(args: argparse.Namespace) -> int:
             raise UsageError(f"--out {cfg['out']} is in use by another run ({exc.holder}); wait for it to finish or "
                              "choose another --out") from None
 
+    bar = _shows_progress(cfg)  # with a bar, fit writes the per-epoch lines above it; without, we do
     t0 = time.perf_counter()
-    diverged = None
-    try:  # the test set is evaluated once, below; validation is a held-out part of the training data
-        history = fit(net, opt, ds.x_train, ds.y_train, epochs=cfg["epochs"], batch_size=batch_size,
-                      seed=cfg["seed"], schedule=cfg["schedule"], validation_fraction=cfg["validation_fraction"],
-                      patience=cfg["patience"], max_grad_norm=cfg["max_grad_norm"], progress=cfg["progress"],
-                      checkpoint=out_dir / "checkpoint.npz" if out_dir else None, resume=cfg["resume"], comm=comm)
-    except gb.TrainingDiverged as exc:
-        diverged, history = str(exc), exc.history
+    with contextlib.redirect_stdout(human):
+        history, diverged = _fit(
+            net, opt, ds.x_train, ds.y_train, epochs=cfg["epochs"], batch_size=batch_size, seed=cfg["seed"],
+            schedule=cfg["schedule"], validation_fraction=cfg["validation_fraction"], patience=cfg["patience"],
+            max_grad_norm=cfg["max_grad_norm"], progress=bar,
+            callbacks=[] if bar else [lambda record: say(_epoch_line(record, cfg["epochs"]))],
+            checkpoint=out_dir / "checkpoint.npz" if out_dir else None, resume=cfg["resume"], comm=comm)
     seconds = time.perf_counter() - t0
     if not rank0:
         return 3 if diverged else 0
+
+    test_loss, test_acc = evaluate(net, ds.x_test, ds.y_test)  # the test set, once, at the end
+    if diverged is None and not (math.isfinite(test_loss) and math.isfinite(test_acc)):
+        diverged = (f"the trained network's test loss is {test_loss} although training ended with a finite loss: "
+                    "the last updates made the weights too large; lower --lr or --weight-decay, or clip gradients "
+                    "with --max-grad-norm")
+    if out_dir is not None:
+        history.to_json(out_dir / "history.json")
+        _plot(history, out_dir / "curves.png",
+              title=f"{ds.name}: {network}, {optimiser}, batch {batch_size}, {backend.name} on {backend.device}")
+    if history.stop_message and not diverged:  # early stopping, or a callback
+        print(history.stop_message, file=sys.stderr)
+    if diverged:
+        print(diverged, file=sys.stderr)
     last = history.epochs[-1] if history.epochs else {}
     trained = [e for e in history.epochs if math.isfinite(e.get("loss", math.nan))]
     samples = sum(e["samples_per_second"] * e["seconds"] for e in trained)
     train_seconds = sum(e["seconds"] for e in trained)
-    test_loss, test_acc = gb.trainer.evaluate(net, ds.x_test, ds.y_test)
-    if out_dir is not None:
-        history.to_json(out_dir / "history.json")
-        _plot(history, out_dir / "curves.png")
-    if diverged or history.stop_message:
-        print(diverged or history.stop_message, file=sys.stderr)
-    print(f"test accuracy {test_acc:.4f}, test loss {test_loss:.4f} after {len(history.epochs)} epochs "
-          f"({train_seconds:.1f} s of training, {samples / max(train_seconds, 1e-9):,.0f} samples/s)")
+    epochs = len(history.epochs)
+    print(f"test accuracy {test_acc:.4f}, test loss {test_loss:.4f} after {epochs} epoch{'s' * (epochs != 1)} "
+          f"({train_seconds:.1f} s of training, {samples / max(train_seconds, 1e-9):,.0f} samples/s)",
+          file=human, flush=True)
     if cfg["json"]:
-        print(json.dumps({
+        print(_json({
             "test_accuracy": test_acc, "test_loss": test_loss, "train_seconds": train_seconds,
             "wall_seconds": seconds, "samples_per_second": samples / max(train_seconds, 1e-9),
-            "epochs": len(history.epochs), "backend": backend.name, "device": backend.device,
+            "epochs": epochs, "backend": backend.name, "device": backend.device,
             "dataset": ds.name, "preset": cfg["preset"], "sizes": sizes, "batch_size": batch_size,
-            "stopped_reason": "diverged" if diverged else history.stopped_reason.value, "final_lr": last.get("lr"),
-        }))
+            "stopped_reason": "diverged" if diverged else history.stopped_reason.value, "diverged": diverged,
+            "final_lr": last.get("lr"),
+        }), flush=True)
     return 3 if diverged else 0
+
+
+def _load_data(cfg: dict[str, Any]) -> tuple[Any, str]:
+    """The data set, and a note when the default fell back to the shipped sample."""
+    from ..data import DataError, load_dataset
+
+    if cfg["dataset"] is not None:
+        return load_dataset(cfg["dataset"], cfg["data_dir"]), ""
+    try:
+        return load_dataset("mnist", cfg["data_dir"]), ""
+    except DataError:
+        return load_dataset("mnist-sample"), (" (full MNIST is not cached and could not be downloaded, so: the "
+                                              "10,000-digit sample shipped)")
+
+
+def _fit(*args: Any, **kwargs: Any) -> tuple[Any, str | None]:
+    """:func:`~gpu_backprop.trainer.fit`, and the sentence that says it diverged, if it did (said once, by us)."""
+    from ..trainer import TrainingDiverged, fit
+
+    try:
+        return fit(*args, **kwargs), None
+    except TrainingDiverged as exc:  # carries the history up to the divergence
+        return exc.history, str(exc)
+
+
+def _epoch_line(r: dict[str, float], epochs: int) -> str:
+    text = f"epoch {int(r['epoch'])}/{epochs}: loss {r['loss']:.4f}"
+    if "accuracy" in r:
+        text += f", accuracy {r['accuracy']:.4f}"
+    text += f", {r['samples_per_second']:,.0f} samples/s"
+    if "val_loss" in r:
+        text += f"; validation loss {r['val_loss']:.4f}"
+        if "val_accuracy" in r:
+            text += f", accuracy {r['val_accuracy']:.4f}"
+    return text
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN and infinity as None: JSON has no such numbers, and strict readers refuse them."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _json(value: Any, **kw: Any) -> str:
+    """Valid JSON for ``value``: NaN and infinities become null."""
+    return json.dumps(_finite(value), allow_nan=False, **kw)
 
 
 # --------------------------------------------------------------------------
 # --resume: the saved run's settings win; a flag that contradicts them is an error
 # --------------------------------------------------------------------------
 #: flags that do not change what a resumed run computes, free to differ from the saved run
-_FREE = ("dataset", "data_dir", "backend", "tf32", "out", "resume", "json", "progress", "distributed", "patience",
-         "init", "epochs", "l2_lambda")
+_FREE = ("dataset", "data_dir", "backend", "device", "tf32", "out", "resume", "json", "quiet", "progress",
+         "distributed", "patience", "init", "epochs", "l2_lambda")
 _KINDS = {"Identity": "identity", "ReLU": "relu", "LeakyReLU": "leaky_relu", "Sigmoid": "sigmoid", "Tanh": "tanh"}
 
 
@@ -464,31 +710,28 @@ def _resumed_sizes(cfg: dict[str, Any], args: argparse.Namespace, meta: dict[str
     return saved_wd, batch_size, sizes
 
 
-def _plot(history: Any, path: Path) -> None:
-    """Loss and accuracy curves as a PNG, when matplotlib is installed (silently skipped otherwise)."""
+def _plot(history: Any, path: Path, title: str) -> None:
+    """Loss and accuracy per epoch, training and validation, as a PNG (skipped when matplotlib is missing)."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure  # not pyplot: no global state, no GUI backend
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         return
     epochs = [e["epoch"] for e in history.epochs]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
-    a.plot(epochs, history.metric("loss"), label="train")
-    a.plot(epochs, history.metric("val_loss"), label="test")
-    a.set_xlabel("epoch")
-    a.set_ylabel("loss")
-    a.legend()
-    b.plot(epochs, history.metric("accuracy"), label="train")
-    b.plot(epochs, history.metric("val_accuracy"), label="test")
-    b.set_xlabel("epoch")
-    b.set_ylabel("accuracy")
-    b.legend()
+    fig = Figure(figsize=(9, 3.8))
+    for ax, metric in zip(fig.subplots(1, 2), ("loss", "accuracy")):
+        ax.plot(epochs, history.metric(metric), "o-", label="training")
+        validation = history.metric(f"val_{metric}")
+        if any(math.isfinite(v) for v in validation):
+            ax.plot(epochs, validation, "o-", label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend()
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
 
 
