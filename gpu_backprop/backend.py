@@ -38,6 +38,7 @@ __all__ = [
     "tf32_enabled",
     "to_device",
     "to_numpy",
+    "use_device",
 ]
 
 BACKENDS = ("auto", "numpy", "cupy")
@@ -223,6 +224,23 @@ def get_backend(name: str | Backend | None = None) -> Backend:
         be = _numpy_backend(f"auto: {_cupy_problem}")
     _cache[key] = be
     return be
+
+
+def use_device(n: int) -> None:
+    """Make CUDA device ``n`` the one CuPy computes on (as ``cupy.cuda.Device(n).use()``), for what follows.
+
+    The backends made afterwards describe it (``"GPU n: ..."``); one that
+    cannot be used is a :class:`BackendError` with one sentence.
+    """
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise BackendError(f"a CUDA device is a number 0, 1, ...; got {n!r}")
+    cp = cupy_module()  # a BackendError that says why CuPy cannot run here
+    count = int(cp.cuda.runtime.getDeviceCount())
+    if n >= count:
+        have = f"{count} (device 0)" if count == 1 else f"{count} (devices 0 to {count - 1})"
+        raise BackendError(f"there is no CUDA device {n}: this machine has {have}; pass a device that exists")
+    cp.cuda.Device(int(n)).use()
+    _cache.clear()  # a backend made before describes the device it was made on
 
 
 def backend_info(name: str | Backend | None = None) -> dict[str, str]:

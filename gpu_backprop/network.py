@@ -81,6 +81,9 @@ class Sequential:
         self.input_dim = int(input_dim) if input_dim is not None else self._infer_input_dim()
         self._steps = self._fuse()
         self._needs_dx = self._which_need_dx()
+        if self.output_dim == 1 and self.loss.name == "softmax_cross_entropy":
+            raise ValueError("softmax cross-entropy needs at least 2 outputs: the softmax of one output is always 1, "
+                             "so nothing would be learned; use loss='bce' for a binary classifier with one output")
         self._allocate()
 
     # ------------------------------------------------------------------ build

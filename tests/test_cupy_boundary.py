@@ -22,6 +22,7 @@ The defects these tests were written for (each test fails on the code before its
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -391,3 +392,15 @@ def test_nccl_says_which_wheel_to_install_for_this_cuda(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "CuPy cannot load NCCL; install it with `pip install nvidia-nccl-cu13`" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_use_device_makes_that_gpu_current_and_refuses_one_that_is_not_there(cp) -> None:
+    cp._fake.DEVICES = 2
+    assert gb.get_backend("cupy").device.startswith("GPU 0:")
+    backend.use_device(1)
+    assert cp.cuda.Device().id == 1 and gb.get_backend("cupy").device.startswith("GPU 1:")  # described anew
+    for bad, words in ((2, "there is no CUDA device 2: this machine has 2 (devices 0 to 1)"), (-1, "0, 1, ..."),
+                       (True, "0, 1, ...")):
+        with pytest.raises(gb.BackendError, match=re.escape(words)):
+            backend.use_device(bad)
+    backend.use_device(0)

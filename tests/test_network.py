@@ -208,3 +208,9 @@ def test_predict_classes_of_a_binary_classifier_are_zero_and_one() -> None:
     X = np.random.default_rng(0).standard_normal((30, 4)).astype(np.float32)
     p = net.predict_proba(X)
     np.testing.assert_array_equal(net.predict_classes(X), (p[:, 0] > 0.5).astype(np.int64))
+
+
+def test_softmax_cross_entropy_with_one_output_is_refused() -> None:
+    with pytest.raises(ValueError, match="softmax cross-entropy needs at least 2 outputs.*loss='bce'"):
+        gb.MLP([4, 3, 1], backend="numpy")
+    gb.MLP([4, 3, 1], loss="bce", backend="numpy")  # the binary classifier it should be

@@ -97,12 +97,17 @@ def blas_function(name: str, like: Array) -> Any:
     return blas.get_blas_funcs(name, (like,))
 
 
-def axpy(a: float, x: Array, y: Array, scratch: Array) -> None:
-    """``y += a·x`` in place over 1-D arrays: BLAS ``axpy`` (SciPy), else NumPy across the cores.
+def axpy(a: float, x: Array, y: Array, scratch: Array, blas: bool = False) -> None:
+    """``y += a·x`` in place over 1-D arrays; ``x`` may be ``y`` itself.
 
-    ``scratch`` (like ``y``) holds ``a·x`` on the NumPy route; ``x`` may be ``y`` itself.
+    ``blas``: SciPy's BLAS ``axpy`` where it applies (one pass, its own threads);
+    otherwise NumPy across the cores, through ``scratch`` (like ``y``). Use BLAS
+    only where SciPy's BLAS ran the step's products: one OpenBLAS's idle workers
+    spin for about 0.1 s after each call, and NumPy's and SciPy's, each woken in
+    turn, spin against each other (measured: an update on SciPy's BLAS after
+    products on NumPy's made a 1024-row step of mlp-1024 twice as slow).
     """
-    f = blas_function("axpy", y)
+    f = blas_function("axpy", y) if blas else None
     if f is not None and x.dtype == y.dtype and y.flags.c_contiguous and x.flags.c_contiguous:
         f(x, y, a=a)
         return
@@ -114,9 +119,9 @@ def axpy(a: float, x: Array, y: Array, scratch: Array) -> None:
     in_parallel(body, y.shape[0])
 
 
-def scal(a: float, x: Array) -> None:
-    """``x *= a`` in place over a 1-D array: BLAS ``scal`` (SciPy), else NumPy across the cores."""
-    f = blas_function("scal", x)
+def scal(a: float, x: Array, blas: bool = False) -> None:
+    """``x *= a`` in place over a 1-D array: SciPy's BLAS ``scal`` if ``blas`` (see :func:`axpy`), else NumPy."""
+    f = blas_function("scal", x) if blas else None
     if f is not None and x.flags.c_contiguous:
         f(a, x)
         return

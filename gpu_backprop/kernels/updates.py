@@ -38,7 +38,8 @@ def sgd_update(
     it is needed with :func:`.linalg.weight_grad` instead of writing it out first —
     per-sample SGD on a CPU is bound by passes over the weights, and ``x ⊗ dz``
     then costs one BLAS ``ger`` into the velocity. The NumPy body is this sequence
-    of ``scal`` and ``axpy`` (BLAS with SciPy, NumPy across the cores without it).
+    of ``scal`` and ``axpy``: on SciPy's BLAS when products are given (SciPy's BLAS
+    ran them, see :func:`defers_weight_grads`), NumPy across the cores otherwise.
     """
     if on_gpu(p):
         if products:
@@ -50,13 +51,14 @@ def sgd_update(
         return
     k = n_decay if weight_decay else 0
     filled = _filled_ranges(p.shape[0], products)
+    blas = bool(products)  # the BLAS that ran the step's products (see _cpu.axpy)
 
     def add_gradient(target: Array, alpha: float) -> None:
         """``target += alpha · g'``, with ``g' = g + λ p`` on the weights and ``Xᵀ dZ`` where deferred."""
         if k:
-            _cpu.axpy(alpha * weight_decay, p[:k], target[:k], scratch[:k])
+            _cpu.axpy(alpha * weight_decay, p[:k], target[:k], scratch[:k], blas)
         for lo, hi in filled:
-            _cpu.axpy(alpha, g[lo:hi], target[lo:hi], scratch[lo:hi])
+            _cpu.axpy(alpha, g[lo:hi], target[lo:hi], scratch[lo:hi], blas)
         for off, x, dz in products:
             d, m = x.shape[1], dz.shape[1]
             weight_grad(x, dz, target[off:off + d * m].reshape(d, m), alpha=alpha, beta=1.0)
@@ -64,13 +66,13 @@ def sgd_update(
     if v is None:
         add_gradient(p, -lr)                       # p ← p − η g'
         return
-    _cpu.scal(momentum, v)                         # v ← μ v + g'
+    _cpu.scal(momentum, v, blas)                   # v ← μ v + g'
     add_gradient(v, 1.0)
     if nesterov:                                   # p ← p − η g' − η μ v
         add_gradient(p, -lr)
-        _cpu.axpy(-lr * momentum, v, p, scratch)
+        _cpu.axpy(-lr * momentum, v, p, scratch, blas)
     else:                                          # p ← p − η v
-        _cpu.axpy(-lr, v, p, scratch)
+        _cpu.axpy(-lr, v, p, scratch, blas)
 
 
 def defers_weight_grads(backend: str, batch: int, nesterov: bool) -> bool:

@@ -337,8 +337,10 @@ def _use_device(cfg: dict[str, Any]) -> None:
                          "its local rank; drop --device")
     from .. import backend
 
-    # a BackendError (one sentence) when CuPy cannot run or there is no device n
-    backend.use_device(n)  # type: ignore[attr-defined]  # (backend.use_device is on its way)
+    try:
+        backend.use_device(n)
+    except backend.BackendError as exc:  # CuPy cannot run here, or there is no device n
+        raise UsageError(f"--device {n}: {exc}") from None
 
 
 def _shows_progress(cfg: dict[str, Any]) -> bool:
