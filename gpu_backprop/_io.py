@@ -15,6 +15,8 @@ Files get the mode a plain ``open()`` gives them: ``0o666`` less the umask
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import re
 import secrets
@@ -22,8 +24,9 @@ import socket
 import stat
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-__all__ = ["DirectoryInUse", "atomic_write_bytes", "chmod_like_open", "create_temporary", "lock_directory"]
+__all__ = ["DirectoryInUse", "atomic_write_bytes", "chmod_like_open", "create_temporary", "lock_directory", "strict_json"]
 
 _MARK = "gbtmp"
 
@@ -188,3 +191,18 @@ def lock_directory(directory: str | os.PathLike[str]) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def strict_json(value: Any, **kw: Any) -> str:
+    """``json.dumps(value)`` that strict readers accept: every NaN and infinity becomes ``null``."""
+    return json.dumps(_finite_or_none(value), allow_nan=False, **kw)
+
+
+def _finite_or_none(x: Any) -> Any:
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _finite_or_none(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite_or_none(v) for v in x]
+    return x

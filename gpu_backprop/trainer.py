@@ -42,7 +42,7 @@ from typing import Any, cast
 import numpy as np
 
 from . import kernels
-from ._io import atomic_write_bytes
+from ._io import atomic_write_bytes, strict_json
 from .backend import per_sample_blas, to_device
 from .checkpoint import check_resumable, load_checkpoint, save_checkpoint
 from .checks import as_array, check_samples, check_targets
@@ -133,10 +133,10 @@ class History:
         return [e.get(name, math.nan) for e in self.epochs]
 
     def to_dict(self) -> dict[str, Any]:
-        """As plain JSON types; a non-finite number becomes None (JSON has no NaN)."""
+        """As plain JSON types (see :meth:`to_json` for non-finite numbers)."""
         d = dataclasses.asdict(self)
         d["stopped_reason"] = self.stopped_reason.value
-        return cast(dict[str, Any], _finite_or_none(d))
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> History:
@@ -148,22 +148,12 @@ class History:
                    stop_message=d.get("stop_message") if known else reason, best_epoch=d.get("best_epoch"))
 
     def to_json(self, path: str | os.PathLike[str]) -> None:
-        """Write the history as (valid) JSON, atomically."""
-        atomic_write_bytes(Path(path), json.dumps(self.to_dict(), indent=1, allow_nan=False).encode())
+        """Write the history as JSON, atomically; a non-finite number is written as ``null`` (JSON has no NaN)."""
+        atomic_write_bytes(Path(path), strict_json(self.to_dict(), indent=1).encode())
 
     @classmethod
     def from_json(cls, path: str | os.PathLike[str]) -> History:
         return cls.from_dict(json.loads(Path(path).read_text()))
-
-
-def _finite_or_none(x: Any) -> Any:
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {k: _finite_or_none(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_finite_or_none(v) for v in x]
-    return x
 
 
 class TrainingDiverged(RuntimeError):
@@ -492,6 +482,11 @@ def _sum_over_ranks(comm: Any, size: int, x: float) -> float:
 def _print_epoch(r: dict[str, float], epochs: int) -> None:
     from tqdm.auto import tqdm
 
+    tqdm.write(epoch_line(r, epochs))
+
+
+def epoch_line(r: dict[str, float], epochs: int) -> str:
+    """An epoch's record as the line the progress output prints: losses, accuracies, samples/s."""
     text = f"epoch {int(r['epoch'])}/{epochs}: loss {r['loss']:.4f}"
     if "accuracy" in r:
         text += f", accuracy {r['accuracy']:.4f}"
@@ -500,7 +495,7 @@ def _print_epoch(r: dict[str, float], epochs: int) -> None:
         text += f"; validation loss {r['val_loss']:.4f}"
         if "val_accuracy" in r:
             text += f", accuracy {r['val_accuracy']:.4f}"
-    tqdm.write(text)
+    return text
 
 
 # --------------------------------------------------------------------------

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import math
 import os
 import signal
@@ -35,7 +34,7 @@ from pathlib import Path
 from typing import Any, TextIO, cast
 
 from .. import __version__
-from .._io import DirectoryInUse, atomic_write_bytes, lock_directory
+from .._io import DirectoryInUse, atomic_write_bytes, lock_directory, strict_json
 from ._args import Parser, UsageError
 
 __all__ = ["PRESETS", "main"]
@@ -377,7 +376,7 @@ def _train(args: argparse.Namespace) -> int:
     import gpu_backprop as gb
 
     from ..optim import make_optimizer
-    from ..trainer import evaluate
+    from ..trainer import epoch_line, evaluate
 
     cfg = _settings(args)
     hidden = _hidden(cfg["hidden"])
@@ -469,7 +468,7 @@ def _train(args: argparse.Namespace) -> int:
             net, opt, ds.x_train, ds.y_train, epochs=cfg["epochs"], batch_size=batch_size, seed=cfg["seed"],
             schedule=cfg["schedule"], validation_fraction=cfg["validation_fraction"], patience=cfg["patience"],
             max_grad_norm=cfg["max_grad_norm"], progress=bar,
-            callbacks=[] if bar else [lambda record: say(_epoch_line(record, cfg["epochs"]))],
+            callbacks=[] if bar else [lambda record: say(epoch_line(record, cfg["epochs"]))],
             checkpoint=out_dir / "checkpoint.npz" if out_dir else None, resume=cfg["resume"], comm=comm)
     seconds = time.perf_counter() - t0
     if not rank0:
@@ -497,7 +496,7 @@ def _train(args: argparse.Namespace) -> int:
           f"({train_seconds:.1f} s of training, {samples / max(train_seconds, 1e-9):,.0f} samples/s)",
           file=human, flush=True)
     if cfg["json"]:
-        print(_json({
+        print(strict_json({
             "test_accuracy": test_acc, "test_loss": test_loss, "train_seconds": train_seconds,
             "wall_seconds": seconds, "samples_per_second": samples / max(train_seconds, 1e-9),
             "epochs": epochs, "backend": backend.name, "device": backend.device,
@@ -531,32 +530,6 @@ def _fit(*args: Any, **kwargs: Any) -> tuple[Any, str | None]:
         return exc.history, str(exc)
 
 
-def _epoch_line(r: dict[str, float], epochs: int) -> str:
-    text = f"epoch {int(r['epoch'])}/{epochs}: loss {r['loss']:.4f}"
-    if "accuracy" in r:
-        text += f", accuracy {r['accuracy']:.4f}"
-    text += f", {r['samples_per_second']:,.0f} samples/s"
-    if "val_loss" in r:
-        text += f"; validation loss {r['val_loss']:.4f}"
-        if "val_accuracy" in r:
-            text += f", accuracy {r['val_accuracy']:.4f}"
-    return text
-
-
-def _finite(value: Any) -> Any:
-    """``value`` with every NaN and infinity as None: JSON has no such numbers, and strict readers refuse them."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
-def _json(value: Any, **kw: Any) -> str:
-    """Valid JSON for ``value``: NaN and infinities become null."""
-    return json.dumps(_finite(value), allow_nan=False, **kw)
 
 
 # --------------------------------------------------------------------------
