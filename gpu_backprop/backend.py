@@ -34,7 +34,6 @@ __all__ = [
     "get_backend",
     "is_cupy_array",
     "set_tf32",
-    "per_sample_blas",
     "tf32_enabled",
     "to_device",
     "to_numpy",
@@ -280,32 +279,6 @@ def _cupy_linalg() -> ModuleType:
     from cupy._core import _routines_linalg  # the backend is where cupy is imported
 
     return _routines_linalg
-
-
-def per_sample_blas(backend: Backend, batch: int) -> Any:
-    """A context that sets BLAS threads up for single-sample training on the CPU.
-
-    Per-sample steps are matrix–vector products (NumPy's BLAS) and rank-1
-    updates (SciPy's BLAS, see ``SGD.train_step``). Measured on 2 cores, they
-    run fastest with NumPy's BLAS on one thread — its idle workers otherwise
-    spin against SciPy's, which load a second OpenBLAS — and SciPy's on all.
-    Needs ``threadpoolctl`` (``pip install 'gpu_backprop[cpu]'``); without it,
-    or for other batches and backends, this does nothing.
-    """
-    import contextlib  # noqa: PLC0415
-
-    if backend.name != "numpy" or batch != 1:
-        return contextlib.nullcontext()
-    try:
-        from threadpoolctl import ThreadpoolController  # noqa: PLC0415
-    except ImportError:
-        return contextlib.nullcontext()
-    controller = ThreadpoolController()
-    numpy_blas = [i["filepath"] for i in controller.info()
-                  if i.get("user_api") == "blas" and "numpy" in i["filepath"]]
-    if not numpy_blas:  # NumPy on a system BLAS: nothing of its own to tell apart
-        return controller.limit(limits=1, user_api="blas")
-    return controller.select(filepath=numpy_blas).limit(limits=1)
 
 
 def tf32_enabled() -> bool:

@@ -15,8 +15,10 @@ direction and both gradients in the message.
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -68,9 +70,9 @@ class _Checker:
         if bad.any():
             k = int(np.argmax(np.where(bad, err, -1.0)))
             msg = [
-                f"gradcheck failed for {self.what}, {name}: {int(bad.sum())} of {analytic.size} values differ "
-                f"(worst at flat index {k}: analytic {analytic.ravel()[k]:.8g}, numerical {numeric.ravel()[k]:.8g}; "
-                f"atol={self.atol:g}, rtol={self.rtol:g})",
+                (f"gradcheck failed for {self.what}, {name}: {int(bad.sum())} of {analytic.size} values differ "
+                 f"(worst at flat index {k}: analytic {analytic.ravel()[k]:.8g}, numerical {numeric.ravel()[k]:.8g}; "
+                 f"atol={self.atol:g}, rtol={self.rtol:g})"),
                 f"  inputs: {self.inputs}",
             ]
             if direction is not None:
@@ -139,7 +141,9 @@ def gradcheck(
     Parameters
     ----------
     target : a network (its loss on ``(X, y)`` is differentiated) or a single
-        layer (the objective is ``Σ layer(X) ⊙ R`` for a fixed random R).
+        layer (the objective is ``Σ layer(X) ⊙ R`` for a fixed random R). A
+        layer is checked on a copy, with float64 parameters drawn from ``seed``:
+        the layer itself, and the network it belongs to, are left as they were.
     X, y : the batch (``y`` only for networks); copied to float64.
     eps, atol, rtol : the step and the tolerances: a value passes when
         ``|analytic − numerical| ≤ atol + rtol·|numerical|``.
@@ -167,36 +171,38 @@ def _check_network(net: Sequential, X: Array, y: Array, eps: float, atol: float,
     net64 = net if net.dtype == np.float64 else net.copy(dtype="float64")
     X, y = net64.check_inputs(X, y)  # converts X to the network's float64
     chk = _Checker(atol, rtol, f"{type(net).__name__} ({net64.loss!r})", f"X {X.shape}: {_fmt(X)}; y: {_fmt(y)}")
-    saved = net64._layer_states()
+    saved = net64.layer_states()
 
     def loss() -> float:
-        net64._restore_layer_states(saved)
+        net64.restore_layer_states(saved)
         out = net64.forward(X, train=train)
         return float(net64.loss.forward(out, y))
 
     def grads() -> dict[str, np.ndarray]:
-        net64._restore_layer_states(saved)
+        net64.restore_layer_states(saved)
         out = net64.forward(X, train=train)
         _, dout = net64.loss.forward_backward(out, y)
         net64.backward(dout)
         return {k: to_numpy(g).copy() for k, g in net64.grads.items()}
 
-    analytic = grads()
-    again = grads()
-    for k in analytic:
-        if not np.array_equal(analytic[k], again[k]):
-            raise GradcheckError(f"backward run twice gave different gradients for {k} (state leaks between calls)")
-    # a zero upstream gradient must give zero gradients
-    net64._restore_layer_states(saved)
-    out = net64.forward(X, train=train)
-    net64.backward(net64.xp.zeros_like(out))
-    for k, g in net64.grads.items():
-        if np.any(to_numpy(g) != 0):
-            raise GradcheckError(f"a zero upstream gradient gave a non-zero gradient for {k}")
-    for name, p in net64.params.items():
-        for kind, u, num in _numerical(loss, p, eps, mode, directions, rng)[0]:
-            chk.compare(name, _project(analytic[name], kind, u), num, u)
-    net64._restore_layer_states(saved)
+    try:
+        analytic = grads()
+        again = grads()
+        for k in analytic:
+            if not np.array_equal(analytic[k], again[k]):
+                raise GradcheckError(f"backward run twice gave different gradients for {k} (state leaks between calls)")
+        # a zero upstream gradient must give zero gradients
+        net64.restore_layer_states(saved)
+        out = net64.forward(X, train=train)
+        net64.backward(net64.xp.zeros_like(out))
+        for k, g in net64.grads.items():
+            if np.any(to_numpy(g) != 0):
+                raise GradcheckError(f"a zero upstream gradient gave a non-zero gradient for {k}")
+        for name, p in net64.params.items():
+            for kind, u, num in _numerical(loss, p, eps, mode, directions, rng)[0]:
+                chk.compare(name, _project(analytic[name], kind, u), num, u)
+    finally:  # on a failure too: the running statistics and dropout counters as they were
+        net64.restore_layer_states(saved)
     return chk.result()
 
 
@@ -207,6 +213,7 @@ def _check_layer(layer: Layer, X: Array, eps: float, atol: float, rtol: float, m
     n, d = X.shape
     if isinstance(layer, Dense) and layer.activation is not None:
         raise ValueError("check the Dense layer and its activation separately (or check the network)")
+    layer = copy.deepcopy(layer)  # the caller's layer keeps its views into its network's buffers, and its state
     for name, value in layer.initial_params(rng, d).items():
         layer.params[name] = xp.asarray(value + 0.1 * rng.standard_normal(value.shape))
         layer.grads[name] = xp.empty_like(layer.params[name])

@@ -1,19 +1,26 @@
 """Networks: a sequence of layers, a loss, and one flat buffer for all parameters.
 
-Parameters and gradients each live in one contiguous array per network, and
-the layers hold views into them. An optimiser step is then one fused update
-over one buffer (one kernel on a GPU), and a data-parallel step is one
-all-reduce of one buffer. Weights come first in that buffer, biases and other
-parameters after them, so weight decay applies to a prefix.
+A :class:`Sequential` network builds itself from its layers (an activation
+after a Dense layer runs fused into it; the first layer with parameters
+computes no dX), lays out every parameter in one flat buffer
+(:class:`~gpu_backprop.params.FlatParameters`: weights first, so weight decay
+applies to a prefix) and hands each layer views into it. Then it runs the
+batch forward, the loss, and the batch backward, which fills the flat
+gradient buffer; the optimiser updates the flat parameter buffer in one pass.
 
     net = Sequential([Dense(784, 256), ReLU(), Dense(256, 10)], loss="softmax_cross_entropy")
     net = MLP([784, 256, 10], activation="relu")          # the same network
     loss, grads = net.loss_and_grads(X, y)
+
+The rest of the module is the network's state (:meth:`Sequential.state_dict`,
+checked on loading), copying and pickling, and :meth:`Sequential.describe`,
+its equations with every shape filled in.
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
@@ -24,11 +31,11 @@ from .backend import Backend, BackendError, check_same_device, get_backend, to_d
 from .checks import as_array, check_samples, check_targets
 from .layers import Activation, BatchNorm, Dense, Dropout, Layer, LeakyReLU, make_activation
 from .losses import Loss, make_loss
+from .params import FlatParameters, Slot
 
 __all__ = ["MLP", "Sequential", "StateEntry"]
 
 Array = Any
-_ALIGN = 32  # each parameter starts on a 128-byte boundary (float32)
 DTYPES = ("float32", "float64")
 
 
@@ -55,6 +62,18 @@ class Sequential:
     seed : seeds the initial weights (drawn on the host, so the same on every
         backend) and the dropout masks.
     input_dim : the width of the input; taken from the first layer when omitted.
+
+    Attributes
+    ----------
+    flat : the :class:`~gpu_backprop.params.FlatParameters` that holds every
+        parameter and gradient; the next five are its, under the network's name.
+    flat_params, flat_grads : every parameter, and every gradient, in one buffer
+        (weights first); write into them, never replace them (the layers' views
+        would keep the old ones).
+    params, grads : ``"layers.{index}.{name}"`` -> the view into each buffer
+        (``"layers.0.W"``); each layer computes through the same views.
+    n_decay : weight decay applies to ``flat_params[:n_decay]``: the weights, not biases.
+    output_dim : the width of the last layer's output.
     """
 
     def __init__(
@@ -84,7 +103,10 @@ class Sequential:
         if self.output_dim == 1 and self.loss.name == "softmax_cross_entropy":
             raise ValueError("softmax cross-entropy needs at least 2 outputs: the softmax of one output is always 1, "
                              "so nothing would be learned; use loss='bce' for a binary classifier with one output")
-        self._allocate()
+        self.flat = self._allocate()
+        self.flat_params, self.flat_grads = self.flat.flat_params, self.flat.flat_grads
+        self.params, self.grads, self.n_decay = self.flat.params, self.flat.grads, self.flat.n_decay
+        self.reset_parameters(self.seed)
 
     # ------------------------------------------------------------------ build
     def _infer_input_dim(self) -> int:
@@ -124,49 +146,49 @@ class Sequential:
         self.output_dim = d
         return need
 
-    def _allocate(self) -> None:
-        """Lay out every parameter in one flat buffer (weights first) and draw initial values."""
-        xp = self.backend.xp
-        entries: list[tuple[str, Layer, str, tuple[int, ...], bool]] = []
+    def _allocate(self) -> FlatParameters:
+        """One flat buffer for every parameter (see :mod:`.params`), its views handed to the layers."""
+        shapes: dict[str, tuple[int, ...]] = {}
+        decayed: list[str] = []
+        owners: dict[str, tuple[Layer, str]] = {}
         d = self.input_dim
         for idx, layer in enumerate(self.layers):
             if layer in self._steps:
-                shapes = layer.param_shapes(d)
-                decayed = set(layer.decayed_params())
-                for pname, shape in shapes.items():
-                    entries.append((f"layers.{idx}.{pname}", layer, pname, shape, pname in decayed))
+                for pname, shape in layer.param_shapes(d).items():
+                    name = f"layers.{idx}.{pname}"
+                    shapes[name], owners[name] = shape, (layer, pname)
+                    if pname in layer.decayed_params():
+                        decayed.append(name)
                 d = layer.out_dim(d)
-        order = sorted(range(len(entries)), key=lambda k: not entries[k][4])  # stable: decayed first
-        offsets: dict[int, int] = {}
-        pos = 0
-        self.n_decay = 0
-        for k in order:
-            offsets[k] = pos
-            pos += -(-int(np.prod(entries[k][3])) // _ALIGN) * _ALIGN
-            if entries[k][4]:
-                self.n_decay = pos
-        self.flat_params = xp.zeros(pos, dtype=self.dtype)
-        self.flat_grads = xp.zeros(pos, dtype=self.dtype)
-        self.params: dict[str, Array] = {}
-        self.grads: dict[str, Array] = {}
-        self._slots: dict[str, tuple[int, tuple[int, ...]]] = {}
-        self._layer_slots: dict[tuple[int, str], tuple[int, tuple[int, ...]]] = {}
-        for k, (name, layer, pname, shape, _) in enumerate(entries):
-            size = int(np.prod(shape))
-            off = offsets[k]
-            self._slots[name] = (off, shape)
-            self._layer_slots[(id(layer), pname)] = (off, shape)
-            self.params[name] = layer.params[pname] = self.flat_params[off:off + size].reshape(shape)
-            self.grads[name] = layer.grads[pname] = self.flat_grads[off:off + size].reshape(shape)
-        self.reset_parameters(self.seed)
+        flat = FlatParameters(shapes, decayed, self.backend.xp, self.dtype)
+        self._slot_of = {(id(layer), pname): flat.slots[name] for name, (layer, pname) in owners.items()}
+        for name, (layer, pname) in owners.items():
+            layer.params[pname] = flat.params[name]
+            layer.grads[pname] = flat.grads[name]
+        return flat
+
+    # ------------------------------------------------------------------ the parameters (see .params)
+    @property
+    def num_params(self) -> int:
+        """The number of trainable parameters (without alignment padding)."""
+        return self.flat.num_params
+
+    @property
+    def steps(self) -> tuple[Layer, ...]:
+        """The layers as they run: each activation that follows a :class:`Dense` layer fused into it."""
+        return tuple(self._steps)
+
+    def slot(self, layer: Layer, pname: str) -> Slot:
+        """Where ``layer``'s parameter ``pname`` lies in :attr:`flat_params`: ``(offset, shape)``."""
+        return self._slot_of[(id(layer), pname)]
 
     def view(self, flat: Array, layer: Layer, pname: str) -> Array:
         """The view of ``layer``'s parameter ``pname`` in ``flat``, a buffer laid out like ``flat_params``.
 
         Optimisers use it to reach one parameter's slice of their state (e.g. the velocity).
         """
-        off, shape = self._layer_slots[(id(layer), pname)]
-        return flat[off:off + int(np.prod(shape))].reshape(shape)
+        offset, shape = self.slot(layer, pname)
+        return flat[offset:offset + int(np.prod(shape))].reshape(shape)
 
     def reset_parameters(self, seed: int | None = None) -> None:
         """Draw fresh initial weights from ``seed`` (on the host, then copied to the device once)."""
@@ -178,12 +200,6 @@ class Sequential:
             for pname, value in layer.initial_params(rng, d).items():
                 layer.params[pname][...] = to_device(value.astype(self.dtype), self.backend)
             d = layer.out_dim(d)
-
-    # ------------------------------------------------------------------ sizes
-    @property
-    def num_params(self) -> int:
-        """The number of trainable parameters (without alignment padding)."""
-        return sum(int(np.prod(p.shape)) for p in self.params.values())
 
     @property
     def xp(self) -> Any:
@@ -237,7 +253,7 @@ class Sequential:
         The gradient of the weights at ``flat_grads[offset:]`` (shape ``(D, M)``)
         is ``Xᵀ dZ``; :func:`gpu_backprop.kernels.sgd_update` takes this list.
         """
-        return [(self._layer_slots[(id(layer), "W")][0], *layer.weight_grad_inputs())
+        return [(self.slot(layer, "W").offset, *layer.weight_grad_inputs())
                 for layer in self._steps if isinstance(layer, Dense)]
 
     def train_step_grads(self, X: Array, y: Array, weight_grads: bool = True) -> Array:
@@ -261,9 +277,9 @@ class Sequential:
         gradient buffer also holds them, ready for ``optimizer.step()``.
         """
         X, y = self.check_inputs(X, y)
-        saved = self._layer_states()
+        saved = self.layer_states()
         loss = self.train_step_grads(X, y) if train else self._eval_grads(X, y)
-        self._restore_layer_states(saved)
+        self.restore_layer_states(saved)
         return float(loss), {k: g.copy() for k, g in self.grads.items()}
 
     def _eval_grads(self, X: Array, y: Array) -> Array:
@@ -309,14 +325,26 @@ class Sequential:
         return self.predict_proba(X, batch_size)
 
     # ------------------------------------------------------------------ state
-    def _layer_states(self) -> list[dict[str, Any]]:
-        return [{k: (v.copy() if hasattr(v, "copy") else v) for k, v in layer.state().items()}
-                for layer in self.layers]
+    def layer_states(self) -> list[dict[str, Any]]:
+        """A copy of every layer's state that is not a parameter (running statistics, dropout counters).
 
-    def _restore_layer_states(self, states: list[dict[str, Any]]) -> None:
+        One dict per layer, on this network's device. :meth:`restore_layer_states`
+        puts it back, as often as needed, so that a computation can be repeated
+        from the same state (:meth:`loss_and_grads` and :func:`gpu_backprop.gradcheck` do).
+        """
+        return [_copied(layer.state()) for layer in self.layers]
+
+    def restore_layer_states(self, states: Sequence[Mapping[str, Any]]) -> None:
+        """Put back (copies of) what :meth:`layer_states` returned.
+
+        A BatchNorm layer that had no running statistics yet (no forward pass in
+        training mode) has none again.
+        """
         for layer, st in zip(self.layers, states):
             if st:
-                layer.load_state(st)
+                layer.load_state(_copied(st))
+            elif isinstance(layer, BatchNorm):
+                layer.running_mean = layer.running_var = None
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Every parameter and layer state (running statistics, dropout counters) as NumPy arrays."""
@@ -333,7 +361,7 @@ class Sequential:
         (dropout seed and counter); a BatchNorm layer's running statistics are
         optional: they exist only after its first forward pass in training mode.
         """
-        spec = {name: StateEntry(shape, self.dtype, True) for name, (_, shape) in self._slots.items()}
+        spec = {name: StateEntry(shape, self.dtype, True) for name, (_, shape) in self.flat.slots.items()}
         for idx, layer in enumerate(self.layers):
             for k, v in layer.state().items():
                 dtype = v.dtype if hasattr(v, "dtype") else np.asarray(v).dtype
@@ -383,11 +411,11 @@ class Sequential:
                 if (f"layers.{idx}.running_mean" in values) != (var is not None):
                     raise ValueError(f"state holds only one of layers.{idx}.running_mean and running_var; "
                                      "pass both or neither")
-        for name in self._slots:
+        for name in self.flat.slots:
             self.params[name][...] = to_device(values[name], self.backend)
         for idx, layer in enumerate(self.layers):
             prefix = f"layers.{idx}."
-            st = {k[len(prefix):]: v for k, v in values.items() if k.startswith(prefix) and k not in self._slots}
+            st = {k[len(prefix):]: v for k, v in values.items() if k.startswith(prefix) and k not in self.flat.slots}
             if isinstance(layer, Dropout):
                 layer.load_state({k: int(v) for k, v in st.items()})
             elif isinstance(layer, BatchNorm) and not st:
@@ -450,8 +478,8 @@ class Sequential:
     # ------------------------------------------------------------------ description
     def describe(self, batch: int = 128) -> str:
         """The matrix-form equations of this network with every shape filled in for ``batch``."""
-        lines = [f"{type(self).__name__}: {self.num_params:,} parameters, {self.dtype.name}, "
-                 f"{self.backend.name} ({self.backend.device}), batch N = {batch}"]
+        lines = [(f"{type(self).__name__}: {self.num_params:,} parameters, {self.dtype.name}, "
+                  f"{self.backend.name} ({self.backend.device}), batch N = {batch}")]
         d = self.input_dim
         for idx, layer in enumerate(self.layers):
             if layer not in self._steps:
@@ -471,6 +499,11 @@ class Sequential:
     def __repr__(self) -> str:
         inner = ", ".join(repr(layer) for layer in self.layers)
         return f"{type(self).__name__}([{inner}], loss={self.loss!r}, backend={self.backend.name!r}, dtype={self.dtype.name!r})"
+
+
+def _copied(state: Mapping[str, Any]) -> dict[str, Any]:
+    """A layer's state with its arrays copied (so that running the layer does not change it)."""
+    return {k: (v.copy() if hasattr(v, "copy") else v) for k, v in state.items()}
 
 
 def _init_args(layer: Layer) -> dict[str, Any]:
@@ -515,8 +548,7 @@ def _converted(name: str, a: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 # the attributes Sequential.__init__ makes (a pickle rebuilds them); any other attribute is pickled as is
 _BUILT = frozenset({"layers", "loss", "backend", "dtype", "seed", "input_dim", "_steps", "_needs_dx", "output_dim",
-                    "n_decay", "flat_params", "flat_grads", "params", "grads", "_slots", "_layer_slots",
-                    "last_output"})
+                    "flat", "flat_params", "flat_grads", "params", "grads", "n_decay", "_slot_of", "last_output"})
 
 
 def _pickled_layer(layer: Layer) -> tuple[type[Layer], dict[str, Any]] | Layer:
@@ -576,7 +608,7 @@ class MLP(Sequential):
             raise ValueError(f"MLP sizes must be at least two positive integers, got {sizes!r}")
         make_activation(activation)  # validates the name early
         layers: list[Layer] = []
-        for i, (d, m) in enumerate(zip(sizes[:-1], sizes[1:])):
+        for i, (d, m) in enumerate(itertools.pairwise(sizes)):
             layers.append(Dense(d, m, init=init))
             if i < len(sizes) - 2:
                 if batchnorm:

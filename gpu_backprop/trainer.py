@@ -43,7 +43,7 @@ import numpy as np
 
 from . import kernels
 from ._io import atomic_write_bytes, strict_json
-from .backend import per_sample_blas, to_device
+from .backend import to_device
 from .checkpoint import check_resumable, load_checkpoint, save_checkpoint
 from .checks import as_array, check_samples, check_targets
 from .network import Sequential
@@ -141,11 +141,13 @@ class History:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> History:
         reason = d.get("stopped_reason") or StopReason.COMPLETED.value
-        known = reason in StopReason._value2member_map_  # older files kept the message here
+        try:
+            stopped, message = StopReason(reason), d.get("stop_message")
+        except ValueError:  # older files kept the message here
+            stopped, message = StopReason.COMPLETED, reason
         return cls(epochs=[{k: math.nan if v is None else v for k, v in e.items()} for e in d.get("epochs", [])],
                    steps=[(int(s), math.nan if v is None else float(v)) for s, v in d.get("steps", [])],
-                   stopped_reason=StopReason(reason) if known else StopReason.COMPLETED,
-                   stop_message=d.get("stop_message") if known else reason, best_epoch=d.get("best_epoch"))
+                   stopped_reason=stopped, stop_message=message, best_epoch=d.get("best_epoch"))
 
     def to_json(self, path: str | os.PathLike[str]) -> None:
         """Write the history as JSON, atomically; a non-finite number is written as ``null`` (JSON has no NaN)."""
@@ -373,7 +375,7 @@ def fit(
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         order = kernels.random_permutation(net.xp, n, cfg.seed, epoch)
-        with np.errstate(over="ignore", invalid="ignore"), per_sample_blas(net.backend, -(-B // size)):
+        with np.errstate(over="ignore", invalid="ignore"), kernels.blas_threads(net.backend, -(-B // size)):
             # (a diverging run is caught by the guard; BLAS threads set up for single samples)
             stats = loop.run_epoch(epoch, cfg.epochs, order, base_lr, schedule, epoch * steps_per_epoch,
                                    steps_per_epoch * cfg.epochs)

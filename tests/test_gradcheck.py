@@ -142,3 +142,40 @@ def test_gradcheck_rejects_unknown_mode_and_targets(rng: np.random.Generator) ->
         gb.gradcheck(lambda x: x, X)
     with pytest.raises(ValueError, match="targets"):
         gb.gradcheck(gb.MLP([2, 2]), X)
+
+
+def test_checking_a_layer_of_a_network_leaves_it_attached(rng: np.random.Generator) -> None:
+    # issue 13: gradcheck(layer) replaced layer.params, so the network trained a detached copy of its last layer
+    net = gb.MLP([4, 5, 3], backend="numpy", dtype="float64", seed=0)
+    last = net.layers[-1]
+    views = dict(last.params), dict(last.grads)
+    before = net.flat_params.copy()
+    gb.gradcheck(last, rng.standard_normal((6, 5)), mode="full")
+    assert all(last.params[k] is v for k, v in views[0].items())
+    assert all(last.grads[k] is v for k, v in views[1].items())
+    np.testing.assert_array_equal(net.flat_params, before)
+    X, y = rng.standard_normal((8, 4)), rng.integers(0, 3, 8)
+    net.loss_and_grads(X, y)
+    assert np.any(net.grads["layers.2.W"] != 0)  # the layer writes its gradients into the network's buffer
+    gb.SGD(net, lr=0.1).step()  # and takes the optimiser's update from it
+    assert not np.array_equal(last.params["W"], net.flat.view(before, "layers.2.W"))
+    assert np.shares_memory(last.params["W"], net.flat_params)
+
+
+def test_checking_a_layer_leaves_its_state_as_it_was(rng: np.random.Generator) -> None:
+    bn = gb.BatchNorm(3)
+    gb.gradcheck(bn, rng.standard_normal((5, 3)))  # training mode: the check's batches update running statistics
+    assert bn.running_mean is None and bn.state() == {}
+    drop = gb.Dropout(0.3, seed=7)
+    gb.gradcheck(drop, rng.standard_normal((5, 3)))
+    assert drop.state() == {"seed": 7, "counter": 0}
+
+
+def test_checking_a_network_leaves_its_layer_states_as_they_were(rng: np.random.Generator) -> None:
+    net = gb.MLP([4, 6, 3], batchnorm=True, dropout=0.2, backend="numpy", dtype="float64", seed=0)
+    before = net.state_dict()
+    gb.gradcheck(net, rng.standard_normal((6, 4)), rng.integers(0, 3, 6))
+    after = net.state_dict()
+    assert after.keys() == before.keys()  # no running statistics made up by the check
+    for k in before:
+        np.testing.assert_array_equal(after[k], before[k])

@@ -63,8 +63,24 @@ def test_loss_and_grads_is_pure(rng: np.random.Generator, batch) -> None:
         np.testing.assert_array_equal(g1[k], g2[k])
         assert not np.shares_memory(g1[k], net.flat_grads)  # fresh arrays, safe to keep
     after = net.state_dict()
+    assert after.keys() == before.keys()  # no running statistics made up from this batch
     for k in before:
         np.testing.assert_array_equal(before[k], after[k])
+
+
+def test_layer_states_can_be_restored_more_than_once(rng: np.random.Generator) -> None:
+    net = gb.MLP([6, 5, 3], batchnorm=True, dropout=0.5, backend="numpy", seed=1)
+    X1, X2 = (rng.standard_normal((8, 6)).astype(np.float32) for _ in range(2))
+    net.forward(X1, train=True)
+    saved = net.layer_states()
+    runs = []
+    for _ in range(2):
+        net.restore_layer_states(saved)
+        net.forward(X2, train=True)  # updates the running statistics in place
+        runs.append(net.state_dict())
+    assert runs[0].keys() == runs[1].keys()
+    for k in runs[0]:
+        np.testing.assert_array_equal(runs[0][k], runs[1][k])
 
 
 def test_state_dict_round_trip(net: gb.MLP, batch) -> None:

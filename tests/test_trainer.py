@@ -149,6 +149,14 @@ def test_history_json_round_trip(tmp_path: Path) -> None:
     assert again == h and json.loads((tmp_path / "h.json").read_text())["epochs"][1]["epoch"] == 2
 
 
+def test_history_from_a_file_names_its_stop_reason_or_keeps_an_old_message() -> None:
+    h = History.from_dict({"epochs": [], "steps": [], "stopped_reason": "early_stopping", "stop_message": "patience"})
+    assert (h.stopped_reason, h.stop_message) == (gb.StopReason.EARLY_STOPPING, "patience")
+    old = History.from_dict({"stopped_reason": "stopped by a callback after epoch 3"})  # files before StopReason
+    assert (old.stopped_reason, old.stop_message) == (gb.StopReason.COMPLETED, "stopped by a callback after epoch 3")
+    assert History.from_dict({}).stopped_reason is gb.StopReason.COMPLETED
+
+
 def test_checkpoint_is_atomic_and_checks_itself(tmp_path: Path) -> None:
     X, y = _toy()
     net = gb.MLP([12, 4, 3], backend="numpy")

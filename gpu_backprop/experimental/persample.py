@@ -112,14 +112,13 @@ def layer_specs(net: Sequential) -> list[LayerSpec]:
     if net.dtype.name not in ("float32", "float64"):
         raise PerSampleUnsupported(f"the fused per-sample step runs float32 or float64, not {net.dtype.name}")
     specs = []
-    for layer in net._steps:
+    for layer in net.steps:
         if not isinstance(layer, Dense):
             raise PerSampleUnsupported(
                 f"the fused per-sample step takes Dense layers with activations only, not {type(layer).__name__}")
-        idx = net.layers.index(layer)
         act = layer.activation
-        specs.append(LayerSpec(layer.in_features, layer.out_features, net._slots[f"layers.{idx}.W"][0],
-                               net._slots[f"layers.{idx}.b"][0], act.kind if act is not None else "identity",
+        specs.append(LayerSpec(layer.in_features, layer.out_features, net.slot(layer, "W").offset,
+                               net.slot(layer, "b").offset, act.kind if act is not None else "identity",
                                act.alpha if act is not None else 0.0))
     if len(specs) < 2:
         raise PerSampleUnsupported("the fused per-sample step needs at least one hidden layer (two Dense layers)")

@@ -13,11 +13,18 @@ fresh random inputs; :mod:`._cpu` runs the NumPy bodies across the cores.
     random        a counter-based hash: permutations and dropout masks
     batchnorm     BatchNorm's normalisation and its backward
     gather        a batch gathered from the device-resident data set and scaled
+
+Every CuPy kernel is registered by name (:data:`ELEMENTWISE`, :data:`RAW`);
+:func:`make_elementwise` and :func:`make_raw` build them exactly as the library
+does, which lets ``gpu-backprop doctor`` and the tests compile every one
+without a device. :func:`blas_threads` sets the CPU's BLAS threads up for
+single-sample steps.
 """
 
 from __future__ import annotations
 
-from ._cpu import SCIPY_MAX_BATCH, scipy_blas
+from ._cpu import SCIPY_MAX_BATCH, blas_threads, scipy_blas
+from ._cuda import ELEMENTWISE, RAW, make_elementwise, make_raw, raw_source
 from .activations import ACTIVATIONS, activation_backward, activation_forward, bias_activation
 from .batchnorm import batchnorm_backward, batchnorm_normalize
 from .gather import gather_scale
@@ -28,6 +35,8 @@ from .updates import adam_update, defers_weight_grads, sgd_update
 
 __all__ = [
     "ACTIVATIONS",
+    "ELEMENTWISE",
+    "RAW",
     "SCIPY_MAX_BATCH",
     "activation_backward",
     "activation_forward",
@@ -35,13 +44,17 @@ __all__ = [
     "batchnorm_backward",
     "batchnorm_normalize",
     "bias_activation",
+    "blas_threads",
     "column_sum",
     "defers_weight_grads",
     "dropout_forward",
     "gather_scale",
     "hash_uniform",
+    "make_elementwise",
+    "make_raw",
     "matmul",
     "random_permutation",
+    "raw_source",
     "scipy_blas",
     "sgd_update",
     "softmax",

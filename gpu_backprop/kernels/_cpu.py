@@ -4,16 +4,21 @@ NumPy's elementwise functions run on one core; the work of a large step is
 memory-bound, so the bodies split it across the cores (NumPy releases the
 GIL) and into blocks of rows that stay in cache between passes. The matrix
 products go to SciPy's BLAS where that is measured to pay (see
-:func:`gemm_call`). Every machine-tuned constant is here, with what it was
-measured on.
+:func:`gemm_call`), with BLAS threads set up for single-sample steps
+(:func:`blas_threads`). Every machine-tuned constant is here, with what it
+was measured on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ..backend import Backend
 
 Array = Any
 
@@ -156,3 +161,28 @@ def gemm_call(a: Array, b: Array, out: Array, batch: int | None = None) -> tuple
         else:
             return None
     return blas.get_blas_funcs("gemm", (out,)), ops[0], ops[1]
+
+
+def blas_threads(backend: Backend, batch: int) -> contextlib.AbstractContextManager[Any]:
+    """A context that sets BLAS threads up for training steps of ``batch`` rows on ``backend``.
+
+    It acts on single-sample steps on the CPU only (NumPy backend, ``batch == 1``);
+    for other batches and backends, and without ``threadpoolctl``
+    (``pip install 'gpu_backprop[cpu]'``), it does nothing. Per-sample steps are
+    matrix–vector products (NumPy's BLAS) and rank-1 updates (SciPy's BLAS, see
+    ``SGD.train_step``). Measured on 2 cores, they run fastest with NumPy's BLAS
+    on one thread — its idle workers otherwise spin against SciPy's, which
+    loads a second OpenBLAS — and SciPy's on all.
+    """
+    if backend.name != "numpy" or batch != 1:
+        return contextlib.nullcontext()
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return contextlib.nullcontext()
+    controller = ThreadpoolController()
+    numpy_blas = [i["filepath"] for i in controller.info()
+                  if i.get("user_api") == "blas" and "numpy" in i["filepath"]]
+    if not numpy_blas:  # NumPy on a system BLAS: nothing of its own to tell apart
+        return controller.limit(limits=1, user_api="blas")
+    return controller.select(filepath=numpy_blas).limit(limits=1)

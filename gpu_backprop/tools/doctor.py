@@ -391,16 +391,16 @@ def _given(text: str) -> Callable[[], str]:
 
 def _jobs(cp: ModuleType) -> list[_Job]:
     """One job per (kernel, type combination), each built as the library builds it."""
+    from .. import kernels  # the registry of every kernel, and how the library builds them
     from ..experimental import persample
-    from ..kernels import _cuda  # the registry of every kernel, and how the library builds them
     from ..network import MLP
     from .bench.suite import MODELS
 
     jobs = []
     for T in FLOATS:
         sites = _call_sites(cp, T)
-        for name in _cuda.ELEMENTWISE:
-            kernel = _cuda.make_elementwise(cp, name)
+        for name in kernels.ELEMENTWISE:
+            kernel = kernels.make_elementwise(cp, name)
             calls = sites.get(name)
             if calls is None:  # not yet in _call_sites: every parameter a 1-D array of its type, or T
                 if T is not FLOATS[0] and not any(p.dtype is None for p in kernel.params[:-1]):
@@ -410,8 +410,8 @@ def _jobs(cp: ModuleType) -> list[_Job]:
             for types, args in calls:
                 jobs.append(_Job(name, types, partial(_elementwise_code, cp, kernel, args),
                                  tuple(kernel.kwargs.get("options", ()))))
-        for name in _cuda.RAW:
-            raw = _cuda.make_raw(cp, name, T)
+        for name in kernels.RAW:
+            raw = kernels.make_raw(cp, name, T)
             jobs.append(_Job(name, np.dtype(T).name, _given(raw.code), tuple(raw.options),
                              raw.enable_cooperative_groups))
     for model in PER_SAMPLE_MODELS:

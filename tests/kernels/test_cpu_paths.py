@@ -202,3 +202,33 @@ def test_step_after_train_step_grads_applies_flat_grads() -> None:
     opt.step()
     np.testing.assert_allclose(net.flat_params, p0 - 0.1 * g, rtol=1e-5, atol=1e-7)  # first step: v = g
     np.testing.assert_allclose(opt.velocity, g, rtol=1e-6, atol=1e-8)
+
+
+def test_blas_threads_puts_numpys_blas_on_one_thread_for_single_samples_only() -> None:
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from gpu_backprop.backend import get_backend
+
+    def numpy_blas_threads() -> list[int]:
+        return [i["num_threads"] for i in threadpoolctl.threadpool_info()
+                if i.get("user_api") == "blas" and "numpy" in i["filepath"]]
+
+    before = numpy_blas_threads()
+    if not before:
+        pytest.skip("NumPy runs on a system BLAS here: there is no BLAS of its own to tell apart")
+    numpy_be = get_backend("numpy")
+    with kernels.blas_threads(numpy_be, 1):
+        assert all(n == 1 for n in numpy_blas_threads())
+    assert numpy_blas_threads() == before
+    with kernels.blas_threads(numpy_be, 2):
+        assert numpy_blas_threads() == before
+
+
+def test_the_kernel_registry_is_public_in_the_package() -> None:
+    # gpu-backprop doctor compiles every kernel through these, not through the private _cuda module
+    from gpu_backprop.kernels import _cuda
+
+    assert kernels.ELEMENTWISE is _cuda.ELEMENTWISE and "sgd" in kernels.ELEMENTWISE
+    assert kernels.RAW is _cuda.RAW and kernels.RAW
+    name = next(iter(kernels.RAW))
+    assert kernels.raw_source(name, np.float32).startswith("typedef float T;")
+    assert kernels.make_elementwise is _cuda.make_elementwise and kernels.make_raw is _cuda.make_raw

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ... import kernels
-from ...backend import Backend, per_sample_blas, tf32_enabled
+from ...backend import Backend, tf32_enabled
 from ...network import MLP
 from ...optim import SGD
 from .timing import Runner
@@ -62,7 +62,7 @@ class OurStep:
 def ours(be: Backend, sizes: list[int], batch: int) -> Runner:
     """A runner for gpu_backprop's training step (see :class:`OurStep`)."""
     return Runner(OurStep(be, sizes, batch), be.synchronize, be.xp.cuda if be.name == "cupy" else None,
-                  context=lambda: per_sample_blas(be, batch),  # as gb.fit does
+                  context=lambda: kernels.blas_threads(be, batch),  # as gb.fit does
                   precision="tf32" if be.name == "cupy" and tf32_enabled() else "fp32")
 
 

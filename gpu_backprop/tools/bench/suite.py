@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ... import __version__, kernels
-from ...backend import Backend, per_sample_blas, set_tf32, tf32_enabled
+from ...backend import Backend, set_tf32, tf32_enabled
 from ...layers import Dense
 from ...network import MLP
 from ...optim import SGD
@@ -106,7 +106,7 @@ def breakdown(be: Backend, sizes: list[int], batch: int, repeats: int = 30) -> d
     phases: dict[str, list[float]] = {"gather": [], "fwd_bwd": [], "update": []}
     meter = LoadMeter()
     meter.start()
-    with per_sample_blas(be, batch):
+    with kernels.blas_threads(be, batch):
         for r in range(reps + 2):
             sync()
             t0 = time.perf_counter()
