@@ -22,7 +22,7 @@ import numpy as np
 
 from .backend import Backend, get_array_module, is_cupy_array, to_device
 
-__all__ = ["as_array", "check_samples", "check_targets"]
+__all__ = ["as_array", "as_dtype", "check_samples", "check_targets"]
 
 Array = Any
 
@@ -94,3 +94,18 @@ def check_targets(y: Array, n: int, outputs: int, what: str = "y") -> Array:
     if not bool(get_array_module(y).isfinite(y).all()):
         raise ValueError(f"{what}: targets contain NaN or Inf; clean them first")
     return y
+
+
+def as_dtype(a: Array, xp: Any, dtype: Any, what: str = "X") -> Array:
+    """``a`` as a contiguous ``dtype`` array of ``xp`` (no copy when it is one), still finite after the cast.
+
+    float64 values beyond float32's range become infinite in float32: that is one sentence, not an Inf
+    that surfaces later as a diverged run.
+    """
+    narrowing = a.dtype.kind == "f" and np.dtype(dtype).itemsize < a.dtype.itemsize
+    with np.errstate(over="ignore"):
+        out = xp.ascontiguousarray(a, dtype=dtype)
+    if narrowing and not bool(xp.isfinite(out).all()):
+        raise ValueError(f"{what} holds values too large for {np.dtype(dtype).name} (beyond ±{np.finfo(dtype).max:.3g}); "
+                         "scale the data, or use dtype='float64'")
+    return out

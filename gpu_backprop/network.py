@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .backend import Backend, BackendError, check_same_device, get_backend, to_device, to_numpy
-from .checks import as_array, check_samples, check_targets
+from .checks import as_array, as_dtype, check_samples, check_targets
 from .layers import Activation, BatchNorm, Dense, Dropout, Layer, LeakyReLU, make_activation
 from .losses import Loss, make_loss
 from .params import FlatParameters, Slot
@@ -219,13 +219,13 @@ class Sequential:
         check_same_device(self.backend, X=X, y=y)
         xp = self.xp
         X, scale = check_samples(as_array(X, self.backend, "X"), self.input_dim)
-        X = xp.ascontiguousarray(X, dtype=self.dtype)
+        X = as_dtype(X, xp, self.dtype)
         if scale != 1.0:
             X = X * scale  # uint8 images: a new float array
         if y is None:
             return X, None
         y = check_targets(as_array(y, self.backend, "y"), X.shape[0], self.output_dim)
-        return X, xp.ascontiguousarray(y, dtype=xp.int64 if y.ndim == 1 else self.dtype)
+        return X, xp.ascontiguousarray(y, dtype=xp.int64) if y.ndim == 1 else as_dtype(y, xp, self.dtype, "y")
 
     # ------------------------------------------------------------------ computation
     def forward(self, X: Array, train: bool = False) -> Array:
@@ -306,7 +306,7 @@ class Sequential:
         X = to_device(X, self.backend)
         parts = []
         for i in range(0, X.shape[0], batch_size):
-            xb = self.xp.asarray(X[i:i + batch_size], dtype=self.dtype)
+            xb = as_dtype(X[i:i + batch_size], self.xp, self.dtype)
             if scale != 1.0:
                 xb = xb * scale
             parts.append(self.loss.predict(self.forward(xb)))

@@ -45,7 +45,7 @@ from . import kernels
 from ._io import atomic_write_bytes, strict_json
 from .backend import to_device
 from .checkpoint import check_resumable, load_checkpoint, save_checkpoint
-from .checks import as_array, check_samples, check_targets
+from .checks import as_array, as_dtype, check_samples, check_targets
 from .network import Sequential
 from .optim import SGD, Optimizer
 from .schedules import Schedule, make_schedule
@@ -209,8 +209,9 @@ class Batches:
         y = check_targets(as_array(y, net.backend, f"{what} y"), X.shape[0], net.output_dim, f"{what} y")
         xp = net.xp
         self.net = net
-        self.X = xp.ascontiguousarray(to_device(X, net.backend, dtype=None if self.scale != 1.0 else net.dtype))
-        self.y = xp.ascontiguousarray(to_device(y, net.backend), dtype=xp.int64 if y.ndim == 1 else net.dtype)
+        X, y = to_device(X, net.backend), to_device(y, net.backend)
+        self.X = xp.ascontiguousarray(X) if self.scale != 1.0 else as_dtype(X, xp, net.dtype, f"{what} X")
+        self.y = xp.ascontiguousarray(y, dtype=xp.int64) if y.ndim == 1 else as_dtype(y, xp, net.dtype, f"{what} y")
         self._bufs: dict[int, tuple[Array, Array | None]] = {}
         self._full: Array | None = None
 

@@ -306,3 +306,15 @@ def test_complex_data_is_refused_not_cut_to_its_real_part(name: str, call: Calla
     with pytest.raises(TypeError) as info:
         call()
     assert "complex" in str(info.value) and "\n" not in str(info.value), str(info.value)
+
+
+def test_float64_values_beyond_float32_are_one_sentence_not_an_inf_later() -> None:
+    """1e300 is finite in float64 and infinite in float32: refused at the boundary, where the data is converted."""
+    big = _X(dtype=np.float64)
+    big[0, 0] = 1e300
+    for call in (lambda: _net().loss_and_grads(big, _y()), _fit(big, _y()), lambda: _net().predict_proba(big),
+                 lambda: gb.evaluate(_net(), big, _y())):
+        with pytest.raises(ValueError, match=r"too large for float32 .*use dtype='float64'"):
+            call()
+    net64 = gb.MLP([6, 5, 3], backend="numpy", dtype="float64", seed=0)
+    assert np.isfinite(net64.loss_and_grads(big, _y())[0])  # a float64 network takes them
