@@ -428,8 +428,11 @@ def _train(args: argparse.Namespace) -> int:
     optimiser = (f"{cfg['optimizer']} lr {cfg['lr']}"
                  + (f" momentum {cfg['momentum']}" if cfg["optimizer"] == "sgd" and cfg["momentum"] else "")
                  + (" nesterov" if cfg["optimizer"] == "sgd" and cfg["nesterov"] else ""))
-    say(f"gpu_backprop {__version__}: training on {ds.name}{note}: {len(ds.y_train):,} train / "
-        f"{len(ds.y_test):,} test samples from {ds.source}")
+    n, held = len(ds.y_train), cfg["validation_fraction"]
+    split = (f"{n - max(1, round(held * n)):,} train + {max(1, round(held * n)):,} validation (held out) / " if held
+             else f"{n:,} train / ")
+    say(f"gpu_backprop {__version__}: training on {ds.name}{note}: {split}{len(ds.y_test):,} test samples "
+        f"from {ds.source}")
     say(f"backend {backend.name} on {backend.device} ({backend.reason}); network {network}, loss {cfg['loss']}, "
         f"{optimiser}{f' weight decay {weight_decay:.3g}' if weight_decay else ''}, "
         f"batch {batch_size}, {cfg['epochs']} epochs, seed {cfg['seed']}, {cfg['dtype']}"
