@@ -88,4 +88,7 @@ def raw(name: str, dtype: Any) -> Any:
 
 def on_gpu(*arrays: Array) -> bool:
     """True when any of ``arrays`` is a CuPy array: the kernel runs, not the NumPy body."""
-    return any(backend.is_cupy_array(a) for a in arrays)
+    for a in arrays:  # (called several times per step: a plain ndarray answers without a lookup)
+        if type(a) is not np.ndarray and backend.is_cupy_array(a):
+            return True
+    return False
