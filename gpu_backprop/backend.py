@@ -339,13 +339,7 @@ def to_device(a: Any, backend: str | Backend | None = None, dtype: Any = None) -
     be = get_backend(backend)
     xp = be.xp
     if hasattr(a, "__dlpack__") and not isinstance(a, np.ndarray) and not is_cupy_array(a):
-        dev_type = a.__dlpack_device__()[0] if hasattr(a, "__dlpack_device__") else _DLPACK_CPU
-        if be.name == "cupy" and dev_type == _DLPACK_CUDA:
-            a = xp.from_dlpack(a)
-        elif dev_type == _DLPACK_CPU:
-            a = np.from_dlpack(a)
-        else:  # a CUDA tensor going to the CPU: CuPy reads it, then we copy it down
-            a = cupy_module().from_dlpack(a).get()
+        a = _from_dlpack(a, be)
     if be.name == "cupy":
         out = xp.asarray(a, dtype=dtype)
     else:
@@ -353,6 +347,20 @@ def to_device(a: Any, backend: str | Backend | None = None, dtype: Any = None) -
             a = a.get()
         out = np.asarray(a, dtype=dtype)
     return out
+
+
+def _from_dlpack(a: Any, be: Backend) -> Any:
+    """``a``, an object that speaks DLPack, as an array of ``be`` (shared where it is on the right device)."""
+    dev_type = a.__dlpack_device__()[0] if hasattr(a, "__dlpack_device__") else _DLPACK_CPU
+    try:
+        if be.name == "cupy" and dev_type == _DLPACK_CUDA:
+            return be.xp.from_dlpack(a)
+        if dev_type == _DLPACK_CPU:
+            return np.from_dlpack(a)
+        return cupy_module().from_dlpack(a).get()  # a CUDA tensor going to the CPU: CuPy reads it, we copy it
+    except BufferError as exc:  # PyTorch will not share a tensor that requires gradients
+        raise TypeError(f"the {type(a).__module__}.{type(a).__name__} refused to be shared ({exc}); pass "
+                        "tensor.detach() for a tensor that requires gradients") from None
 
 
 def to_numpy(a: Any) -> np.ndarray:

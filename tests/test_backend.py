@@ -147,3 +147,29 @@ def test_a_pytorch_tensor_is_shared_not_copied() -> None:
     net = gb.MLP([4, 2], backend="numpy")
     loss, _ = net.loss_and_grads(t, torch.tensor([0, 1, 1]))
     assert np.isfinite(loss)
+
+
+class _GradTensor:
+    """What PyTorch's tensor does with ``requires_grad=True``: DLPack refuses to export it."""
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        return (1, 0)  # kDLCPU
+
+    def __dlpack__(self, **kwargs: object) -> object:
+        raise BufferError("Can't export tensors that require gradient, use tensor.detach()")
+
+
+def test_a_tensor_that_requires_gradients_is_one_sentence() -> None:
+    with pytest.raises(TypeError, match=r"refused to be shared .* pass tensor.detach\(\)"):
+        gb.to_device(_GradTensor(), "numpy")
+    net = gb.MLP([3, 2], backend="numpy")
+    with pytest.raises(TypeError, match="detach"):
+        net.predict_proba(_GradTensor())
+
+
+def test_a_real_pytorch_tensor_that_requires_gradients_is_one_sentence() -> None:
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed (it is only a peer, never a dependency)")
+    t = torch.ones((2, 3), requires_grad=True)
+    with pytest.raises(TypeError, match="tensor.detach"):
+        gb.to_device(t, "numpy")
+    np.testing.assert_array_equal(gb.to_device(t.detach(), "numpy"), np.ones((2, 3)))

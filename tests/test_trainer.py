@@ -276,3 +276,21 @@ def test_real_gpu_out_of_memory_under_a_pool_limit() -> None:
         assert np.isfinite(h.epochs[-1]["loss"])
     finally:
         pool.set_limit(size=0)
+
+
+def test_fit_trains_a_regression_on_float_targets() -> None:
+    """loss='mse' with float targets (N, C): fit, evaluate and predictions take them; no accuracy is made up."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((400, 5)).astype(np.float32)
+    W = rng.standard_normal((5, 2)).astype(np.float32)
+    T = np.tanh(X @ W)  # a smooth target the network can learn
+    net = gb.MLP([5, 16, 2], activation="tanh", loss="mse", backend="numpy", seed=0)
+    before = gb.evaluate(net, X, T)[0]
+    h = gb.fit(net, gb.SGD(net, lr=0.1, momentum=0.9), X, T, epochs=30, batch_size=32, progress=False,
+               validation_fraction=0.1)
+    loss, accuracy = gb.evaluate(net, X, T)
+    assert loss < before / 5 and np.isnan(accuracy)
+    assert "accuracy" not in h.epochs[-1] and "val_accuracy" not in h.epochs[-1] and "val_loss" in h.epochs[-1]
+    np.testing.assert_allclose(net.predict_proba(X[:3]), net.forward(net.check_inputs(X[:3])[0]), rtol=1e-6)
+    with pytest.raises(ValueError, match=r"targets must be labels \(400,\) or an array \(400, 2\)"):
+        gb.fit(net, gb.SGD(net, lr=0.1), X, T[:, :1], epochs=1, progress=False)
