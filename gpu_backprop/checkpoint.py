@@ -39,7 +39,7 @@ from numpy.lib import format as npy_format
 
 from ._io import atomic_write_bytes
 from .backend import Backend, get_backend
-from .layers import BatchNorm, Dense, Dropout, Layer, LeakyReLU, make_activation
+from .layers import LAYER_TYPES, Layer
 from .network import DTYPES, Sequential
 from .optim import Optimizer
 
@@ -453,18 +453,9 @@ def _summary(config: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------
 def _layer_from_spec(spec: dict[str, Any]) -> Layer:
     kind = spec.get("type")
-    args = {k: v for k, v in spec.items() if k != "type"}
-    if kind == "Dense":
-        return Dense(args.pop("in_features", None), args.pop("out_features", None), **args)  # type: ignore[arg-type]
-    if kind == "BatchNorm":
-        return BatchNorm(args.pop("num_features", None), **args)  # type: ignore[arg-type]
-    if kind == "Dropout":
-        return Dropout(**args)
-    if kind == "LeakyReLU":
-        return LeakyReLU(**args)
-    if kind in ("Identity", "ReLU", "Sigmoid", "Tanh") and not args:
-        return make_activation(kind.lower())
-    raise ValueError(f"layer type {kind!r} cannot be rebuilt from a config")
+    if kind not in LAYER_TYPES:
+        raise ValueError(f"layer type {kind!r} cannot be rebuilt from a config")
+    return LAYER_TYPES[kind](**{k: v for k, v in spec.items() if k != "type"})
 
 
 def network_from_config(config: dict[str, Any], backend: str | Backend | None = None, seed: int = 0) -> Sequential:

@@ -21,6 +21,7 @@ from .backend import get_array_module
 from .init import INITIALIZERS, default_initializer, initialize
 
 __all__ = [
+    "LAYER_TYPES",
     "Activation",
     "BatchNorm",
     "Dense",
@@ -91,6 +92,10 @@ class Layer:
     def spec(self) -> dict[str, Any]:
         """A JSON-able description used to check that a checkpoint fits this layer."""
         return {"type": type(self).__name__}
+
+    def init_args(self) -> dict[str, Any]:
+        """The constructor arguments that rebuild this layer (``type(layer)(**layer.init_args())``)."""
+        return {}
 
     # --- helpers --------------------------------------------------------------
     def _buffer(self, name: str, shape: tuple[int, ...], like: Array) -> Array:
@@ -180,6 +185,9 @@ class LeakyReLU(Activation):
         if not 0.0 < alpha < 1.0:
             raise ValueError(f"LeakyReLU alpha must be in (0, 1), got {alpha}")
         self.alpha = float(alpha)
+
+    def init_args(self) -> dict[str, Any]:
+        return {"alpha": self.alpha}
 
 
 class Sigmoid(Activation):
@@ -309,6 +317,9 @@ class Dense(Layer):
     def spec(self) -> dict[str, Any]:
         return {"type": "Dense", "in_features": self.in_features, "out_features": self.out_features}
 
+    def init_args(self) -> dict[str, Any]:
+        return {"in_features": self.in_features, "out_features": self.out_features, "init": self.init}
+
 
 # ==========================================================================
 # BatchNorm
@@ -414,6 +425,9 @@ class BatchNorm(Layer):
     def spec(self) -> dict[str, Any]:
         return {"type": "BatchNorm", "num_features": self.num_features}
 
+    def init_args(self) -> dict[str, Any]:
+        return {"num_features": self.num_features, "momentum": self.momentum, "eps": self.eps}
+
 
 # ==========================================================================
 # Dropout
@@ -464,3 +478,12 @@ class Dropout(Layer):
 
     def spec(self) -> dict[str, Any]:
         return {"type": "Dropout", "p": self.p}
+
+    def init_args(self) -> dict[str, Any]:
+        return {"p": self.p, "seed": self.seed}
+
+
+#: every built-in layer by its class name (``spec()["type"]``), for rebuilding a network from its config
+LAYER_TYPES: dict[str, type[Layer]] = {
+    c.__name__: c for c in (Dense, BatchNorm, Dropout, Identity, ReLU, LeakyReLU, Sigmoid, Tanh)
+}

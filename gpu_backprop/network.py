@@ -435,7 +435,7 @@ class Sequential:
     def copy(self, *, dtype: Any = None, backend: str | Backend | None = None) -> Sequential:
         """A deep copy, optionally in another dtype or on another backend."""
         be = self.backend if backend is None else get_backend(backend)
-        layers = [type(layer)(**_init_args(layer)) for layer in self.layers]  # fresh buffers and views
+        layers = [type(layer)(**layer.init_args()) for layer in self.layers]  # fresh buffers and views
         new = Sequential(layers, loss=type(self.loss)(), backend=be,
                          dtype=self.dtype if dtype is None else dtype, seed=self.seed, input_dim=self.input_dim)
         new.load_state_dict(self.state_dict())
@@ -506,19 +506,6 @@ def _copied(state: Mapping[str, Any]) -> dict[str, Any]:
     return {k: (v.copy() if hasattr(v, "copy") else v) for k, v in state.items()}
 
 
-def _init_args(layer: Layer) -> dict[str, Any]:
-    """Constructor arguments that rebuild ``layer`` (used by :meth:`Sequential.copy`)."""
-    if isinstance(layer, Dense):
-        return {"in_features": layer.in_features, "out_features": layer.out_features, "init": layer.init}
-    if isinstance(layer, BatchNorm):
-        return {"num_features": layer.num_features, "momentum": layer.momentum, "eps": layer.eps}
-    if isinstance(layer, Dropout):
-        return {"p": layer.p, "seed": layer.seed}
-    if isinstance(layer, LeakyReLU):
-        return {"alpha": layer.alpha}
-    return {}
-
-
 class StateEntry(NamedTuple):
     """One entry of :meth:`Sequential.state_spec`."""
 
@@ -555,7 +542,7 @@ def _pickled_layer(layer: Layer) -> tuple[type[Layer], dict[str, Any]] | Layer:
     """A built-in layer as ``(class, constructor arguments)``; another one as a copy without its arrays."""
     if type(layer) in (Dense, BatchNorm, Dropout, LeakyReLU) or (isinstance(layer, Activation)
                                                                  and type(layer).__init__ is Layer.__init__):
-        return type(layer), _init_args(layer)
+        return type(layer), layer.init_args()
     bare = copy.copy(layer)  # its parameter views are rebuilt on unpickling
     bare.params, bare.grads = {}, {}
     return bare

@@ -230,3 +230,13 @@ def test_softmax_cross_entropy_with_one_output_is_refused() -> None:
     with pytest.raises(ValueError, match="softmax cross-entropy needs at least 2 outputs.*loss='bce'"):
         gb.MLP([4, 3, 1], backend="numpy")
     gb.MLP([4, 3, 1], loss="bce", backend="numpy")  # the binary classifier it should be
+
+
+def test_every_built_in_layer_rebuilds_from_its_init_args() -> None:
+    layers = [gb.Dense(4, 6, init="he_normal"), gb.BatchNorm(6, momentum=0.2, eps=1e-3), gb.LeakyReLU(0.2),
+              gb.Dropout(0.3, seed=7), gb.Dense(6, 3), gb.Sigmoid(), gb.Tanh(), gb.Identity(), gb.ReLU()]
+    for layer in layers:
+        twin = type(layer)(**layer.init_args())
+        assert twin.init_args() == layer.init_args() and twin.spec() == layer.spec()
+    from gpu_backprop.layers import LAYER_TYPES
+    assert {type(layer).__name__ for layer in layers} == set(LAYER_TYPES)  # the registry holds every built-in
