@@ -13,6 +13,7 @@ variable ``GPU_BACKPROP_BACKEND``, else ``"auto"``.
 
 from __future__ import annotations
 
+import importlib
 import os
 import platform
 import warnings
@@ -30,6 +31,7 @@ __all__ = [
     "check_same_device",
     "cupy_available",
     "cupy_nccl",
+    "cupy_part",
     "get_array_module",
     "get_backend",
     "is_cupy_array",
@@ -97,6 +99,18 @@ def cupy_available() -> bool:
     """True when CuPy imports and at least one CUDA device answers."""
     _probe_cupy()
     return _cupy is not None
+
+
+def cupy_part(name: str = "cupy") -> ModuleType:
+    """CuPy, or one of its modules (``"cupy.cuda.compiler"``, ``"cupy_backends.cuda.libs.nvrtc"``), imported
+    whether or not a device answers: for tools that inspect CuPy itself, such as ``gpu-backprop doctor``.
+
+    Raises what the import raises (ImportError when CuPy is not installed). Training asks
+    :func:`cupy_module` instead, which also needs a device.
+    """
+    if name.split(".")[0] not in ("cupy", "cupy_backends"):
+        raise ValueError(f"cupy_part imports CuPy's own modules, not {name!r}")
+    return importlib.import_module(name)
 
 
 def cupy_module() -> ModuleType:

@@ -57,6 +57,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .. import __version__
+from ..backend import cupy_part
 from ._args import Parser
 
 __all__ = ["Build", "ToolchainMissing", "compile_all", "first_error", "load_cupy", "main", "toolchain_problem"]
@@ -93,7 +94,7 @@ def _wheel_suffix(cp: ModuleType) -> str:
 def load_cupy() -> ModuleType:
     """Import CuPy (no device needed), or :class:`ToolchainMissing` saying how to install it."""
     try:
-        import cupy  # the doctor needs CuPy where no device answers: backend refuses it there
+        cupy = cupy_part("cupy")  # where no device answers too (backend.cupy_module would refuse)
     except ImportError:
         raise ToolchainMissing(
             "CuPy is not installed: pip install 'gpu_backprop[cuda13]' for a CUDA 13 driver "
@@ -107,7 +108,7 @@ def load_cupy() -> ModuleType:
 
 
 def _nvrtc_version(cp: ModuleType) -> tuple[int, int]:
-    from cupy_backends.cuda.libs import nvrtc
+    nvrtc = cupy_part("cupy_backends.cuda.libs.nvrtc")
 
     try:
         major, minor = nvrtc.getVersion()
@@ -123,7 +124,7 @@ def _nvrtc_version(cp: ModuleType) -> tuple[int, int]:
 
 def _cupy_options(cp: ModuleType) -> tuple[str, ...]:
     """CuPy's own include and standard options, or :class:`ToolchainMissing` when it finds no CUDA headers."""
-    from cupy._core import core
+    core = cupy_part("cupy._core.core")
 
     try:
         return tuple(core.assemble_cupy_compiler_options(()))
@@ -169,8 +170,8 @@ def _version_tuple(version: str) -> tuple[int, int]:
 def _nvrtc_options(cp: ModuleType, user_options: Sequence[str], arch: str, *,
                    cooperative: bool = False) -> tuple[tuple[str, ...], str]:
     """(options, method): what ``compile_with_cache`` hands to NVRTC for ``arch`` (no jitify, CUDA)."""
-    from cupy._core import core
-    from cupy.cuda import compiler
+    core = cupy_part("cupy._core.core")
+    compiler = cupy_part("cupy.cuda.compiler")
 
     options = tuple(core.assemble_cupy_compiler_options(tuple(user_options))) + ("-ftz=true",)
     if cooperative and _version_tuple(cp.__version__) < (14, 2):
@@ -192,7 +193,7 @@ def _nvrtc_options(cp: ModuleType, user_options: Sequence[str], arch: str, *,
 
 @cache  # in memory only: one process compiles each text once
 def _nvrtc_compile(source: str, program: str, options: tuple[str, ...], method: str) -> tuple[bool, str]:
-    from cupy.cuda import compiler
+    compiler = cupy_part("cupy.cuda.compiler")
 
     log = io.StringIO()
     try:
@@ -289,7 +290,7 @@ def _elementwise_code(cp: ModuleType, kernel: Any, args: Sequence[Any]) -> str:
     inputs then outputs, as the library passes them. Returns the text NVRTC
     sees: CuPy's include lines, then the kernel.
     """
-    from cupy._core import _carray, _kernel, _scalar, core
+    _carray, _kernel, _scalar, core = (cupy_part(f"cupy._core.{m}") for m in ("_carray", "_kernel", "_scalar", "core"))
 
     if len(args) != kernel.nargs:
         raise TypeError(f"{kernel.name}: the call lists {len(args)} arguments, the kernel takes {kernel.nargs}")
@@ -513,14 +514,14 @@ def _report_devices(cp: ModuleType, r: _Report) -> str | None:
         r.line("device", f"{i}: {name}, compute capability {props['major']}.{props['minor']}, "
                          f"{props['totalGlobalMem'] / 2**30:.1f} GiB, {props['multiProcessorCount']} SMs"
                          + ("" if props.get("cooperativeLaunch", 1) else ", no cooperative launch"))
-    from cupy.cuda import compiler
+    compiler = cupy_part("cupy.cuda.compiler")
 
     return str(compiler._get_arch())  # CuPy's own choice: min(device, NVRTC's newest)
 
 
 def _report_nvrtc(cp: ModuleType, r: _Report) -> list[int]:
     from cuda import pathfinder
-    from cupy_backends.cuda.libs import nvrtc
+    nvrtc = cupy_part("cupy_backends.cuda.libs.nvrtc")
 
     major, minor = _nvrtc_version(cp)
     try:
@@ -541,7 +542,7 @@ def _report_nccl(cp: ModuleType, r: _Report) -> None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # CuPy warns when libnccl is missing: said below, once
-            from cupy.cuda import nccl
+            nccl = cupy_part("cupy.cuda.nccl")
         available = bool(getattr(nccl, "available", False))
     except Exception as exc:  # noqa: BLE001 - a broken NCCL wheel
         available, nccl = False, None
@@ -561,7 +562,7 @@ def _report_tf32(cp: ModuleType, r: _Report) -> None:
     env = os.environ.get("CUPY_TF32")
     setting = f"CUPY_TF32={env}" if env is not None else "CUPY_TF32 unset"
     try:
-        from cupy._core import _routines_linalg as linalg
+        linalg = cupy_part("cupy._core._routines_linalg")
 
         ct = int(linalg.get_compute_type(np.float32))
     except Exception as exc:  # noqa: BLE001 - with CUPY_TF32 set, CuPy asks the device

@@ -213,22 +213,8 @@ def decide_params_type(in_params: tuple, out_params: tuple, in_args_dtype: tuple
                        out_args_dtype: tuple) -> tuple[tuple, tuple, tuple]:
     """CuPy's ``_decide_params_type_core``: placeholder types from the arrays, fixed types checked."""
     type_dict: dict[str, np.dtype] = {}
-    if out_args_dtype:
-        for p, a in zip(out_params, out_args_dtype):
-            if a is None:
-                raise TypeError("Output arguments must be cupy.ndarray")
-            if p.dtype is not None:
-                if np.dtype(a) != p.dtype:
-                    raise TypeError(f"Type is mismatched. {p.name} {a} {p.dtype}")
-            elif p.ctype in type_dict:
-                t = type_dict[p.ctype]
-                if np.dtype(t) != np.dtype(a):
-                    raise TypeError(f"Type is mismatched. {p.name} {a} {t} {p.ctype}")
-            else:
-                type_dict[p.ctype] = a
-    for p, a in zip(in_params, in_args_dtype):
-        if a is None:
-            continue
+
+    def bind(p: Any, a: Any) -> None:  # a fixed type must match; a placeholder takes the first array's
         if p.dtype is not None:
             if np.dtype(a) != p.dtype:
                 raise TypeError(f"Type is mismatched. {p.name} {a} {p.dtype}")
@@ -238,6 +224,15 @@ def decide_params_type(in_params: tuple, out_params: tuple, in_args_dtype: tuple
                 raise TypeError(f"Type is mismatched. {p.name} {a} {t} {p.ctype}")
         else:
             type_dict[p.ctype] = a
+
+    if out_args_dtype:  # outputs first, as CuPy does
+        for p, a in zip(out_params, out_args_dtype):
+            if a is None:
+                raise TypeError("Output arguments must be cupy.ndarray")
+            bind(p, a)
+    for p, a in zip(in_params, in_args_dtype):
+        if a is not None:
+            bind(p, a)
     in_types = tuple(type_dict[p.ctype] if p.dtype is None else p.dtype for p in in_params)
     out_types = tuple(type_dict[p.ctype] if p.dtype is None else p.dtype for p in out_params)
     return in_types, out_types, tuple(sorted((k, np.dtype(v)) for k, v in type_dict.items()))
