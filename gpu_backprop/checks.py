@@ -22,7 +22,7 @@ import numpy as np
 
 from .backend import Backend, get_array_module, is_cupy_array, to_device
 
-__all__ = ["as_array", "as_dtype", "check_samples", "check_targets"]
+__all__ = ["as_array", "as_dtype", "check_range", "check_samples", "check_targets"]
 
 Array = Any
 
@@ -109,3 +109,11 @@ def as_dtype(a: Array, xp: Any, dtype: Any, what: str = "X") -> Array:
         raise ValueError(f"{what} holds values too large for {np.dtype(dtype).name} (beyond ±{np.finfo(dtype).max:.3g}); "
                          "scale the data, or use dtype='float64'")
     return out
+
+
+def check_range(name: str, value: float, lo: float, hi: float = math.inf, lo_open: bool = False) -> float:
+    """``value`` as a float in ``[lo, hi)`` (``(lo, hi)`` with ``lo_open``), else a ValueError that names it."""
+    v = float(value)
+    if not (math.isfinite(v) and (v > lo if lo_open else v >= lo) and v < hi):
+        raise ValueError(f"{name} must be in {'(' if lo_open else '['}{lo}, {hi}), got {value!r}")
+    return v

@@ -12,26 +12,25 @@ gradient buffer; the optimiser updates the flat parameter buffer in one pass.
     net = MLP([784, 256, 10], activation="relu")          # the same network
     loss, grads = net.loss_and_grads(X, y)
 
-The rest of the module is the network's state (:meth:`Sequential.state_dict`,
-checked on loading), copying and pickling, and :meth:`Sequential.describe`,
-its equations with every shape filled in.
+:meth:`Sequential.describe` writes its equations with every shape filled in.
+Saving, loading (checked), copying and pickling a network come from
+:class:`~gpu_backprop.state.NetworkState`, which it inherits.
 """
 
 from __future__ import annotations
 
-import copy
 import itertools
-import warnings
-from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-from .backend import Backend, BackendError, check_same_device, get_backend, to_device, to_numpy
+from .backend import Backend, check_same_device, get_backend, to_device
 from .checks import as_array, as_dtype, check_samples, check_targets
-from .layers import Activation, BatchNorm, Dense, Dropout, Layer, LeakyReLU, make_activation
+from .layers import Activation, BatchNorm, Dense, Dropout, Layer, make_activation
 from .losses import Loss, make_loss
 from .params import FlatParameters, Slot
+from .state import NetworkState, StateEntry
 
 __all__ = ["MLP", "Sequential", "StateEntry"]
 
@@ -49,7 +48,7 @@ def _resolve_dtype(dtype: Any) -> np.dtype:
     return dt
 
 
-class Sequential:
+class Sequential(NetworkState):
     """Layers applied in order, then a loss.
 
     Parameters
@@ -324,157 +323,6 @@ class Sequential:
         into the name, so prefer :meth:`predict_proba` or :meth:`predict_classes`)."""
         return self.predict_proba(X, batch_size)
 
-    # ------------------------------------------------------------------ state
-    def layer_states(self) -> list[dict[str, Any]]:
-        """A copy of every layer's state that is not a parameter (running statistics, dropout counters).
-
-        One dict per layer, on this network's device. :meth:`restore_layer_states`
-        puts it back, as often as needed, so that a computation can be repeated
-        from the same state (:meth:`loss_and_grads` and :func:`gpu_backprop.gradcheck` do).
-        """
-        return [_copied(layer.state()) for layer in self.layers]
-
-    def restore_layer_states(self, states: Sequence[Mapping[str, Any]]) -> None:
-        """Put back (copies of) what :meth:`layer_states` returned.
-
-        A BatchNorm layer that had no running statistics yet (no forward pass in
-        training mode) has none again.
-        """
-        for layer, st in zip(self.layers, states):
-            if st:
-                layer.load_state(_copied(st))
-            elif isinstance(layer, BatchNorm):
-                layer.running_mean = layer.running_var = None
-
-    def state_dict(self) -> dict[str, np.ndarray]:
-        """Every parameter and layer state (running statistics, dropout counters) as NumPy arrays."""
-        d: dict[str, np.ndarray] = {k: to_numpy(v).copy() for k, v in self.params.items()}
-        for idx, layer in enumerate(self.layers):
-            for k, v in layer.state().items():
-                d[f"layers.{idx}.{k}"] = np.array(to_numpy(v), copy=True)
-        return d
-
-    def state_spec(self) -> dict[str, StateEntry]:
-        """Every entry :meth:`load_state_dict` takes: its shape, its dtype and whether it must be there.
-
-        The parameters are required. So are layer states that exist now
-        (dropout seed and counter); a BatchNorm layer's running statistics are
-        optional: they exist only after its first forward pass in training mode.
-        """
-        spec = {name: StateEntry(shape, self.dtype, True) for name, (_, shape) in self.flat.slots.items()}
-        for idx, layer in enumerate(self.layers):
-            for k, v in layer.state().items():
-                dtype = v.dtype if hasattr(v, "dtype") else np.asarray(v).dtype
-                spec[f"layers.{idx}.{k}"] = StateEntry(tuple(np.shape(v)), np.dtype(dtype),
-                                                       not isinstance(layer, BatchNorm))
-            if isinstance(layer, BatchNorm):
-                for k in ("running_mean", "running_var"):
-                    spec[f"layers.{idx}.{k}"] = StateEntry((layer.num_features,), self.dtype, False)
-        return spec
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Load what :meth:`state_dict` returned; keys and shapes must match exactly.
-
-        Values are converted to this network's dtype first, then checked: an
-        entry that holds NaN or Inf, or a value that overflows the dtype (1e300
-        in float32), is refused with its name. A BatchNorm layer whose running
-        statistics are not in ``state`` starts them afresh. Nothing is changed
-        unless every entry fits.
-        """
-        if not isinstance(state, Mapping):
-            raise TypeError(f"a network state is a dict of arrays, got {type(state).__name__}")
-        spec = self.state_spec()
-        missing = sorted(k for k, e in spec.items() if e.required and k not in state)
-        unexpected = sorted(k for k in state if k not in spec)
-        if missing or unexpected:
-            raise ValueError(
-                "state does not fit this network"
-                + (f"; missing {', '.join(missing[:5])}" if missing else "")
-                + (f"; unexpected {', '.join(map(str, unexpected[:5]))}" if unexpected else "")
-                + " (was it saved from a different architecture?)"
-            )
-        values: dict[str, np.ndarray] = {}
-        for name, value in state.items():
-            entry = spec[name]
-            try:
-                a = np.asarray(to_numpy(value))
-            except (TypeError, ValueError) as exc:
-                raise TypeError(f"state entry {name} is not an array ({type(value).__name__}: {exc})") from None
-            if tuple(a.shape) != entry.shape:
-                raise ValueError(f"state entry {name} has shape {tuple(a.shape)}, this network needs {entry.shape}")
-            values[name] = _converted(name, a, entry.dtype)
-        for idx, layer in enumerate(self.layers):
-            if isinstance(layer, BatchNorm):
-                var = values.get(f"layers.{idx}.running_var")
-                if var is not None and (var < 0).any():
-                    raise ValueError(f"state entry layers.{idx}.running_var has negative variances; refusing to load it")
-                if (f"layers.{idx}.running_mean" in values) != (var is not None):
-                    raise ValueError(f"state holds only one of layers.{idx}.running_mean and running_var; "
-                                     "pass both or neither")
-        for name in self.flat.slots:
-            self.params[name][...] = to_device(values[name], self.backend)
-        for idx, layer in enumerate(self.layers):
-            prefix = f"layers.{idx}."
-            st = {k[len(prefix):]: v for k, v in values.items() if k.startswith(prefix) and k not in self.flat.slots}
-            if isinstance(layer, Dropout):
-                layer.load_state({k: int(v) for k, v in st.items()})
-            elif isinstance(layer, BatchNorm) and not st:
-                layer.running_mean = layer.running_var = None  # as saved: before the first forward pass
-            elif st:
-                layer.load_state({k: to_device(v, self.backend) for k, v in st.items()})
-
-    def config(self) -> dict[str, Any]:
-        """A JSON-able description of the architecture (checked when a checkpoint is loaded)."""
-        return {
-            "input_dim": self.input_dim,
-            "layers": [layer.spec() for layer in self.layers],
-            "loss": self.loss.name,
-            "dtype": self.dtype.name,
-        }
-
-    def copy(self, *, dtype: Any = None, backend: str | Backend | None = None) -> Sequential:
-        """A deep copy, optionally in another dtype or on another backend."""
-        be = self.backend if backend is None else get_backend(backend)
-        layers = [type(layer)(**layer.init_args()) for layer in self.layers]  # fresh buffers and views
-        new = Sequential(layers, loss=type(self.loss)(), backend=be,
-                         dtype=self.dtype if dtype is None else dtype, seed=self.seed, input_dim=self.input_dim)
-        new.load_state_dict(self.state_dict())
-        return new
-
-    # ------------------------------------------------------------------ pickling
-    def __getstate__(self) -> dict[str, Any]:
-        """What :mod:`pickle` (and ``copy.deepcopy``, joblib, multiprocessing, Ray) stores.
-
-        The layers as their classes and constructor arguments, the loss's class,
-        the backend by name, the dtype, the seed, :meth:`state_dict` (NumPy
-        arrays) and any attribute a subclass added (``MLP.sizes``). The flat
-        buffers, the views into them and the cached work buffers are rebuilt on
-        unpickling, so a pickle holds each parameter once and no device memory.
-        """
-        return {
-            "layers": [_pickled_layer(layer) for layer in self.layers],
-            "loss": type(self.loss),
-            "backend": self.backend.name,
-            "dtype": self.dtype.name,
-            "seed": self.seed,
-            "input_dim": self.input_dim,
-            "state": self.state_dict(),
-            "extra": {k: v for k, v in vars(self).items() if k not in _BUILT},
-        }
-
-    def __setstate__(self, saved: dict[str, Any]) -> None:
-        """Rebuild the network on the backend it was pickled from.
-
-        A network pickled on CuPy comes back on CuPy; where CuPy cannot run, it
-        comes back on NumPy with a :class:`RuntimeWarning` (the weights are the
-        same, only the device differs).
-        """
-        layers = [_unpickled_layer(entry) for entry in saved["layers"]]
-        Sequential.__init__(self, layers, loss=saved["loss"](), backend=_unpickled_backend(saved["backend"]),
-                            dtype=saved["dtype"], seed=saved["seed"], input_dim=saved["input_dim"])
-        self.load_state_dict(saved["state"])
-        self.__dict__.update(saved["extra"])
-
     # ------------------------------------------------------------------ description
     def describe(self, batch: int = 128) -> str:
         """The matrix-form equations of this network with every shape filled in for ``batch``."""
@@ -499,69 +347,6 @@ class Sequential:
     def __repr__(self) -> str:
         inner = ", ".join(repr(layer) for layer in self.layers)
         return f"{type(self).__name__}([{inner}], loss={self.loss!r}, backend={self.backend.name!r}, dtype={self.dtype.name!r})"
-
-
-def _copied(state: Mapping[str, Any]) -> dict[str, Any]:
-    """A layer's state with its arrays copied (so that running the layer does not change it)."""
-    return {k: (v.copy() if hasattr(v, "copy") else v) for k, v in state.items()}
-
-
-class StateEntry(NamedTuple):
-    """One entry of :meth:`Sequential.state_spec`."""
-
-    shape: tuple[int, ...]
-    dtype: np.dtype
-    required: bool
-
-
-def _converted(name: str, a: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """``a`` as ``dtype`` (a float parameter, or an integer counter), refused with its name if it does not fit."""
-    if dtype.kind == "f":
-        if a.dtype.kind not in "fiu":
-            raise TypeError(f"state entry {name} has dtype {a.dtype}; it needs numbers ({dtype.name})")
-        with np.errstate(over="ignore", invalid="ignore"):
-            out = np.array(a, dtype=dtype)
-        if not np.isfinite(out).all():
-            raise ValueError(f"state entry {name} contains NaN or Inf in {dtype.name} (or values too large for it); "
-                             "refusing to load it")
-        return out
-    if a.dtype.kind not in "iu":
-        raise TypeError(f"state entry {name} has dtype {a.dtype}; it needs integers")
-    info = np.iinfo(dtype)
-    if a.size and (int(a.min()) < info.min or int(a.max()) > info.max):
-        raise ValueError(f"state entry {name} holds values outside the range of {dtype.name}; refusing to load it")
-    return np.array(a, dtype=dtype)
-
-
-# the attributes Sequential.__init__ makes (a pickle rebuilds them); any other attribute is pickled as is
-_BUILT = frozenset({"layers", "loss", "backend", "dtype", "seed", "input_dim", "_steps", "_needs_dx", "output_dim",
-                    "flat", "flat_params", "flat_grads", "params", "grads", "n_decay", "_slot_of", "last_output"})
-
-
-def _pickled_layer(layer: Layer) -> tuple[type[Layer], dict[str, Any]] | Layer:
-    """A built-in layer as ``(class, constructor arguments)``; another one as a copy without its arrays."""
-    if type(layer) in (Dense, BatchNorm, Dropout, LeakyReLU) or (isinstance(layer, Activation)
-                                                                 and type(layer).__init__ is Layer.__init__):
-        return type(layer), layer.init_args()
-    bare = copy.copy(layer)  # its parameter views are rebuilt on unpickling
-    bare.params, bare.grads = {}, {}
-    return bare
-
-
-def _unpickled_layer(entry: tuple[type[Layer], dict[str, Any]] | Layer) -> Layer:
-    if isinstance(entry, Layer):
-        return entry
-    cls, args = entry
-    return cls(**args)
-
-
-def _unpickled_backend(name: str) -> Backend:
-    try:
-        return get_backend(name)
-    except BackendError as exc:
-        warnings.warn(f"this network was pickled on {name}, which cannot run here ({exc}); "
-                      "it is on NumPy now", RuntimeWarning, stacklevel=3)
-        return get_backend("numpy")
 
 
 class MLP(Sequential):
