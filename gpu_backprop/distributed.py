@@ -80,10 +80,13 @@ __all__ = [
     "MPICommunicator",
     "NCCLCommunicator",
     "SingleProcess",
+    "average_gradients",
     "init_distributed",
     "launcher_mismatch",
     "launcher_world",
     "mpiexec_path",
+    "shard_rows",
+    "sum_over_ranks",
 ]
 
 Array = Any  # a NumPy or CuPy array
@@ -708,3 +711,37 @@ def init_distributed(kind: str, *, check_every: int | None = None) -> Communicat
     if kind == "mpi":
         return MPICommunicator(check_every=check_every)
     return NCCLCommunicator(check_every=check_every)
+
+
+# --------------------------------------------------------------------------
+# What fit does with a communicator: each rank its shard of every global batch
+# --------------------------------------------------------------------------
+def shard_rows(rows: Array, rank: int, size: int) -> Array:
+    """Rank ``rank``'s contiguous part of a global batch's ``rows``, ``(b_r,)``: ``b_r = b//size + (rank < b % size)``.
+
+    The parts of all ranks, in rank order, are ``rows`` itself; a rank gets
+    none (an empty slice) when the batch has fewer rows than there are ranks.
+    """
+    q, extra = divmod(rows.shape[0], size)
+    lo = rank * q + min(rank, extra)
+    return rows[lo:lo + q + (rank < extra)]
+
+
+def average_gradients(comm: Any, grads: Array, rows: int, batch: int) -> None:
+    """The gradient of the whole batch from each rank's, in place: ``g ← Σ_r (b_r / b) g_r``, one all-reduce.
+
+    ``grads`` holds this rank's mean gradient over its ``rows`` (b_r) of the
+    global ``batch`` (b = Σ_r b_r), shards as :func:`shard_rows` cuts them.
+    When every shard has b/R rows this is the plain average (NCCL's average,
+    no scaling kernel); otherwise each rank weighs its buffer by b_r / b before
+    the sum, and a rank without rows adds zeros, whatever its buffer holds.
+    """
+    if batch % comm.size == 0:
+        comm.allreduce_mean_(grads)
+    else:
+        comm.allreduce_weighted_mean_(grads, rows, batch)
+
+
+def sum_over_ranks(comm: Any, size: int, x: float) -> float:
+    """``Σ_r x_r`` over the ranks (one host all-reduce), or ``x`` in one process; NaN if any rank's is."""
+    return float(x) if size == 1 else comm.allreduce_sum_scalar(x)

@@ -28,24 +28,21 @@ results to float rounding.
 from __future__ import annotations
 
 import dataclasses
-import enum
-import json
 import math
 import os
-import re
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, cast
 
 import numpy as np
 
 from . import kernels
-from ._io import atomic_write_bytes, strict_json
 from .backend import to_device
 from .checkpoint import check_resumable, load_checkpoint, save_checkpoint
 from .checks import as_array, as_dtype, check_samples, check_targets
+from .distributed import average_gradients, shard_rows, sum_over_ranks
+from .history import DeviceMemoryError, History, StopReason, TrainingDiverged, epoch_line, memory_error
 from .network import Sequential
 from .optim import SGD, Optimizer
 from .schedules import Schedule, make_schedule
@@ -62,7 +59,7 @@ VALIDATION_SPLIT = 2**63  #: the hash counter of the validation split (epochs us
 
 
 # --------------------------------------------------------------------------
-# What a run is, and what happened
+# What a run is (what happened is in .history)
 # --------------------------------------------------------------------------
 @dataclass(frozen=True)
 class FitConfig:
@@ -107,89 +104,6 @@ class FitConfig:
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-
-class StopReason(str, enum.Enum):
-    """Why :func:`fit` returned (a run that diverges raises :class:`TrainingDiverged` instead)."""
-
-    COMPLETED = "completed"  #: every epoch ran
-    EARLY_STOPPING = "early_stopping"  #: the validation loss stopped improving; the best weights were restored
-    CALLBACK = "callback"  #: a callback returned True
-    DIVERGED = "diverged"  #: the history that :class:`TrainingDiverged` carries: the loss or weights became non-finite
-
-
-@dataclass
-class History:
-    """What happened during training: per-epoch metrics, a sampled loss curve, and why it stopped."""
-
-    epochs: list[dict[str, float]] = field(default_factory=list)
-    steps: list[tuple[int, float]] = field(default_factory=list)  #: (global step, mean loss since last point)
-    stopped_reason: StopReason = StopReason.COMPLETED
-    stop_message: str | None = None  #: the same in words, for people
-    best_epoch: int | None = None  #: the epoch whose weights early stopping restored
-
-    def metric(self, name: str) -> list[float]:
-        """One metric over the epochs, e.g. ``history.metric("val_accuracy")``."""
-        return [e.get(name, math.nan) for e in self.epochs]
-
-    def to_dict(self) -> dict[str, Any]:
-        """As plain JSON types (see :meth:`to_json` for non-finite numbers)."""
-        d = dataclasses.asdict(self)
-        d["stopped_reason"] = self.stopped_reason.value
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> History:
-        reason = d.get("stopped_reason") or StopReason.COMPLETED.value
-        try:
-            stopped, message = StopReason(reason), d.get("stop_message")
-        except ValueError:  # older files kept the message here
-            stopped, message = StopReason.COMPLETED, reason
-        return cls(epochs=[{k: math.nan if v is None else v for k, v in e.items()} for e in d.get("epochs", [])],
-                   steps=[(int(s), math.nan if v is None else float(v)) for s, v in d.get("steps", [])],
-                   stopped_reason=stopped, stop_message=message, best_epoch=d.get("best_epoch"))
-
-    def to_json(self, path: str | os.PathLike[str]) -> None:
-        """Write the history as JSON, atomically; a non-finite number is written as ``null`` (JSON has no NaN)."""
-        atomic_write_bytes(Path(path), strict_json(self.to_dict(), indent=1).encode())
-
-    @classmethod
-    def from_json(cls, path: str | os.PathLike[str]) -> History:
-        return cls.from_dict(json.loads(Path(path).read_text()))
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss or the weights became NaN or infinite; the network holds its last good weights.
-
-    ``history`` is the run up to the last complete epoch, ``step`` the last
-    good step (the weights restored are those after it).
-    """
-
-    def __init__(self, message: str, history: History, step: int) -> None:
-        super().__init__(message)
-        history.stopped_reason, history.stop_message = StopReason.DIVERGED, message
-        self.history, self.step = history, step
-
-
-class DeviceMemoryError(MemoryError):
-    """A training step ran out of device memory; the network is unchanged and usable with a smaller batch."""
-
-
-def _as_memory_error(exc: BaseException, net: Sequential, batch: int) -> DeviceMemoryError | None:
-    """Turn CuPy's ``OutOfMemoryError`` (or NumPy's MemoryError) into one sentence that says what to do."""
-    if not isinstance(exc, MemoryError) and type(exc).__name__ != "OutOfMemoryError":
-        return None
-    text = str(exc)
-    asked = "the allocation failed"
-    if m := re.search(r"allocating ([\d,]+) bytes", text):  # CuPy
-        asked = f"it asked for {int(m.group(1).replace(',', '')) / 2**30:.2f} GiB more"
-    elif m := re.search(r"allocate ([\d.]+ [KMGT]?i?B)", text):  # NumPy
-        asked = f"it asked for {m.group(1)} more"
-    where = "GPU" if net.backend.is_gpu else "host"
-    return DeviceMemoryError(
-        f"out of {where} memory in a training step with batch {batch} ({asked}); the weights are unchanged; "
-        f"use a smaller batch size, e.g. --batch-size {max(1, batch // 4)}"
-    )
 
 
 # --------------------------------------------------------------------------
@@ -448,57 +362,10 @@ def _batch_size(batch_size: int | str, n: int) -> int:
     return b
 
 
-# --------------------------------------------------------------------------
-# Several ranks: each takes its shard of every global batch
-# --------------------------------------------------------------------------
-def _shard_rows(rows: Array, rank: int, size: int) -> Array:
-    """Rank ``rank``'s contiguous part of a global batch's ``rows``, ``(b_r,)``: ``b_r = b//size + (rank < b % size)``.
-
-    The parts of all ranks, in rank order, are ``rows`` itself; a rank gets
-    none (an empty slice) when the batch has fewer rows than there are ranks.
-    """
-    q, extra = divmod(rows.shape[0], size)
-    lo = rank * q + min(rank, extra)
-    return rows[lo:lo + q + (rank < extra)]
-
-
-def _average_gradients(comm: Any, grads: Array, rows: int, batch: int) -> None:
-    """The gradient of the whole batch from each rank's, in place: ``g ← Σ_r (b_r / b) g_r``, one all-reduce.
-
-    ``grads`` holds this rank's mean gradient over its ``rows`` (b_r) of the
-    global ``batch`` (b = Σ_r b_r), shards as :func:`_shard_rows` cuts them.
-    When every shard has b/R rows this is the plain average (NCCL's average,
-    no scaling kernel); otherwise each rank weighs its buffer by b_r / b before
-    the sum, and a rank without rows adds zeros, whatever its buffer holds.
-    """
-    if batch % comm.size == 0:
-        comm.allreduce_mean_(grads)
-    else:
-        comm.allreduce_weighted_mean_(grads, rows, batch)
-
-
-def _sum_over_ranks(comm: Any, size: int, x: float) -> float:
-    """``Σ_r x_r`` over the ranks (one host all-reduce), or ``x`` in one process; NaN if any rank's is."""
-    return float(x) if size == 1 else comm.allreduce_sum_scalar(x)
-
-
 def _print_epoch(r: dict[str, float], epochs: int) -> None:
     from tqdm.auto import tqdm
 
     tqdm.write(epoch_line(r, epochs))
-
-
-def epoch_line(r: dict[str, float], epochs: int) -> str:
-    """An epoch's record as the line the progress output prints: losses, accuracies, samples/s."""
-    text = f"epoch {int(r['epoch'])}/{epochs}: loss {r['loss']:.4f}"
-    if "accuracy" in r:
-        text += f", accuracy {r['accuracy']:.4f}"
-    text += f", {r['samples_per_second']:,.0f} samples/s"
-    if "val_loss" in r:
-        text += f"; validation loss {r['val_loss']:.4f}"
-        if "val_accuracy" in r:
-            text += f", accuracy {r['val_accuracy']:.4f}"
-    return text
 
 
 # --------------------------------------------------------------------------
@@ -595,7 +462,7 @@ class _Loop:
         rows = order[s * B:(s + 1) * B]
         batch = rows.shape[0]  # the global batch (the last one of an epoch may be short)
         if self.size > 1:
-            rows = _shard_rows(rows, self.rank, self.size)
+            rows = shard_rows(rows, self.rank, self.size)
         b = rows.shape[0]
         self.opt.lr = lr_at(s)
         whole = B == len(self.data) and self.size == 1  # full-batch descent: the same batch every step
@@ -620,7 +487,7 @@ class _Loop:
             return self.opt.train_step(xb, yb)  # may take dW straight into the update (SGD on the CPU)
         loss = net.train_step_grads(xb, yb) if xb is not None else 0.0
         if self.size > 1:
-            _average_gradients(self.comm, net.flat_grads, yb.shape[0], batch)
+            average_gradients(self.comm, net.flat_grads, yb.shape[0], batch)
         if self.max_grad_norm is not None:
             norm = xp.sqrt(xp.vdot(net.flat_grads, net.flat_grads))
             net.flat_grads *= xp.minimum(1.0, self.max_grad_norm / (norm + 1e-12)).astype(net.dtype)
@@ -650,7 +517,7 @@ class _Loop:
                 everyone, this_rank = self._train_unit(order, s, k, lr_at)
                 seen, mine = seen + everyone, mine + this_rank
             except Exception as exc:  # out of memory: free the buffers, keep the weights, say what to do
-                error = _as_memory_error(exc, net, self.B)
+                error = memory_error(exc, net.backend.is_gpu, self.B)
                 if error is None:
                     raise
                 bar.close()
@@ -680,7 +547,7 @@ class _Loop:
                 last = now
         bar.close()
         # the last unit of an epoch is a check: loss_at_check is every rank's loss; the accuracy needs a sum too
-        correct = _sum_over_ranks(self.comm, self.size, int(self.correct)) if self.data.labels else math.nan
+        correct = sum_over_ranks(self.comm, self.size, int(self.correct)) if self.data.labels else math.nan
         return {"samples": seen, "loss": loss_at_check / seen, "accuracy": correct / seen}
 
     def _check(self, loss_total: float, mine: int, step: int, epoch: int, bar: Any) -> float:
@@ -692,7 +559,7 @@ class _Loop:
         xp = self.net.xp
         # the loss comes before the update, so look at the weights too: a snapshot must be finite
         weights_ok = bool(xp.isfinite(self.net.flat_params).all())
-        loss_all = _sum_over_ranks(self.comm, self.size, loss_total if weights_ok else math.nan)
+        loss_all = sum_over_ranks(self.comm, self.size, loss_total if weights_ok else math.nan)
         if math.isfinite(loss_all):
             self._good, self.good_step = self._snapshot(), step
             return loss_all

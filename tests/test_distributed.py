@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 import gpu_backprop as gb
-from gpu_backprop import distributed, trainer
+from gpu_backprop import distributed
 from gpu_backprop.distributed import (
     SingleProcess,
     init_distributed,
@@ -276,7 +276,7 @@ def test_the_scaling_benchmark_reports_what_it_measured(tmp_path: Path) -> None:
 def test_a_global_batch_is_cut_into_contiguous_shards_of_nearly_equal_rows(size: int) -> None:
     for b in range(13):
         rows = np.arange(100, 100 + b)
-        shards = [trainer._shard_rows(rows, r, size) for r in range(size)]
+        shards = [distributed.shard_rows(rows, r, size) for r in range(size)]
         np.testing.assert_array_equal(np.concatenate(shards), rows)  # every row once, in order
         assert [len(s) for s in shards] == [b // size + (r < b % size) for r in range(size)]
 

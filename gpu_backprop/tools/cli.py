@@ -375,8 +375,9 @@ def _check_two_classes(ds: Any) -> None:
 def _train(args: argparse.Namespace) -> int:
     import gpu_backprop as gb
 
+    from ..history import epoch_line
     from ..optim import make_optimizer
-    from ..trainer import epoch_line, evaluate
+    from ..trainer import evaluate
 
     cfg = _settings(args)
     hidden = _hidden(cfg["hidden"])
@@ -525,7 +526,8 @@ def _load_data(cfg: dict[str, Any]) -> tuple[Any, str]:
 
 def _fit(*args: Any, **kwargs: Any) -> tuple[Any, str | None]:
     """:func:`~gpu_backprop.trainer.fit`, and the sentence that says it diverged, if it did (said once, by us)."""
-    from ..trainer import TrainingDiverged, fit
+    from ..history import TrainingDiverged
+    from ..trainer import fit
 
     try:
         return fit(*args, **kwargs), None
