@@ -16,9 +16,33 @@ def test_every_public_name_is_in_the_api_reference() -> None:
     assert missing == [], f"docs/api.md does not mention {missing}"
 
 
-def test_the_readme_reading_order_names_every_core_module() -> None:
+#: the walk through the core, in the README's order: the code that trains a network
+WALK = ["backend.py", "kernels/__init__.py", "kernels/activations.py", "kernels/softmax.py", "kernels/linalg.py",
+        "kernels/updates.py", "kernels/random.py", "kernels/gather.py", "params.py", "layers/__init__.py",
+        "layers/base.py", "layers/activations.py", "layers/dense.py", "losses.py", "network.py", "optim.py",
+        "trainer.py"]
+
+
+def _reading_order() -> str:
     text = (ROOT / "README.md").read_text()
-    order = text[text.index("The pieces, in reading order"):]
-    core = [p.name for p in (ROOT / "gpu_backprop").glob("*.py") if not p.name.startswith("_")]
-    missing = [name for name in core if f"`{name}`" not in order]
+    start = text.index("The pieces, in reading order")
+    return text[start:text.index("\n\n", start)]
+
+
+def test_the_readme_reading_order_names_every_core_module() -> None:
+    order = _reading_order()
+    package = ROOT / "gpu_backprop"
+    missing = [p.name for p in package.glob("*.py") if not p.name.startswith("_") and f"`{p.name}`" not in order]
+    for sub in ("kernels", "layers"):  # the core's subpackages: `kernels/`, and each module as `dense` or `layers/dense`
+        missing += [f"{sub}/{p.name}" for p in (package / sub).glob("*.py") if p.stem != "__init__"
+                    and f"`{p.stem}`" not in order and f"`{sub}/{p.stem}`" not in order]
+        missing += [f"{sub}/"] if f"`{sub}/`" not in order else []
     assert missing == [], f"the README's reading order leaves out {missing}"
+
+
+def test_the_walk_is_as_long_as_the_readme_says() -> None:
+    """The README states the walk's length in lines, and it is true (within 2%)."""
+    lines = sum(len((ROOT / "gpu_backprop" / f).read_text().splitlines()) for f in WALK)
+    stated = int(re.search(r"([\d,]+)\s+lines from `backend.py` to `trainer.py`", _reading_order().replace("\n", " "))
+                 .group(1).replace(",", ""))
+    assert abs(stated - lines) <= 0.02 * lines, f"the README says the walk is {stated} lines; it is {lines}"
