@@ -1,138 +1,45 @@
 """Array backends: NumPy everywhere, CuPy where a CUDA device answers.
 
-This is the only module that imports :mod:`cupy`. Everything else asks it for
-an array module (``xp``) and writes the same code for both::
+Everything asks this module for an array module (``xp``) and writes the same
+code for both::
 
     be = get_backend("auto")        # CuPy if it imports and a device answers
     xp = be.xp                      # numpy or cupy
     Z = xp.matmul(X, W)
 
 The choice comes from the ``backend`` argument, else from the environment
-variable ``GPU_BACKPROP_BACKEND``, else ``"auto"``.
+variable ``GPU_BACKPROP_BACKEND``, else ``"auto"``. CuPy itself (whether it
+runs here, and why not), the device and its settings are in :mod:`gpu_backprop.devices`.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 import platform
-import warnings
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
+from . import devices
+from .devices import BackendError, cupy_available, cupy_module
+
 __all__ = [
     "BACKENDS",
     "Backend",
     "BackendError",
     "backend_info",
-    "check_same_device",
     "cupy_available",
-    "cupy_nccl",
-    "cupy_part",
     "get_array_module",
     "get_backend",
     "is_cupy_array",
-    "set_tf32",
-    "tf32_enabled",
     "to_device",
     "to_numpy",
-    "use_device",
 ]
 
 BACKENDS = ("auto", "numpy", "cupy")
 ENV_VAR = "GPU_BACKPROP_BACKEND"
-
-
-class BackendError(RuntimeError):
-    """The requested backend cannot be used on this machine."""
-
-
-# --------------------------------------------------------------------------
-# CuPy, imported once, lazily, and never outside this module.
-# --------------------------------------------------------------------------
-_cupy: ModuleType | None = None
-_cupy_problem: str | None = None
-_cupy_probed = False
-
-
-def _probe_cupy() -> None:
-    """Import CuPy and ask for a device; remember the answer or the reason."""
-    global _cupy, _cupy_problem, _cupy_probed
-    if _cupy_probed:
-        return
-    _cupy_probed = True
-    try:
-        import cupy  # noqa: PLC0415 - the one place cupy is imported
-    except ImportError:
-        _cupy_problem = (
-            "CuPy is not installed; install it with "
-            "`pip install 'gpu_backprop[cuda12]'` (or [cuda13]) on a CUDA machine, "
-            "or use backend='numpy'"
-        )
-        return
-    except Exception as exc:  # a broken install raises all sorts of things
-        _cupy_problem = f"CuPy failed to import ({type(exc).__name__}: {exc}); reinstall it or use backend='numpy'"
-        return
-    try:
-        count = cupy.cuda.runtime.getDeviceCount()
-    except Exception as exc:  # CUDARuntimeError, driver missing, ...
-        _cupy_problem = (
-            f"CuPy is installed but no CUDA device answers ({_one_line(exc)}); "
-            "check the driver with `nvidia-smi` or use backend='numpy'"
-        )
-        return
-    if count < 1:
-        _cupy_problem = "CuPy is installed but reports no CUDA device; use backend='numpy'"
-        return
-    _cupy = cupy
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
-
-
-def cupy_available() -> bool:
-    """True when CuPy imports and at least one CUDA device answers."""
-    _probe_cupy()
-    return _cupy is not None
-
-
-def cupy_part(name: str = "cupy") -> ModuleType:
-    """CuPy, or one of its modules (``"cupy.cuda.compiler"``, ``"cupy_backends.cuda.libs.nvrtc"``), imported
-    whether or not a device answers: for tools that inspect CuPy itself, such as ``gpu-backprop doctor``.
-
-    Raises what the import raises (ImportError when CuPy is not installed). Training asks
-    :func:`cupy_module` instead, which also needs a device.
-    """
-    if name.split(".")[0] not in ("cupy", "cupy_backends"):
-        raise ValueError(f"cupy_part imports CuPy's own modules, not {name!r}")
-    return importlib.import_module(name)
-
-
-def cupy_module() -> ModuleType:
-    """The :mod:`cupy` module, or a :class:`BackendError` that says why not."""
-    _probe_cupy()
-    if _cupy is None:
-        raise BackendError(_cupy_problem or "CuPy is unavailable")
-    return _cupy
-
-
-def cupy_nccl() -> ModuleType:
-    """``cupy.cuda.nccl``, which CuPy imports only when asked (its ``available`` says whether NCCL loaded).
-
-    Raises :class:`BackendError` where CuPy cannot run. CuPy's own warning
-    about a missing NCCL library is not repeated: the caller says what to do.
-    """
-    cupy_module()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        from cupy.cuda import nccl  # the backend is where cupy is imported
-
-    return nccl
 
 
 def is_cupy_array(a: Any) -> bool:
@@ -206,7 +113,7 @@ def _cupy_backend(reason: str) -> Backend:
     return Backend("cupy", cp, f"GPU {dev.id}: {name}", reason)
 
 
-_cache: dict[str, Backend] = {}
+_cache: dict[tuple[str, int | None], Backend] = {}  # by name and the CUDA device current when it was made
 
 
 def get_backend(name: str | Backend | None = None) -> Backend:
@@ -225,8 +132,8 @@ def get_backend(name: str | Backend | None = None) -> Backend:
     key = str(name).strip().lower()
     if key not in BACKENDS:
         raise ValueError(f"unknown backend {name!r} (from {source}); choose one of {', '.join(BACKENDS)}")
-    if key in _cache:
-        return _cache[key]
+    if (key, devices.current_device()) in _cache:
+        return _cache[key, devices.current_device()]
     if key == "numpy":
         be = _numpy_backend("asked for numpy")
     elif key == "cupy":
@@ -234,26 +141,9 @@ def get_backend(name: str | Backend | None = None) -> Backend:
     elif cupy_available():
         be = _cupy_backend("auto: CuPy imported and a CUDA device answered")
     else:
-        be = _numpy_backend(f"auto: {_cupy_problem}")
-    _cache[key] = be
+        be = _numpy_backend(f"auto: {devices.cupy_problem()}")
+    _cache[key, devices.current_device()] = be
     return be
-
-
-def use_device(n: int) -> None:
-    """Make CUDA device ``n`` the one CuPy computes on (as ``cupy.cuda.Device(n).use()``), for what follows.
-
-    The backends made afterwards describe it (``"GPU n: ..."``); one that
-    cannot be used is a :class:`BackendError` with one sentence.
-    """
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
-        raise BackendError(f"a CUDA device is a number 0, 1, ...; got {n!r}")
-    cp = cupy_module()  # a BackendError that says why CuPy cannot run here
-    count = int(cp.cuda.runtime.getDeviceCount())
-    if n >= count:
-        have = f"{count} (device 0)" if count == 1 else f"{count} (devices 0 to {count - 1})"
-        raise BackendError(f"there is no CUDA device {n}: this machine has {have}; pass a device that exists")
-    cp.cuda.Device(int(n)).use()
-    _cache.clear()  # a backend made before describes the device it was made on
 
 
 def backend_info(name: str | Backend | None = None) -> dict[str, str]:
@@ -265,42 +155,8 @@ def backend_info(name: str | Backend | None = None) -> dict[str, str]:
         info["cupy"] = cp.__version__
         info["cuda_runtime"] = str(cp.cuda.runtime.runtimeGetVersion())
         info["cuda_driver"] = str(cp.cuda.runtime.driverGetVersion())
-        info["tf32"] = str(tf32_enabled())
+        info["tf32"] = str(devices.tf32_enabled())
     return info
-
-
-def set_tf32(enabled: bool) -> bool:
-    """Let float32 matrix products run on TF32 tensor cores (CuPy, Ampere and newer GPUs); returns whether they now do.
-
-    TF32 keeps float32 storage and range but rounds the products' inputs to a
-    10-bit mantissa: about 3e-4 relative error per product instead of 1e-7.
-    It applies from the next matrix product on; NumPy is not affected. Where
-    CuPy runs, this sets CuPy's compute type for float32 and reads it back (a
-    GPU older than Ampere keeps the default, with CuPy's warning, and this
-    returns False); elsewhere it sets ``CUPY_TF32``, which a CuPy loaded later
-    reads at its first float32 product, and returns ``enabled``.
-    """
-    os.environ["CUPY_TF32"] = "1" if enabled else "0"
-    if _cupy is None:
-        return bool(enabled)
-    linalg = _cupy_linalg()
-    linalg.set_compute_type(np.float32, linalg.COMPUTE_TYPE_TF32 if enabled else linalg.COMPUTE_TYPE_DEFAULT)
-    return tf32_enabled()
-
-
-def _cupy_linalg() -> ModuleType:
-    """``cupy._core._routines_linalg``: where CuPy keeps the compute type of its matrix products."""
-    from cupy._core import _routines_linalg  # the backend is where cupy is imported
-
-    return _routines_linalg
-
-
-def tf32_enabled() -> bool:
-    """Whether float32 matrix products use TF32: CuPy's compute type where CuPy runs, else what ``CUPY_TF32`` asks."""
-    if _cupy is None:
-        return os.environ.get("CUPY_TF32", "0") not in ("", "0")
-    linalg = _cupy_linalg()
-    return bool(linalg.get_compute_type(np.float32) == linalg.COMPUTE_TYPE_TF32)
 
 
 # --------------------------------------------------------------------------
@@ -315,29 +171,6 @@ def get_array_module(*arrays: Any) -> ModuleType:
         if is_cupy_array(a):
             return cupy_module()
     return np
-
-
-def _where(a: Any) -> str:
-    if is_cupy_array(a):
-        return f"a CuPy array on GPU {a.device.id}"
-    if isinstance(a, np.ndarray):
-        return "a NumPy array (CPU)"
-    return f"a {type(a).__module__}.{type(a).__name__}"
-
-
-def check_same_device(backend: Backend, **arrays: Any) -> None:
-    """Raise :class:`TypeError` naming each argument that lives elsewhere.
-
-    ``arrays`` maps argument names to values; ``None`` values are ignored.
-    """
-    want_gpu = backend.name == "cupy"
-    wrong = [(k, a) for k, a in arrays.items() if a is not None and is_cupy_array(a) != want_gpu]
-    if wrong:
-        where = ", ".join(f"{k} is {_where(a)}" for k, a in wrong)
-        fix = "gb.to_device(arr, net.backend)" if want_gpu else "gb.to_numpy(arr)"
-        raise TypeError(
-            f"mixed devices: this network runs on {backend.name} but {where}; move it with {fix}"
-        )
 
 
 _DLPACK_CPU, _DLPACK_CUDA = 1, 2
@@ -384,3 +217,18 @@ def to_numpy(a: Any) -> np.ndarray:
     if hasattr(a, "__dlpack__") and not isinstance(a, np.ndarray):
         return to_device(a, "numpy")
     return np.asarray(a)
+
+
+# moved: CuPy and the device settings to gpu_backprop.devices, check_same_device to gpu_backprop.checks;
+# old code still finds them here (PEP 562)
+_MOVED = ("use_device", "set_tf32", "tf32_enabled", "cupy_nccl", "cupy_part", "cupy_problem")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        return getattr(devices, name)
+    if name == "check_same_device":
+        from .checks import check_same_device  # checks imports this module
+
+        return check_same_device
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

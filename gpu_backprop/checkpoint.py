@@ -39,8 +39,9 @@ from numpy.lib import format as npy_format
 
 from ._io import atomic_write_bytes
 from .backend import Backend, get_backend
+from .checks import DTYPES
 from .layers import LAYER_TYPES, Layer
-from .network import DTYPES, Sequential
+from .network import Sequential
 from .optim import Optimizer
 
 __all__ = ["CheckpointError", "check_resumable", "checkpoint_metadata", "load_checkpoint", "load_model", "network_from_config", "read_checkpoint",

@@ -22,11 +22,34 @@ import numpy as np
 
 from .backend import Backend, get_array_module, is_cupy_array, to_device
 
-__all__ = ["as_array", "as_dtype", "check_range", "check_samples", "check_targets"]
+__all__ = ["DTYPES", "as_array", "as_dtype", "check_dtype", "check_int", "check_range", "check_same_device", "check_samples", "check_targets", "is_int"]
 
 Array = Any
 
 IMAGE_SCALE = 1.0 / 255.0  #: uint8 images become floats in [0, 1]
+
+
+def _where(a: Any) -> str:
+    if is_cupy_array(a):
+        return f"a CuPy array on GPU {a.device.id}"
+    if isinstance(a, np.ndarray):
+        return "a NumPy array (CPU)"
+    return f"a {type(a).__module__}.{type(a).__name__}"
+
+
+def check_same_device(backend: Backend, **arrays: Any) -> None:
+    """Raise :class:`TypeError` naming each argument that lives elsewhere.
+
+    ``arrays`` maps argument names to values; ``None`` values are ignored.
+    """
+    want_gpu = backend.name == "cupy"
+    wrong = [(k, a) for k, a in arrays.items() if a is not None and is_cupy_array(a) != want_gpu]
+    if wrong:
+        where = ", ".join(f"{k} is {_where(a)}" for k, a in wrong)
+        fix = "gb.to_device(arr, net.backend)" if want_gpu else "gb.to_numpy(arr)"
+        raise TypeError(
+            f"mixed devices: this network runs on {backend.name} but {where}; move it with {fix}"
+        )
 
 
 def as_array(a: Any, backend: Backend, name: str) -> Array:
@@ -109,6 +132,36 @@ def as_dtype(a: Array, xp: Any, dtype: Any, what: str = "X") -> Array:
         raise ValueError(f"{what} holds values too large for {np.dtype(dtype).name} (beyond ±{np.finfo(dtype).max:.3g}); "
                          "scale the data, or use dtype='float64'")
     return out
+
+
+DTYPES = ("float32", "float64")  #: the dtypes a network computes in
+
+
+def check_dtype(dtype: Any) -> np.dtype:
+    """A network's dtype: float32 or float64, else a ValueError that says so."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt is None or dt.name not in DTYPES:
+        raise ValueError(f"unsupported dtype {dtype!r}; use 'float32' (the default) or 'float64'")
+    return dt
+
+
+def is_int(value: Any) -> bool:
+    """Whether ``value`` is a Python or NumPy integer (a bool is not one)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def check_int(name: str, value: Any, lo: int | None = 1, alternative: str = "") -> int:
+    """``value`` as an int of at least ``lo`` (any int for None), else a ValueError that names it.
+
+    ``alternative`` ends the sentence's "must be a positive integer", e.g. ``" or 'full'"``.
+    """
+    if not is_int(value) or (lo is not None and value < lo):
+        kind = {None: "an integer", 0: "a non-negative integer", 1: "a positive integer"}.get(lo, f"an integer ≥ {lo}")
+        raise ValueError(f"{name} must be {kind}{alternative}, got {value!r}")
+    return int(value)
 
 
 def check_range(name: str, value: float, lo: float, hi: float = math.inf, lo_open: bool = False) -> float:

@@ -73,7 +73,7 @@ from typing import Any
 
 import numpy as np
 
-from . import backend
+from . import backend, devices
 
 __all__ = [
     "Communicator",
@@ -632,7 +632,7 @@ class NCCLCommunicator(MPICommunicator):
         problem, cp, nccl, device = None, None, None, self.local_rank
         try:
             cp = backend.cupy_module()
-            nccl = backend.cupy_nccl()  # CuPy 14 imports cupy.cuda.nccl only when asked
+            nccl = devices.cupy_nccl()  # CuPy 14 imports cupy.cuda.nccl only when asked
             count = cp.cuda.runtime.getDeviceCount()
             if not getattr(nccl, "available", True) or not hasattr(nccl, "NcclCommunicator"):
                 wheel = f"nvidia-nccl-cu{cp.cuda.runtime.runtimeGetVersion() // 1000}"  # CuPy's CUDA major

@@ -1,10 +1,11 @@
-"""What a training run returns, and how it ends: :class:`History`, :class:`StopReason` and the errors.
+"""What a training run shows, what it returns, and how it ends.
 
 :func:`gpu_backprop.fit` returns a :class:`History` (per-epoch records, a
 sampled loss curve, why it stopped) or raises :class:`TrainingDiverged`
 (carrying the history up to the divergence) or :class:`DeviceMemoryError`.
 A history is saved in checkpoints and as JSON (strict: a non-finite number is
-``null``).
+``null``). While it runs, a :class:`ProgressBar` shows each epoch, and
+:class:`EarlyStopping` watches the validation loss.
 """
 
 from __future__ import annotations
@@ -15,13 +16,20 @@ import json
 import math
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._io import atomic_write_bytes, strict_json
 
-__all__ = ["DeviceMemoryError", "History", "StopReason", "TrainingDiverged", "epoch_line", "memory_error"]
+if TYPE_CHECKING:
+    from .network import Sequential
+
+__all__ = ["DeviceMemoryError", "EarlyStopping", "History", "ProgressBar", "StopReason", "TrainingDiverged",
+           "epoch_line", "memory_error", "print_epoch"]
+
+REFRESH_SECONDS = 0.5  #: the progress bar's refresh interval (it reads the loss; it never changes a number)
 
 
 class StopReason(str, enum.Enum):
@@ -118,3 +126,70 @@ def epoch_line(r: dict[str, float], epochs: int) -> str:
         if "val_accuracy" in r:
             text += f", accuracy {r['val_accuracy']:.4f}"
     return text
+
+
+def print_epoch(record: dict[str, float], epochs: int) -> None:
+    """Print :func:`epoch_line` above the progress bars."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(epoch_line(record, epochs))
+
+
+class ProgressBar:
+    """An epoch's progress bar: samples, loss, accuracy and rate, refreshed every ``REFRESH_SECONDS`` at most.
+
+    Reading the loss for it is a wait for the device, and nothing else: what
+    it shows never changes a number of the run.
+    """
+
+    def __init__(self, total: int, desc: str, enabled: bool) -> None:
+        from tqdm.auto import tqdm
+
+        self.enabled = enabled
+        self.bar = tqdm(total=total, desc=desc, unit="sample", disable=None if enabled else True, leave=False,
+                        dynamic_ncols=True)
+        self.start = self.last = time.perf_counter()
+
+    def due(self) -> bool:
+        """Whether it is time to refresh."""
+        return self.enabled and time.perf_counter() - self.last >= REFRESH_SECONDS
+
+    def show(self, seen: int, loss_sum: float, mine: int, correct: Any = None) -> None:
+        """``seen`` samples done; the mean loss (and accuracy, from a device count) of this rank's ``mine``."""
+        if not self.enabled:
+            return
+        self.last = now = time.perf_counter()
+        postfix = {"loss": f"{loss_sum / max(mine, 1):.4f}", "rate": f"{seen / max(now - self.start, 1e-9):,.0f}/s"}
+        if correct is not None:
+            postfix["acc"] = f"{int(correct) / max(mine, 1):.3f}"
+        self.bar.set_postfix(postfix, refresh=False)
+        self.bar.update(seen - self.bar.n)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+class EarlyStopping:
+    """Stop when the validation loss has not improved for ``patience`` epochs, and go back to the best weights."""
+
+    def __init__(self, patience: int) -> None:
+        self.patience = patience
+        self.best_loss, self.best_state, self.best_epoch, self.bad_epochs = math.inf, None, 0, 0
+
+    def update(self, net: Sequential, record: dict[str, float]) -> str | None:
+        """After an epoch: why the run stops now, or None to go on (a copy of the best weights is kept)."""
+        if record["val_loss"] < self.best_loss:
+            self.best_loss, self.best_epoch, self.bad_epochs = record["val_loss"], int(record["epoch"]), 0
+            self.best_state = net.state_dict()
+            return None
+        self.bad_epochs += 1
+        if self.bad_epochs < self.patience:
+            return None
+        return (f"early stopping: the validation loss did not improve for {self.patience} epochs; "
+                f"restored the weights of epoch {self.best_epoch}")
+
+    def restore_best(self, net: Sequential, history: History) -> None:
+        """Put back the best epoch's weights, unless they are the last epoch's, and record which they are."""
+        if self.best_state is not None and self.best_epoch != len(history.epochs):
+            net.load_state_dict(self.best_state)
+            history.best_epoch = self.best_epoch

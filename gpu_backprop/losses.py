@@ -21,6 +21,7 @@ from typing import Any
 
 from . import kernels
 from .backend import get_array_module
+from .layers.base import Buffers
 
 __all__ = ["LOSSES", "Loss", "MeanSquaredError", "SigmoidBinaryCrossEntropy", "SoftmaxCrossEntropy", "make_loss"]
 
@@ -35,20 +36,11 @@ class Loss:
     takes_labels = False
 
     def __init__(self) -> None:
-        self._buffers: dict[tuple[str, tuple[int, ...]], Array] = {}
-
-    def _buffer(self, name: str, shape: tuple[int, ...], like: Array) -> Array:
-        key = (name, shape)
-        buf = self._buffers.get(key)
-        if buf is None or buf.dtype != like.dtype:
-            if len(self._buffers) > 8:
-                self._buffers.clear()
-            buf = self._buffers[key] = get_array_module(like).empty(shape, dtype=like.dtype)
-        return buf
+        self.buffers = Buffers()  #: ``d out`` and the per-row losses, reused from step to step
 
     def release_buffers(self) -> None:
         """Drop the cached buffers (they come back on the next call)."""
-        self._buffers.clear()
+        self.buffers.clear()
 
     def prepare_targets(self, out: Array, y: Array) -> Array:
         """Integer labels stay labels for losses that index by them; others get one-hot targets."""
@@ -96,8 +88,8 @@ class SoftmaxCrossEntropy(Loss):
 
     def forward_backward(self, out: Array, y: Array, need_grad: bool = True) -> tuple[Array, Array | None]:
         n = out.shape[0]
-        rows = self._buffer("rows", (n,), out)
-        dz = self._buffer("dZ", out.shape, out) if need_grad else None
+        rows = self.buffers.get("rows", (n,), out)
+        dz = self.buffers.get("dZ", out.shape, out) if need_grad else None
         labels, targets = (y, None) if y.ndim == 1 else (None, y)
         kernels.softmax_cross_entropy(out, labels, targets, dz, rows)
         return rows.sum() / n, dz
@@ -125,7 +117,7 @@ class MeanSquaredError(Loss):
         xp = get_array_module(out)
         n = out.shape[0]
         t = self.prepare_targets(out, y)
-        diff = self._buffer("dA", out.shape, out)
+        diff = self.buffers.get("dA", out.shape, out)
         xp.subtract(out, t, out=diff)
         loss = 0.5 * xp.vdot(diff, diff) / n
         if not need_grad:
@@ -155,7 +147,7 @@ class SigmoidBinaryCrossEntropy(Loss):
         loss = (xp.maximum(out, 0) - out * t + xp.log1p(xp.exp(-xp.abs(out)))).sum() / n
         if not need_grad:
             return loss, None
-        dz = self._buffer("dZ", out.shape, out)
+        dz = self.buffers.get("dZ", out.shape, out)
         dz[...] = out
         kernels.bias_activation(dz, None, "sigmoid")
         dz -= t

@@ -25,30 +25,20 @@ from typing import Any
 
 import numpy as np
 
-from .backend import Backend, check_same_device, get_backend, to_device
-from .checks import as_array, as_dtype, check_samples, check_targets
+from .backend import Backend, get_backend, to_device
+from .checks import DTYPES, as_array, as_dtype, check_dtype, check_same_device, check_samples, check_targets, is_int
 from .layers import Activation, BatchNorm, Dense, Dropout, Layer, make_activation
 from .losses import Loss, make_loss
 from .params import FlatParameters, Slot
+from .predict import Predictions
 from .state import NetworkState, StateEntry
 
-__all__ = ["MLP", "Sequential", "StateEntry"]
+__all__ = ["DTYPES", "MLP", "Sequential", "StateEntry"]
 
 Array = Any
-DTYPES = ("float32", "float64")
 
 
-def _resolve_dtype(dtype: Any) -> np.dtype:
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        dt = None
-    if dt is None or dt.name not in DTYPES:
-        raise ValueError(f"unsupported dtype {dtype!r}; use 'float32' (the default) or 'float64'")
-    return dt
-
-
-class Sequential(NetworkState):
+class Sequential(NetworkState, Predictions):
     """Layers applied in order, then a loss.
 
     Parameters
@@ -94,7 +84,7 @@ class Sequential(NetworkState):
         self.layers = layers
         self.loss = make_loss(loss)
         self.backend = get_backend(backend)
-        self.dtype = _resolve_dtype(dtype)
+        self.dtype = check_dtype(dtype)
         self.seed = int(seed)
         self.input_dim = int(input_dim) if input_dim is not None else self._infer_input_dim()
         self._steps = self._fuse()
@@ -287,42 +277,6 @@ class Sequential(NetworkState):
         self.backward(dout)
         return loss
 
-    def evaluate_loss(self, X: Any, y: Any) -> float:
-        """The mean loss in eval mode (no gradients)."""
-        X, y = self.check_inputs(X, y)
-        return float(self.loss.forward(self.forward(X), y))
-
-    def predict_proba(self, X: Any, batch_size: int = 8192) -> Array:
-        """What the network predicts for ``X``: class probabilities ``(N, C)`` for the classifiers.
-
-        Softmax of the outputs for softmax cross-entropy, the sigmoid for binary
-        cross-entropy, the outputs themselves for mean squared error. ``X`` is
-        what :func:`gpu_backprop.fit` takes (uint8 images or float features, on
-        any device); the result is a new array on this network's device.
-        """
-        X = as_array(X, self.backend, "X")
-        X, scale = check_samples(X, self.input_dim)
-        X = to_device(X, self.backend)
-        parts = []
-        for i in range(0, X.shape[0], batch_size):
-            xb = as_dtype(X[i:i + batch_size], self.xp, self.dtype)
-            if scale != 1.0:
-                xb = xb * scale
-            parts.append(self.loss.predict(self.forward(xb)))
-        return parts[0] if len(parts) == 1 else self.xp.concatenate(parts)
-
-    def predict_classes(self, X: Any, batch_size: int = 8192) -> Array:
-        """The predicted class of each row of ``X`` as int64 ``(N,)``: the most probable one (0/1 for one output)."""
-        p = self.predict_proba(X, batch_size)
-        if p.shape[1] == 1:
-            return (p[:, 0] > 0.5).astype(self.xp.int64)
-        return p.argmax(axis=1).astype(self.xp.int64)
-
-    def predict(self, X: Any, batch_size: int = 8192) -> Array:
-        """Probabilities, as :meth:`predict_proba` (kept for old code; a scikit-learn user would read labels
-        into the name, so prefer :meth:`predict_proba` or :meth:`predict_classes`)."""
-        return self.predict_proba(X, batch_size)
-
     # ------------------------------------------------------------------ description
     def describe(self, batch: int = 128) -> str:
         """The matrix-form equations of this network with every shape filled in for ``batch``."""
@@ -375,8 +329,7 @@ class MLP(Sequential):
         seed: int = 0,
     ) -> None:
         sizes = list(sizes)
-        if len(sizes) < 2 or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s > 0
-                                     for s in sizes):
+        if len(sizes) < 2 or not all(is_int(s) and s > 0 for s in sizes):
             raise ValueError(f"MLP sizes must be at least two positive integers, got {sizes!r}")
         make_activation(activation)  # validates the name early
         layers: list[Layer] = []

@@ -24,6 +24,7 @@ import numpy as np
 from .backend import Backend, BackendError, get_backend, is_cupy_array, to_device, to_numpy
 from .checks import check_range
 from .layers import Activation, BatchNorm, Dense, Dropout, Layer, LeakyReLU
+from .layers.base import Buffers
 
 if TYPE_CHECKING:
     from .network import Sequential
@@ -265,8 +266,8 @@ def pickled_layer(layer: Layer) -> tuple[type[Layer], dict[str, Any]] | Layer:
     if type(layer) in (Dense, BatchNorm, Dropout, LeakyReLU) or (isinstance(layer, Activation)
                                                                  and type(layer).__init__ is Layer.__init__):
         return type(layer), layer.init_args()
-    bare = copy.copy(layer)  # its parameter views are rebuilt on unpickling
-    bare.params, bare.grads = {}, {}
+    bare = copy.copy(layer)  # its parameter views are rebuilt on unpickling, its buffers on the next step
+    bare.params, bare.grads, bare.buffers = {}, {}, Buffers()
     return bare
 
 

@@ -196,7 +196,7 @@ def main() -> None:
     opt.step = step  # type: ignore[method-assign]
     guard = comm.guard("training") if args.guard else contextlib.nullcontext()
     if args.rank_refresh:  # rank 0's progress bar reads its loss at every step, the others' never
-        gb.trainer.REFRESH_SECONDS = 0.0 if comm.rank == 0 else 1e9
+        gb.history.REFRESH_SECONDS = 0.0 if comm.rank == 0 else 1e9
     with guard:
         try:
             history = gb.fit(net, opt, X.astype(args.dtype), y, epochs=args.epochs, batch_size=args.batch, seed=4,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gpu_backprop import backend
+from gpu_backprop import devices
 
-GPU_REASON = None if backend.cupy_available() else (backend._cupy_problem or "CuPy unavailable")
+GPU_REASON = devices.cupy_problem()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -38,7 +38,7 @@ from _stand_in import (
 )
 
 import gpu_backprop as gb
-from gpu_backprop import backend, kernels, trainer
+from gpu_backprop import batches, devices, history, kernels, trainer
 from gpu_backprop.distributed import mpiexec_path
 from gpu_backprop.experimental import persample
 from gpu_backprop.kernels import _cuda
@@ -219,29 +219,29 @@ def test_tf32_is_cupys_compute_type_both_ways(cp, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("CUPY_TF32", "0")
     linalg = cp._core._routines_linalg
     linalg.set_compute_type(np.float32, linalg.COMPUTE_TYPE_TF32)  # set by CuPy itself, not through gpu_backprop
-    assert gb.backend_info("cupy")["tf32"] == "True" and backend.tf32_enabled()
-    assert backend.set_tf32(False) is False and linalg.get_compute_type(np.float32) == linalg.COMPUTE_TYPE_DEFAULT
+    assert gb.backend_info("cupy")["tf32"] == "True" and devices.tf32_enabled()
+    assert devices.set_tf32(False) is False and linalg.get_compute_type(np.float32) == linalg.COMPUTE_TYPE_DEFAULT
     assert gb.backend_info("cupy")["tf32"] == "False"
-    assert backend.set_tf32(True) is True and linalg.get_compute_type(np.float32) == linalg.COMPUTE_TYPE_TF32
+    assert devices.set_tf32(True) is True and linalg.get_compute_type(np.float32) == linalg.COMPUTE_TYPE_TF32
     cp._fake.CC = "75"  # a GPU before Ampere: CuPy warns and keeps the default
     with pytest.warns(UserWarning, match="compute capability 8.0 or higher"):
-        assert backend.set_tf32(True) is False
+        assert devices.set_tf32(True) is False
     assert gb.backend_info("cupy")["tf32"] == "False"
 
 
 def test_a_cupy_batch_allocates_only_its_float_buffer(cp) -> None:
     X, _ = _data(n=600, d=100)
     net = gb.MLP([100, 8, 4], backend="cupy")
-    batches = trainer.Batches(net, cp.asarray(X), cp.zeros(X.shape[0], dtype=np.int64))
+    data = batches.Batches(net, cp.asarray(X), cp.zeros(X.shape[0], dtype=np.int64))
     pool = cp.get_default_memory_pool()
     before = pool.used_bytes()
-    batches.get(cp.arange(128, dtype=np.int64))
+    data.get(cp.arange(128, dtype=np.int64))
 
     def unit(nbytes: int) -> int:  # CuPy's pool allocates in units of 512 bytes
         return -(-nbytes // 512) * 512
 
     assert pool.used_bytes() - before == unit(128 * 100 * 4)  # no (128, 100) uint8 staging buffer
-    full = batches.full()
+    full = data.full()
     assert pool.used_bytes() - before == unit(128 * 100 * 4) + unit(600 * 100 * 4)  # the full batch once, not twice
     _close(X.astype(np.float32) / 255, full, 1e-7)
 
@@ -301,7 +301,7 @@ def test_fused_batch_1_divergence_stops_and_keeps_finite_weights(cp) -> None:
 @pytest.mark.parametrize("batch", [8, 1])
 def test_training_steps_never_wait_for_the_device(cp, batch: int, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(trainer, "_FUSED_RUN", 8)  # batch 1: runs of 8 samples, one launch each
-    monkeypatch.setattr(trainer, "REFRESH_SECONDS", 1e9)
+    monkeypatch.setattr(history, "REFRESH_SECONDS", 1e9)
     cp._fake.SMS = 1
     waits = []
     for n in (8, 24):
@@ -397,10 +397,10 @@ def test_nccl_says_which_wheel_to_install_for_this_cuda(tmp_path: Path) -> None:
 def test_use_device_makes_that_gpu_current_and_refuses_one_that_is_not_there(cp) -> None:
     cp._fake.DEVICES = 2
     assert gb.get_backend("cupy").device.startswith("GPU 0:")
-    backend.use_device(1)
+    devices.use_device(1)
     assert cp.cuda.Device().id == 1 and gb.get_backend("cupy").device.startswith("GPU 1:")  # described anew
     for bad, words in ((2, "there is no CUDA device 2: this machine has 2 (devices 0 to 1)"), (-1, "0, 1, ..."),
                        (True, "0, 1, ...")):
         with pytest.raises(gb.BackendError, match=re.escape(words)):
-            backend.use_device(bad)
-    backend.use_device(0)
+            devices.use_device(bad)
+    devices.use_device(0)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import gpu_backprop as gb
-from gpu_backprop import kernels, trainer
+from gpu_backprop import guard, history, kernels, trainer
 from gpu_backprop.kernels import _cpu
 
 pytest.importorskip("scipy.linalg")  # the fused BLAS path of SGD
@@ -34,12 +34,12 @@ def _train(sizes: list[int], X: np.ndarray, y: np.ndarray, batch: int | str, epo
            **kwargs: Any) -> tuple[np.ndarray, list[tuple[int, float]]]:
     net = gb.MLP(sizes, backend="numpy", seed=3)
     opt = gb.SGD(net, lr=0.05, momentum=0.9)
-    saved = trainer.REFRESH_SECONDS
-    trainer.REFRESH_SECONDS = kwargs.pop("refresh_seconds", saved)  # how often the progress bar reads the loss
+    saved = history.REFRESH_SECONDS
+    history.REFRESH_SECONDS = kwargs.pop("refresh_seconds", saved)  # how often the progress bar reads the loss
     try:
         h = gb.fit(net, opt, X, y, epochs=epochs, batch_size=batch, seed=5, **kwargs)
     finally:
-        trainer.REFRESH_SECONDS = saved
+        history.REFRESH_SECONDS = saved
     assert h.stopped_reason is gb.StopReason.COMPLETED
     return net.flat_params.copy(), h.steps
 
@@ -72,7 +72,7 @@ class _JumpyClock:
 
 
 def test_the_refresh_timer_changes_no_bits(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(trainer, "_CHECK_SAMPLES", 64, raising=False)  # checks (and snapshots) mid-epoch too
+    monkeypatch.setattr(guard, "CHECK_SAMPLES", 64)  # checks (and snapshots) mid-epoch too
     X, y = _data(400, 20, 5)
     sizes = [20, 32, 32, 5]
     ref, ref_steps = _train(sizes, X, y, 8, epochs=2, progress=False, refresh_seconds=1e9)
@@ -81,13 +81,15 @@ def test_the_refresh_timer_changes_no_bits(monkeypatch: pytest.MonkeyPatch) -> N
         got, steps = _train(sizes, X, y, 8, epochs=2, **kwargs)
         np.testing.assert_array_equal(got, ref, err_msg=str(kwargs))
         assert steps == ref_steps, kwargs
-    monkeypatch.setattr(trainer, "time", _JumpyClock())
+    clock = _JumpyClock()  # the progress bar's clock, and the epochs' too
+    monkeypatch.setattr(history, "time", clock)
+    monkeypatch.setattr(trainer, "time", clock)
     for progress in (True, False):
         got, steps = _train(sizes, X, y, 8, epochs=2, progress=progress, refresh_seconds=0.5)
         np.testing.assert_array_equal(got, ref)
         assert steps == ref_steps
-    # the loss curve's points fall every _check_steps steps and at the end of each epoch
-    every = trainer._check_steps(8, 1)
+    # the loss curve's points fall every check_steps steps and at the end of each epoch
+    every = guard.check_steps(8, 1)
     assert every == 8
     assert [s for s, _ in ref_steps] == [e * 50 + k for e in (0, 1) for k in [*range(every, 50, every), 50]]
 

@@ -58,7 +58,8 @@ from typing import Any
 
 import numpy as np
 
-from .. import backend, kernels
+from .. import backend, checks, kernels
+from ..batches import Batches
 from ..kernels.activations import FORMULAS
 from ..layers import Dense
 from ..losses import SoftmaxCrossEntropy
@@ -70,11 +71,13 @@ __all__ = [
     "LayerSpec",
     "PerSampleUnsupported",
     "can_fuse",
+    "fuses",
     "kernel_source",
     "layer_specs",
     "per_sample_sgd",
     "per_sample_sgd_reference",
     "scratch_size",
+    "train_run",
 ]
 
 Array = Any
@@ -326,6 +329,28 @@ def can_fuse(net: Sequential, opt: Any) -> bool:
     return True
 
 
+def fuses(net: Sequential, opt: Any, batch: int, ranks: int, max_grad_norm: float | None) -> bool:
+    """Whether :func:`gpu_backprop.fit` runs these settings as the fused kernel, a run of samples per launch.
+
+    Batch 1 on CuPy, in one process, without gradient clipping, for the
+    networks and optimisers it implements (:func:`can_fuse`: Dense layers with
+    their activations and a hidden layer, softmax cross-entropy on labels, SGD).
+    Anything else, BatchNorm and Dropout included, takes the general path.
+    """
+    return batch == 1 and ranks == 1 and max_grad_norm is None and net.backend.is_gpu and can_fuse(net, opt)
+
+
+def train_run(net: Sequential, opt: SGD, data: Batches, order: Array, rates: list[float]) -> tuple[Array, Array]:
+    """The trainer's unit of work when :func:`fuses`: the samples ``order`` of ``data``, sample j at ``rates[j]``.
+
+    Returns ``(loss_sum, correct)`` as :func:`per_sample_sgd` does; ``opt.lr`` is left at the last rate.
+    """
+    opt.lr = rates[-1]
+    same = rates.count(rates[0]) == len(rates)
+    lr = rates[0] if same else net.xp.asarray(np.array(rates), dtype=net.dtype)
+    return per_sample_sgd(net, opt, data.X, data.y, order, scale=data.scale, lr=lr, method="kernel")
+
+
 # --------------------------------------------------------------------------
 # The public entry
 # --------------------------------------------------------------------------
@@ -370,7 +395,7 @@ def per_sample_sgd(net: Sequential, opt: SGD, X: Array, y: Array, order: Array, 
 
 
 def _check_data(net: Sequential, X: Array, y: Array, order: Array, check: bool) -> None:
-    backend.check_same_device(net.backend, X=X, y=y, order=order)
+    checks.check_same_device(net.backend, X=X, y=y, order=order)
     if X.ndim != 2 or X.shape[1] != net.input_dim:
         raise ValueError(f"X must be (N, {net.input_dim}), got shape {X.shape}")
     if X.dtype != np.uint8 and X.dtype != net.dtype:

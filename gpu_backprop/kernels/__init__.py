@@ -10,7 +10,8 @@ fresh random inputs; :mod:`._cpu` runs the NumPy bodies across the cores.
     softmax       softmax + cross-entropy: loss and (A − Y)/N in one pass
     linalg        Z = X W, dW = Xᵀ dZ, dX = dZ Wᵀ, db = Σ dZ
     updates       SGD (momentum, Nesterov) and Adam/AdamW over the flat buffer
-    random        a counter-based hash: permutations and dropout masks
+    random        a counter-based hash: the epochs' permutations
+    dropout       Dropout's masks, from the same hash
     batchnorm     BatchNorm's normalisation and its backward
     gather        a batch gathered from the device-resident data set and scaled
 
@@ -23,15 +24,16 @@ single-sample steps.
 
 from __future__ import annotations
 
-from ._cpu import SCIPY_MAX_BATCH, blas_threads, scipy_blas
+from ._cpu import SCIPY_MAX_BATCH, blas_threads, defers_weight_grads, scipy_blas
 from ._cuda import ELEMENTWISE, RAW, make_elementwise, make_raw, raw_source
 from .activations import ACTIVATIONS, activation_backward, activation_forward, bias_activation
 from .batchnorm import batchnorm_backward, batchnorm_normalize
+from .dropout import dropout_forward
 from .gather import gather_scale
 from .linalg import column_sum, matmul, weight_grad
-from .random import dropout_forward, hash_uniform, random_permutation
+from .random import hash_uniform, random_permutation
 from .softmax import softmax, softmax_cross_entropy
-from .updates import adam_update, defers_weight_grads, sgd_update
+from .updates import adam_update, sgd_update
 
 __all__ = [
     "ACTIVATIONS",

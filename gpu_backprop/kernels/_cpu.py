@@ -90,6 +90,20 @@ def scipy_blas() -> Any:
     return _scipy_blas or None
 
 
+def defers_weight_grads(backend: str, batch: int, nesterov: bool) -> bool:
+    """Whether an SGD step should take ``dW = Xᵀ dZ`` into :func:`.updates.sgd_update` instead of ``flat_grads``.
+
+    On NumPy with SciPy's BLAS, for one sample (``ger`` into the velocity instead of
+    writing a rank-1 matrix out and reading it back) and for batches of up to
+    ``SCIPY_MAX_BATCH`` rows without Nesterov momentum (``gemm`` with ``beta = 1``;
+    Nesterov would need ``dW`` twice). Measured on a 2-core EPYC: mlp-1024 +43%
+    samples/s at batch 32, +18% at 128, nothing at 1024 (see :data:`SCIPY_MAX_BATCH`).
+    """
+    if backend != "numpy" or scipy_blas() is None:
+        return False
+    return batch == 1 or (not nesterov and batch <= SCIPY_MAX_BATCH)
+
+
 def blas_function(name: str, like: Array) -> Any:
     """SciPy's BLAS routine ``name`` (``"axpy"``, ``"scal"``, ``"ger"``) for arrays like ``like``, or None.
 

@@ -42,7 +42,6 @@ def matmul(a: Array, b: Array, out: Array, alpha: float = 1.0, beta: float = 0.0
     return out
 
 
-
 def weight_grad(x: Array, dz: Array, out: Array, alpha: float = 1.0, beta: float = 0.0) -> Array:
     """``out = alpha · Xᵀ dZ + beta · out``: the weight gradient ``dW`` of a Dense layer.
 

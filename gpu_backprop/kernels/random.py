@@ -3,6 +3,7 @@
 A stateless hash of (seed, counter, index) gives uniform numbers that are
 identical on both backends, need no generator state beyond two integers
 (so a checkpoint restores them exactly), and cost one elementwise pass.
+Dropout's masks use the same hash (:mod:`.dropout`).
 """
 
 from __future__ import annotations
@@ -11,12 +12,12 @@ from typing import Any
 
 import numpy as np
 
-from ._cuda import define_elementwise, elementwise, on_gpu
+from ._cuda import define_elementwise, elementwise
 
 Array = Any
 
 #: the hash, in C: ``i`` is the element index, ``key`` the 64-bit mix of seed and counter
-_HASH_C = """
+HASH_C = """
 unsigned int h = (unsigned int)i * 0x9E3779B1u ^ (unsigned int)key;
 h ^= (unsigned int)(key >> 32);
 h ^= h >> 16; h *= 0x85EBCA6Bu; h ^= h >> 13; h *= 0xC2B2AE35u; h ^= h >> 16;
@@ -24,12 +25,10 @@ h += (unsigned int)i; h ^= h >> 15; h *= 0x2C1B3C6Du; h ^= h >> 12; h *= 0x297A2
 """
 
 
-define_elementwise("hash_u32", "uint64 key", "uint32 out", _HASH_C + "out = h;")
-define_elementwise("dropout_fwd", "uint64 key, uint32 threshold, T scale", "T x, T mask",
-        _HASH_C + "mask = h >= threshold ? scale : (T)0; x = x * mask;")
+define_elementwise("hash_u32", "uint64 key", "uint32 out", HASH_C + "out = h;")
 
 
-def _mix_key(seed: int, counter: int) -> int:
+def mix_key(seed: int, counter: int) -> int:
     """Mix seed and counter into one 64-bit key (splitmix64)."""
     z = (seed * 0x9E3779B97F4A7C15 + counter * 0xD1B54A32D192ED03 + 0x632BE59BD9B4E019) & (2**64 - 1)
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & (2**64 - 1)
@@ -37,7 +36,8 @@ def _mix_key(seed: int, counter: int) -> int:
     return z ^ (z >> 31)
 
 
-def _np_hash(n: int, key: int) -> np.ndarray:
+def hash_numpy(n: int, key: int) -> np.ndarray:
+    """The hash of the indices ``0 … n-1`` under ``key``: ``HASH_C`` in NumPy, the same bits."""
     with np.errstate(over="ignore"):
         i = np.arange(n, dtype=np.uint32)
         h = i * np.uint32(0x9E3779B1) ^ np.uint32(key & 0xFFFFFFFF)
@@ -56,9 +56,9 @@ def _np_hash(n: int, key: int) -> np.ndarray:
 
 def hash_uniform(xp: Any, n: int, seed: int, counter: int) -> Array:
     """``n`` uint32 random words from (seed, counter), identical on NumPy and CuPy. Kernel: ``hash_u32``."""
-    key = _mix_key(seed, counter)
+    key = mix_key(seed, counter)
     if xp is np:
-        return _np_hash(n, key)
+        return hash_numpy(n, key)
     out = xp.empty(n, dtype=xp.uint32)
     elementwise("hash_u32")(np.uint64(key), out)
     return out
@@ -71,19 +71,3 @@ def random_permutation(xp: Any, n: int, seed: int, counter: int) -> Array:
     keys |= xp.arange(n, dtype=xp.uint64)  # ties broken by index: a total order
     return xp.argsort(keys)
 
-
-def dropout_forward(x: Array, p: float, seed: int, counter: int, mask: Array) -> Array:
-    """Inverted dropout in place: ``x <- x ⊙ mask`` with ``mask = [u ≥ p] / (1 - p)``.
-
-    ``mask`` (same shape as x) is filled for the backward pass. Kernel: ``dropout_fwd``.
-    """
-    keep_scale = 1.0 / (1.0 - p)
-    threshold = min(int(p * 2.0**32), 2**32 - 1)
-    key = _mix_key(seed, counter)
-    if on_gpu(x):
-        elementwise("dropout_fwd")(np.uint64(key), np.uint32(threshold), keep_scale, x, mask)
-        return x
-    h = _np_hash(x.size, key).reshape(x.shape)
-    np.multiply(h >= np.uint32(threshold), keep_scale, out=mask)
-    np.multiply(x, mask, out=x)
-    return x

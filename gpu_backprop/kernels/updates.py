@@ -39,7 +39,7 @@ def sgd_update(
     per-sample SGD on a CPU is bound by passes over the weights, and ``x ⊗ dz``
     then costs one BLAS ``ger`` into the velocity. The NumPy body is this sequence
     of ``scal`` and ``axpy``: on SciPy's BLAS when products are given (SciPy's BLAS
-    ran them, see :func:`defers_weight_grads`), NumPy across the cores otherwise.
+    ran them, see :func:`._cpu.defers_weight_grads`), NumPy across the cores otherwise.
     """
     if on_gpu(p):
         if products:
@@ -73,20 +73,6 @@ def sgd_update(
         _cpu.axpy(-lr * momentum, v, p, scratch, blas)
     else:                                          # p ← p − η v
         _cpu.axpy(-lr, v, p, scratch, blas)
-
-
-def defers_weight_grads(backend: str, batch: int, nesterov: bool) -> bool:
-    """Whether an SGD step should take ``dW = Xᵀ dZ`` into :func:`sgd_update` instead of ``flat_grads``.
-
-    On NumPy with SciPy's BLAS, for one sample (``ger`` into the velocity instead of
-    writing a rank-1 matrix out and reading it back) and for batches of up to
-    ``SCIPY_MAX_BATCH`` rows without Nesterov momentum (``gemm`` with ``beta = 1``;
-    Nesterov would need ``dW`` twice). Measured on a 2-core EPYC: mlp-1024 +43%
-    samples/s at batch 32, +18% at 128, nothing at 1024 (see ``kernels._cpu``).
-    """
-    if backend != "numpy" or _cpu.scipy_blas() is None:
-        return False
-    return batch == 1 or (not nesterov and batch <= _cpu.SCIPY_MAX_BATCH)
 
 
 def _filled_ranges(n: int, products: Sequence[tuple[int, Array, Array]]) -> list[tuple[int, int]]:

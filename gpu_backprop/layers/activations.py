@@ -32,7 +32,7 @@ class Activation(Layer):
     alpha = 0.0  # the slope of LeakyReLU's negative side; unused by the others
 
     def forward(self, x: Array, train: bool = False) -> Array:
-        a = self._buffer("A", x.shape, x)
+        a = self.buffers.get("A", x.shape, x)
         a[...] = x
         kernels.bias_activation(a, None, self.kind, self.alpha)
         self._a = a

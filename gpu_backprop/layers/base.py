@@ -11,6 +11,34 @@ from ..backend import get_array_module
 Array = Any
 
 
+class Buffers:
+    """Arrays reused from step to step, by name and shape, so that a training step allocates nothing.
+
+    A few shapes are kept per name (the training batch, an epoch's last batch,
+    evaluation); a fourth replaces the oldest.
+    """
+
+    KEEP = 3
+
+    def __init__(self) -> None:
+        self._arrays: dict[tuple[str, tuple[int, ...]], Array] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], like: Array) -> Array:
+        """The buffer called ``name`` of ``shape``, with ``like``'s dtype and device: made once, then reused."""
+        key = (name, shape)
+        buf = self._arrays.get(key)
+        if buf is None or buf.dtype != like.dtype:
+            same_name = [k for k in self._arrays if k[0] == name]
+            if len(same_name) >= self.KEEP:
+                del self._arrays[same_name[0]]
+            buf = self._arrays[key] = get_array_module(like).empty(shape, dtype=like.dtype)
+        return buf
+
+    def clear(self) -> None:
+        """Drop every buffer (they come back on the next call)."""
+        self._arrays.clear()
+
+
 class Layer:
     """Base class: no parameters, no buffers; subclasses fill in what they have."""
 
@@ -21,7 +49,7 @@ class Layer:
     def __init__(self) -> None:
         self.params = {}
         self.grads = {}
-        self._buffers: dict[tuple[str, tuple[int, ...]], Array] = {}
+        self.buffers = Buffers()  #: the layer's outputs and gradients, reused from step to step
 
     # --- parameters ---------------------------------------------------------
     def param_shapes(self, in_dim: int) -> dict[str, tuple[int, ...]]:
@@ -70,22 +98,9 @@ class Layer:
         """The constructor arguments that rebuild this layer (``type(layer)(**layer.init_args())``)."""
         return {}
 
-    # --- helpers --------------------------------------------------------------
-    def _buffer(self, name: str, shape: tuple[int, ...], like: Array) -> Array:
-        """A buffer called ``name`` of ``shape``, allocated once and reused."""
-        key = (name, shape)
-        buf = self._buffers.get(key)
-        if buf is None or buf.dtype != like.dtype:
-            same_name = [k for k in self._buffers if k[0] == name]
-            if len(same_name) >= 3:  # a few batch shapes (train, last batch, eval) at most
-                del self._buffers[same_name[0]]
-            xp = get_array_module(like)
-            buf = self._buffers[key] = xp.empty(shape, dtype=like.dtype)
-        return buf
-
     def release_buffers(self) -> None:
         """Drop the cached buffers (they come back on the next forward)."""
-        self._buffers.clear()
+        self.buffers.clear()
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.spec().items() if k != "type")

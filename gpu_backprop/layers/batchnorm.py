@@ -73,8 +73,8 @@ class BatchNorm(Layer):
         else:
             mean, var = self.running_mean, self.running_var
         inv_std = 1.0 / xp.sqrt(var + self.eps)
-        xhat = self._buffer("Xhat", x.shape, x)
-        y = self._buffer("Y", x.shape, x)
+        xhat = self.buffers.get("Xhat", x.shape, x)
+        y = self.buffers.get("Y", x.shape, x)
         kernels.batchnorm_normalize(x, mean, inv_std, self.params["gamma"], self.params["beta"], xhat, y)
         self._xhat, self._inv_std, self._train = xhat, inv_std, train
         return y
@@ -88,7 +88,7 @@ class BatchNorm(Layer):
         if not need_dx:
             return None
         scale = self.params["gamma"] * self._inv_std
-        dx = self._buffer("dX", dy.shape, dy)
+        dx = self.buffers.get("dX", dy.shape, dy)
         if self._train:
             kernels.batchnorm_backward(dy, xhat, scale, dgamma, dbeta, dy.shape[0], dx)
         else:

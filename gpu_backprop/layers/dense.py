@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from .. import kernels
+from ..checks import check_int
 from ..init import INITIALIZERS, default_initializer, initialize
 from .activations import Activation
 from .base import Layer
@@ -37,13 +38,10 @@ class Dense(Layer):
 
     def __init__(self, in_features: int, out_features: int, init: str = "auto") -> None:
         super().__init__()
-        for name, v in (("in_features", in_features), ("out_features", out_features)):
-            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"Dense {name} must be a positive integer, got {v!r}")
+        self.in_features = check_int("Dense in_features", in_features)
+        self.out_features = check_int("Dense out_features", out_features)
         if init != "auto" and init not in INITIALIZERS:
             raise ValueError(f"unknown initializer {init!r}; choose 'auto' or one of {', '.join(INITIALIZERS)}")
-        self.in_features = int(in_features)
-        self.out_features = int(out_features)
         self.init = init
         self.activation: Activation | None = None  # set by the network when it fuses one
 
@@ -69,7 +67,7 @@ class Dense(Layer):
 
     def forward(self, x: Array, train: bool = False) -> Array:
         W, b = self.params["W"], self.params["b"]
-        z = self._buffer("Z", (x.shape[0], self.out_features), x)
+        z = self.buffers.get("Z", (x.shape[0], self.out_features), x)
         kernels.matmul(x, W, z)
         act = self.activation
         if act is None:
@@ -88,7 +86,7 @@ class Dense(Layer):
         kernels.column_sum(dz, self.grads["b"])
         if not need_dx:
             return None
-        dx = self._buffer("dX", self._x.shape, dz)
+        dx = self.buffers.get("dX", self._x.shape, dz)
         kernels.matmul(dz, self.params["W"].T, dx)
         return dx
 

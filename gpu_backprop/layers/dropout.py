@@ -31,9 +31,9 @@ class Dropout(Layer):
         self._masked = train and self.p > 0.0
         if not self._masked:
             return x
-        y = self._buffer("Y", x.shape, x)
+        y = self.buffers.get("Y", x.shape, x)
         y[...] = x
-        self._mask = self._buffer("mask", x.shape, x)
+        self._mask = self.buffers.get("mask", x.shape, x)
         kernels.dropout_forward(y, self.p, self.seed, self.counter, self._mask)
         self.counter += 1
         return y

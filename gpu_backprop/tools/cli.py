@@ -334,10 +334,10 @@ def _use_device(cfg: dict[str, Any]) -> None:
     if cfg["distributed"] == "nccl":
         raise UsageError("--device cannot be combined with --distributed nccl, where each rank takes the GPU of "
                          "its local rank; drop --device")
-    from .. import backend
+    from .. import backend, devices
 
     try:
-        backend.use_device(n)
+        devices.use_device(n)
     except backend.BackendError as exc:  # CuPy cannot run here, or there is no device n
         raise UsageError(f"--device {n}: {exc}") from None
 
@@ -418,7 +418,7 @@ def _train(args: argparse.Namespace) -> int:
     _check_two_classes(ds)
     backend = gb.get_backend(cfg["backend"])
     if cfg["tf32"]:
-        gb.backend.set_tf32(True)
+        gb.devices.set_tf32(True)
     weight_decay = cfg["weight_decay"]
     if cfg["l2_lambda"] is not None and args.weight_decay is None:  # a preset's λ/n, n = this training set
         weight_decay = cfg["l2_lambda"] / len(ds.y_train)
@@ -533,8 +533,6 @@ def _fit(*args: Any, **kwargs: Any) -> tuple[Any, str | None]:
         return fit(*args, **kwargs), None
     except TrainingDiverged as exc:  # carries the history up to the divergence
         return exc.history, str(exc)
-
-
 
 
 # --------------------------------------------------------------------------

@@ -177,19 +177,19 @@ def test_short_flags_train_and_resume(capsys, tmp_path: Path) -> None:
 
 
 def test_device_asks_the_backend_for_that_gpu_before_choosing_it(capsys, monkeypatch) -> None:
-    """The CLI's side of --device: backend.use_device(N), before the backend describes its device."""
-    from gpu_backprop import backend
+    """The CLI's side of --device: devices.use_device(N), before the backend describes its device."""
+    from gpu_backprop import devices
     from gpu_backprop.backend import BackendError
 
     asked: list[int] = []
-    monkeypatch.setattr(backend, "use_device", asked.append)
+    monkeypatch.setattr(devices, "use_device", asked.append)
     code, _, err = run([*QUICK, "--hidden", "8", "-q", "--device", "1"], capsys)
     assert code == 0 and asked == [1], err
 
     def no_such_device(n: int) -> None:
         raise BackendError(f"there is no CUDA device {n}: this machine has 1 (device 0); pass --device 0")
 
-    monkeypatch.setattr(backend, "use_device", no_such_device)
+    monkeypatch.setattr(devices, "use_device", no_such_device)
     for flags, fragment in ((["--device", "7"], "--device 7: there is no CUDA device 7"),
                             (["--device", "-1"], "--device takes a CUDA device number"),
                             (["--device", "0", "--backend", "numpy"], "--backend numpy does not use")):

@@ -43,7 +43,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ...backend import Backend, cupy_available, get_backend, set_tf32
+from ...backend import Backend, cupy_available, get_backend
+from ...devices import set_tf32
 from .._args import Parser
 from .peers import N_TRAIN
 from .report import default_stem, render, write

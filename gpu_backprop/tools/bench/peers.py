@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 
 from ... import kernels
-from ...backend import Backend, tf32_enabled
+from ...backend import Backend
+from ...devices import tf32_enabled
 from ...network import MLP
 from ...optim import SGD
 from .timing import Runner
@@ -35,7 +36,7 @@ class OurStep:
     """
 
     def __init__(self, be: Backend, sizes: list[int], batch: int) -> None:
-        from ...trainer import Batches
+        from ...batches import Batches
 
         xp = be.xp
         Xh, yh = random_data(max(N_TRAIN, batch), sizes[0], sizes[-1])

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from ... import __version__, kernels
-from ...backend import Backend, set_tf32, tf32_enabled
+from ...backend import Backend
+from ...devices import set_tf32, tf32_enabled
 from ...layers import Dense
 from ...network import MLP
 from ...optim import SGD

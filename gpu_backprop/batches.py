@@ -1,0 +1,99 @@
+"""A data set on the network's device, and its batches as floats.
+
+The training data goes to the device once, as it is: uint8 images stay uint8
+(a quarter of the memory and of the copy), float features become the network's
+dtype. Each step gathers its rows and scales them to floats in one kernel
+(:func:`gpu_backprop.kernels.gather_scale`) into a buffer that is reused for
+every batch of that size, so a training step allocates nothing.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from . import kernels
+from .backend import to_device
+from .checks import as_array, as_dtype, check_samples, check_targets
+
+if TYPE_CHECKING:
+    from .network import Sequential
+
+__all__ = ["Batches"]
+
+Array = Any
+
+VALIDATION_SPLIT = 2**63  #: the hash counter of the validation split (the epochs' permutations count from 0)
+
+
+class Batches:
+    """A data set on the network's device, as given (uint8 images stay uint8), and its batches as floats.
+
+    ``X`` is ``(N, D)``, ``y`` labels ``(N,)`` or targets ``(N, C)``; ``scale``
+    turns ``X`` into the network's floats (1/255 for images). Each batch size
+    gets one buffer, reused every step (a training step allocates nothing).
+    """
+
+    def __init__(self, net: Sequential, X: Any, y: Any, what: str = "training data") -> None:
+        """Check ``(X, y)`` where they are (see :mod:`.checks`), then move them to ``net``'s device once."""
+        X, self.scale = check_samples(as_array(X, net.backend, f"{what} X"), net.input_dim, f"{what} X")
+        y = check_targets(as_array(y, net.backend, f"{what} y"), X.shape[0], net.output_dim, f"{what} y")
+        xp = net.xp
+        self.net = net
+        X, y = to_device(X, net.backend), to_device(y, net.backend)
+        self.X = xp.ascontiguousarray(X) if self.scale != 1.0 else as_dtype(X, xp, net.dtype, f"{what} X")
+        self.y = xp.ascontiguousarray(y, dtype=xp.int64) if y.ndim == 1 else as_dtype(y, xp, net.dtype, f"{what} y")
+        self._bufs: dict[int, tuple[Array, Array | None]] = {}
+        self._full: Array | None = None
+
+    def __len__(self) -> int:
+        return int(self.X.shape[0])
+
+    @property
+    def labels(self) -> bool:
+        """True for integer class labels (accuracy is counted), False for float targets."""
+        return self.y.ndim == 1
+
+    def subset(self, rows: Array) -> Batches:
+        """The samples ``rows`` (sorted device indices) as a data set of their own (a copy on the device)."""
+        new = object.__new__(Batches)
+        new.net, new.scale, new.X, new.y = self.net, self.scale, self.X[rows], self.y[rows]
+        new._bufs, new._full = {}, None
+        return new
+
+    def split(self, fraction: float, seed: int) -> tuple[Batches, Batches]:
+        """``(the rest, held out)``: a ``fraction`` of the samples, chosen from ``seed``, held out for validation."""
+        n = len(self)
+        k = max(1, round(fraction * n))
+        if k >= n:
+            raise ValueError(f"validation_fraction {fraction} of {n} samples leaves none to train on; "
+                             "use a smaller one")
+        xp = self.net.xp
+        order = kernels.random_permutation(xp, n, seed, VALIDATION_SPLIT)
+        return self.subset(xp.sort(order[k:])), self.subset(xp.sort(order[:k]))
+
+    def get(self, rows: Array) -> Array:
+        """``X[rows]`` scaled to the network's dtype, ``(B, D)``, in a buffer reused for every batch of B rows."""
+        b = rows.shape[0]
+        if b not in self._bufs:
+            xp = self.net.xp
+            out = xp.empty((b, self.X.shape[1]), dtype=self.net.dtype)
+            # NumPy gathers the rows first and converts them after; the CuPy kernel does both at once
+            host_staging = xp is np and self.X.dtype != self.net.dtype
+            self._bufs[b] = (out, np.empty((b, self.X.shape[1]), self.X.dtype) if host_staging else None)
+        out, staging = self._bufs[b]
+        return kernels.gather_scale(self.X, rows, self.scale, out, staging)
+
+    def full(self) -> Array:
+        """The whole data set scaled, in its stored order: made once, then reused (full-batch descent)."""
+        if self._full is None:
+            n = len(self)
+            self._full = self.get(self.net.xp.arange(n, dtype=self.net.xp.int64))
+            del self._bufs[n]  # the buffer is the full batch's now; a batch of n rows gets another
+        return self._full
+
+    def release(self) -> None:
+        """Drop the batch buffers (they come back on the next batch)."""
+        self._bufs.clear()
+        self._full = None
