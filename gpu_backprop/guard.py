@@ -83,9 +83,10 @@ class Guard:
         self.loss, self.seen = loss_all, seen
 
     def keep(self, step: int) -> None:
-        """Copy the weights and the optimiser state as the good state after ``step``."""
+        """Copy the weights and the optimiser state (its buffers and step count) as the good state after ``step``."""
         self.params = self.net.flat_params.copy()
         self.state = {k: v.copy() for k, v in self.opt.state_buffers().items()}
+        self.opt_steps = self.opt.steps  # Adam's bias correction counts the steps
         self.step = step
 
     def restore(self) -> None:
@@ -93,6 +94,7 @@ class Guard:
         self.net.flat_params[...] = self.params
         for k, v in self.opt.state_buffers().items():
             v[...] = self.state[k]
+        self.opt.steps = self.opt_steps
 
     def diverged(self, what: str, remedy: str = "clip gradients (max_grad_norm)") -> TrainingDiverged:
         """Restore the good state; the error that says ``what`` went wrong, and to lower the rate or ``remedy``."""

@@ -132,6 +132,22 @@ def test_divergence_stops_and_keeps_the_last_good_weights() -> None:
     assert np.all(np.isfinite(net.flat_params))
 
 
+def test_divergence_puts_back_the_optimiser_state_with_its_step_count() -> None:
+    X, y = _toy()
+    net = gb.MLP([12, 16, 3], activation="identity", backend="numpy", seed=0)
+    opt = gb.Adam(net, lr=1e-3)
+    fit(net, opt, X, y, epochs=1, batch_size=10, progress=False)
+    steps, m, v = opt.steps, opt.m.copy(), opt.v.copy()
+    assert steps > 0
+    opt.lr = 1e30  # the next run diverges before its first check
+    with pytest.raises(gb.TrainingDiverged) as info:
+        fit(net, opt, X, y, epochs=1, batch_size=10, progress=False)
+    assert info.value.step == 0  # the good state is the one this run began with
+    assert opt.steps == steps  # not the diverged run's count: Adam's bias correction would be off
+    np.testing.assert_array_equal(opt.m, m)
+    np.testing.assert_array_equal(opt.v, v)
+
+
 def test_gradient_clipping_bounds_the_step() -> None:
     X, y = _toy()
     net = gb.MLP([12, 3], activation="identity", backend="numpy", seed=0)
