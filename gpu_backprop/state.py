@@ -87,7 +87,16 @@ class NetworkState:
         (dropout seed and counter); a BatchNorm layer's running statistics are
         optional: they exist only after its first forward pass in training mode.
         """
-        return network_state_spec(self)
+        spec = {name: StateEntry(shape, self.dtype, True) for name, (_, shape) in self.flat.slots.items()}
+        for idx, layer in enumerate(self.layers):
+            for k, v in layer.state().items():
+                dtype = v.dtype if hasattr(v, "dtype") else np.asarray(v).dtype
+                required = not isinstance(layer, BatchNorm)
+                spec[f"layers.{idx}.{k}"] = StateEntry(tuple(np.shape(v)), np.dtype(dtype), required)
+            if isinstance(layer, BatchNorm):
+                for k in ("running_mean", "running_var"):
+                    spec[f"layers.{idx}.{k}"] = StateEntry((layer.num_features,), self.dtype, False)
+        return spec
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Load what :meth:`state_dict` returned; keys and shapes must match exactly.
@@ -98,7 +107,48 @@ class NetworkState:
         statistics are not in ``state`` starts them afresh. Nothing is changed
         unless every entry fits (see :mod:`gpu_backprop.state`).
         """
-        load_network_state(self, state)
+        if not isinstance(state, Mapping):
+            raise TypeError(f"a network state is a dict of arrays, got {type(state).__name__}")
+        spec = self.state_spec()
+        missing = sorted(k for k, e in spec.items() if e.required and k not in state)
+        unexpected = sorted(k for k in state if k not in spec)
+        if missing or unexpected:
+            raise ValueError(
+                "state does not fit this network"
+                + (f"; missing {', '.join(missing[:5])}" if missing else "")
+                + (f"; unexpected {', '.join(map(str, unexpected[:5]))}" if unexpected else "")
+                + " (was it saved from a different architecture?)"
+            )
+        values: dict[str, np.ndarray] = {}
+        for name, value in state.items():
+            entry = spec[name]
+            try:
+                a = np.asarray(to_numpy(value))
+            except (TypeError, ValueError) as exc:
+                raise TypeError(f"state entry {name} is not an array ({type(value).__name__}: {exc})") from None
+            if tuple(a.shape) != entry.shape:
+                raise ValueError(f"state entry {name} has shape {tuple(a.shape)}, this network needs {entry.shape}")
+            values[name] = _converted(name, a, entry.dtype)
+        for idx, layer in enumerate(self.layers):
+            if isinstance(layer, BatchNorm):
+                var = values.get(f"layers.{idx}.running_var")
+                if var is not None and (var < 0).any():
+                    raise ValueError(f"state entry layers.{idx}.running_var has negative variances; "
+                                     "refusing to load it")
+                if (f"layers.{idx}.running_mean" in values) != (var is not None):
+                    raise ValueError(f"state holds only one of layers.{idx}.running_mean and running_var; "
+                                     "pass both or neither")
+        for name in self.flat.slots:
+            self.params[name][...] = to_device(values[name], self.backend)
+        for idx, layer in enumerate(self.layers):
+            prefix = f"layers.{idx}."
+            st = {k[len(prefix):]: v for k, v in values.items() if k.startswith(prefix) and k not in self.flat.slots}
+            if isinstance(layer, Dropout):
+                layer.load_state({k: int(v) for k, v in st.items()})
+            elif isinstance(layer, BatchNorm) and not st:
+                layer.running_mean = layer.running_var = None  # as saved: before the first forward pass
+            elif st:
+                layer.load_state({k: to_device(v, self.backend) for k, v in st.items()})
 
     def config(self) -> dict[str, Any]:
         """A JSON-able description of the architecture (checked when a checkpoint is loaded)."""
@@ -174,69 +224,6 @@ class StateEntry(NamedTuple):
     shape: tuple[int, ...]
     dtype: np.dtype
     required: bool
-
-
-def network_state_spec(net: NetworkState) -> dict[str, StateEntry]:
-    """Every entry ``net.load_state_dict`` takes: its shape, its dtype and whether it must be there.
-
-    The parameters are required. So are layer states that exist now (dropout
-    seed and counter); a BatchNorm layer's running statistics are optional:
-    they exist only after its first forward pass in training mode.
-    """
-    spec = {name: StateEntry(shape, net.dtype, True) for name, (_, shape) in net.flat.slots.items()}
-    for idx, layer in enumerate(net.layers):
-        for k, v in layer.state().items():
-            dtype = v.dtype if hasattr(v, "dtype") else np.asarray(v).dtype
-            spec[f"layers.{idx}.{k}"] = StateEntry(tuple(np.shape(v)), np.dtype(dtype), not isinstance(layer, BatchNorm))
-        if isinstance(layer, BatchNorm):
-            for k in ("running_mean", "running_var"):
-                spec[f"layers.{idx}.{k}"] = StateEntry((layer.num_features,), net.dtype, False)
-    return spec
-
-
-def load_network_state(net: NetworkState, state: Mapping[str, Any]) -> None:
-    """Check ``state`` against ``net`` entry by entry, then load it (see ``Sequential.load_state_dict``)."""
-    if not isinstance(state, Mapping):
-        raise TypeError(f"a network state is a dict of arrays, got {type(state).__name__}")
-    spec = network_state_spec(net)
-    missing = sorted(k for k, e in spec.items() if e.required and k not in state)
-    unexpected = sorted(k for k in state if k not in spec)
-    if missing or unexpected:
-        raise ValueError(
-            "state does not fit this network"
-            + (f"; missing {', '.join(missing[:5])}" if missing else "")
-            + (f"; unexpected {', '.join(map(str, unexpected[:5]))}" if unexpected else "")
-            + " (was it saved from a different architecture?)"
-        )
-    values: dict[str, np.ndarray] = {}
-    for name, value in state.items():
-        entry = spec[name]
-        try:
-            a = np.asarray(to_numpy(value))
-        except (TypeError, ValueError) as exc:
-            raise TypeError(f"state entry {name} is not an array ({type(value).__name__}: {exc})") from None
-        if tuple(a.shape) != entry.shape:
-            raise ValueError(f"state entry {name} has shape {tuple(a.shape)}, this network needs {entry.shape}")
-        values[name] = _converted(name, a, entry.dtype)
-    for idx, layer in enumerate(net.layers):
-        if isinstance(layer, BatchNorm):
-            var = values.get(f"layers.{idx}.running_var")
-            if var is not None and (var < 0).any():
-                raise ValueError(f"state entry layers.{idx}.running_var has negative variances; refusing to load it")
-            if (f"layers.{idx}.running_mean" in values) != (var is not None):
-                raise ValueError(f"state holds only one of layers.{idx}.running_mean and running_var; "
-                                 "pass both or neither")
-    for name in net.flat.slots:
-        net.params[name][...] = to_device(values[name], net.backend)
-    for idx, layer in enumerate(net.layers):
-        prefix = f"layers.{idx}."
-        st = {k[len(prefix):]: v for k, v in values.items() if k.startswith(prefix) and k not in net.flat.slots}
-        if isinstance(layer, Dropout):
-            layer.load_state({k: int(v) for k, v in st.items()})
-        elif isinstance(layer, BatchNorm) and not st:
-            layer.running_mean = layer.running_var = None  # as saved: before the first forward pass
-        elif st:
-            layer.load_state({k: to_device(v, net.backend) for k, v in st.items()})
 
 
 def _converted(name: str, a: np.ndarray, dtype: np.dtype) -> np.ndarray:
