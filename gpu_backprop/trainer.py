@@ -297,7 +297,7 @@ class _Loop:
     def __init__(self, net: Sequential, opt: Optimizer, data: Batches, B: int, comm: Any,
                  max_grad_norm: float | None, progress: bool, history: History) -> None:
         self.net, self.opt, self.data, self.B, self.comm = net, opt, data, B, comm
-        self.rank, self.size = (comm.rank, comm.size) if comm is not None else (0, 1)
+        self.rank, self.size = (int(comm.rank), int(comm.size)) if comm is not None else (0, 1)
         self.max_grad_norm, self.progress = max_grad_norm, progress
         self.check_every = getattr(comm, "check_every", None) if self.size > 1 else None
         self.fused = False  # per-sample SGD on a GPU may run as one fused kernel per run of samples
