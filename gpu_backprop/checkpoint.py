@@ -387,7 +387,7 @@ def _check_structure(meta: dict[str, Any], fmt: str, fail: Callable[[str], NoRet
 # --------------------------------------------------------------------------
 def _check_fits(path: Path, meta: dict[str, Any], manifest: dict[str, Any], net: Sequential,
                 optimizer: Optimizer | None) -> None:
-    saved, ours = meta["config"], net.config()
+    saved, ours = _with_defaults(meta["config"]), net.config()
     if saved != ours:
         raise CheckpointError(
             f"checkpoint {path} was saved from a different network: {_summary(saved)}; "
@@ -445,8 +445,19 @@ def _summary(config: dict[str, Any]) -> str:
         if spec.get("type") == "Dense":
             parts.append(f"Dense({spec.get('in_features')}→{spec.get('out_features')})")
         else:
-            parts.append(str(spec.get("type", "?")))
+            args = ", ".join(f"{k}={v!r}" for k, v in spec.items() if k != "type")
+            parts.append(f"{spec.get('type', '?')}({args})" if args else str(spec.get("type", "?")))
     return f"[{', '.join(parts)}] {config.get('loss')} {config.get('dtype')}"
+
+
+#: what a layer's spec did not hold in older checkpoints, and the value it had then
+_SPEC_DEFAULTS = {"BatchNorm": {"momentum": 0.1, "eps": 1e-5}}
+
+
+def _with_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with the fields older checkpoints left out filled in with the values they had then."""
+    layers = [{**_SPEC_DEFAULTS.get(s.get("type"), {}), **s} for s in config.get("layers", [])]
+    return {**config, "layers": layers}
 
 
 # --------------------------------------------------------------------------
@@ -462,8 +473,9 @@ def _layer_from_spec(spec: dict[str, Any]) -> Layer:
 def network_from_config(config: dict[str, Any], backend: str | Backend | None = None, seed: int = 0) -> Sequential:
     """A new :class:`Sequential` from what :meth:`Sequential.config` returned (fresh weights drawn from ``seed``).
 
-    Built-in layers only (Dense, the activations, BatchNorm, Dropout); a
-    BatchNorm gets the default momentum and eps (the config does not hold them).
+    Built-in layers only (Dense, the activations, BatchNorm, Dropout). A
+    BatchNorm gets its saved momentum and eps (checkpoints older than these
+    fields held the defaults).
     """
     try:
         layers = [_layer_from_spec(s) for s in config["layers"]]

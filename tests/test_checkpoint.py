@@ -589,6 +589,38 @@ def test_load_model_rebuilds_the_network_from_its_checkpoint(tmp_path: Path, kw:
     np.testing.assert_array_equal(model.predict(X), net.predict(X))
 
 
+def _bn_net(momentum: float = 0.1, eps: float = 1e-5) -> gb.Sequential:
+    return gb.Sequential([gb.Dense(6, 8), gb.BatchNorm(8, momentum=momentum, eps=eps), gb.ReLU(), gb.Dense(8, 3)],
+                         backend="numpy", seed=1)
+
+
+def test_a_batchnorm_keeps_its_momentum_and_eps_through_a_checkpoint(tmp_path: Path) -> None:
+    net = _bn_net(momentum=0.3, eps=1e-1)
+    X, y = _toy()
+    gb.fit(net, gb.SGD(net, lr=0.05), X, y, epochs=1, batch_size=16, progress=False)
+    save_checkpoint(tmp_path / "c.npz", net, None, {"epoch": 1})
+    model = gb.load_model(tmp_path / "c.npz", backend="numpy")
+    bn = model.layers[1]
+    assert (bn.momentum, bn.eps) == (0.3, 1e-1)
+    np.testing.assert_array_equal(model.predict(X), net.predict(X))  # eps 1e-5 would change them
+    with pytest.raises(CheckpointError, match=r"eps=0\.1.*eps=1e-05"):  # another eps is another network
+        load_checkpoint(tmp_path / "c.npz", _bn_net(momentum=0.3), None)
+
+
+def test_a_checkpoint_from_before_batchnorm_kept_momentum_and_eps_still_loads(tmp_path: Path) -> None:
+    net = _bn_net()
+    save_checkpoint(tmp_path / "new.npz", net, None, {"epoch": 1})
+
+    def older(meta: dict[str, Any]) -> dict[str, Any]:  # what checkpoints held before: no momentum, no eps
+        meta["config"]["layers"][1] = {"type": "BatchNorm", "num_features": 8}
+        return meta
+    old = _rewrite(tmp_path / "new.npz", tmp_path / "old.npz", older)
+    load_checkpoint(old, _bn_net(), None)  # they were the defaults
+    assert gb.load_model(old, backend="numpy").layers[1].eps == 1e-5
+    with pytest.raises(CheckpointError, match="different network"):
+        load_checkpoint(old, _bn_net(eps=1e-3), None)
+
+
 def _read_safetensors(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """A reader of the safetensors format written from its description, with NumPy only."""
     blob = path.read_bytes()

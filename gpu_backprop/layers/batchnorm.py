@@ -112,7 +112,7 @@ class BatchNorm(Layer):
         ]
 
     def spec(self) -> dict[str, Any]:
-        return {"type": "BatchNorm", "num_features": self.num_features}
+        return {"type": "BatchNorm", "num_features": self.num_features, "momentum": self.momentum, "eps": self.eps}
 
     def init_args(self) -> dict[str, Any]:
         return {"num_features": self.num_features, "momentum": self.momentum, "eps": self.eps}
