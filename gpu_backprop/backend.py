@@ -132,8 +132,8 @@ def get_backend(name: str | Backend | None = None) -> Backend:
     key = str(name).strip().lower()
     if key not in BACKENDS:
         raise ValueError(f"unknown backend {name!r} (from {source}); choose one of {', '.join(BACKENDS)}")
-    if (key, devices.current_device()) in _cache:
-        return _cache[key, devices.current_device()]
+    if (key, _device(key)) in _cache:
+        return _cache[key, _device(key)]
     if key == "numpy":
         be = _numpy_backend("asked for numpy")
     elif key == "cupy":
@@ -142,8 +142,13 @@ def get_backend(name: str | Backend | None = None) -> Backend:
         be = _cupy_backend("auto: CuPy imported and a CUDA device answered")
     else:
         be = _numpy_backend(f"auto: {devices.cupy_problem()}")
-    _cache[key, devices.current_device()] = be
+    _cache[key, _device(key)] = be
     return be
+
+
+def _device(key: str) -> int | None:
+    """The CUDA device a backend called ``key`` would describe now (None for NumPy, or before CuPy loads)."""
+    return None if key == "numpy" else devices.current_device()
 
 
 def backend_info(name: str | Backend | None = None) -> dict[str, str]:

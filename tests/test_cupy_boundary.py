@@ -396,9 +396,12 @@ def test_nccl_says_which_wheel_to_install_for_this_cuda(tmp_path: Path) -> None:
 
 def test_use_device_makes_that_gpu_current_and_refuses_one_that_is_not_there(cp) -> None:
     cp._fake.DEVICES = 2
-    assert gb.get_backend("cupy").device.startswith("GPU 0:")
+    numpy_backend = gb.get_backend("numpy")  # before CuPy loads
+    gpu0 = gb.get_backend("cupy")
+    assert gpu0.device.startswith("GPU 0:") and gb.get_backend("cupy") is gpu0
     devices.use_device(1)
     assert cp.cuda.Device().id == 1 and gb.get_backend("cupy").device.startswith("GPU 1:")  # described anew
+    assert gb.get_backend("numpy") is numpy_backend  # the CPU is the same whichever GPU is current
     for bad, words in ((2, "there is no CUDA device 2: this machine has 2 (devices 0 to 1)"), (-1, "0, 1, ..."),
                        (True, "0, 1, ...")):
         with pytest.raises(gb.BackendError, match=re.escape(words)):
