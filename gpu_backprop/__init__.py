@@ -10,9 +10,10 @@
 from __future__ import annotations
 
 from . import checkpoint, data, kernels, trainer
-from .backend import Backend, BackendError, backend_info, get_array_module, get_backend, to_device, to_numpy
+from .backend import Backend, BackendError, get_array_module, get_backend, to_device, to_numpy
 from .checkpoint import CheckpointError, load_model
 from .data import load_dataset
+from .devices import backend_info
 from .export import export_weights
 from .gradcheck import GradcheckError, GradcheckResult, gradcheck
 from .layers import Activation, BatchNorm, Dense, Dropout, Identity, Layer, LeakyReLU, ReLU, Sigmoid, Tanh

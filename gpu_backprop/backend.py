@@ -8,12 +8,14 @@ code for both::
     Z = xp.matmul(X, W)
 
 The choice comes from the ``backend`` argument, else from the environment
-variable ``GPU_BACKPROP_BACKEND``, else ``"auto"``. CuPy itself (whether it
-runs here, and why not), the device and its settings are in :mod:`gpu_backprop.devices`.
+variable ``GPU_BACKPROP_BACKEND``, else ``"auto"``. This is the only module
+that imports :mod:`cupy`; the device's settings (which GPU, TF32, NCCL) are in
+:mod:`gpu_backprop.devices`.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import platform
 from dataclasses import dataclass
@@ -22,24 +24,97 @@ from typing import Any
 
 import numpy as np
 
-from . import devices
-from .devices import BackendError, cupy_available, cupy_module
-
-__all__ = [
-    "BACKENDS",
-    "Backend",
-    "BackendError",
-    "backend_info",
-    "cupy_available",
-    "get_array_module",
-    "get_backend",
-    "is_cupy_array",
-    "to_device",
-    "to_numpy",
-]
+__all__ = ["BACKENDS", "Backend", "BackendError", "cupy_available", "cupy_module", "cupy_part", "cupy_problem",
+           "current_device", "get_array_module", "get_backend", "is_cupy_array", "to_device", "to_numpy"]
 
 BACKENDS = ("auto", "numpy", "cupy")
 ENV_VAR = "GPU_BACKPROP_BACKEND"
+
+
+class BackendError(RuntimeError):
+    """The requested backend cannot be used on this machine."""
+
+
+# --------------------------------------------------------------------------
+# CuPy, imported once, lazily, and never outside this module
+# --------------------------------------------------------------------------
+_cupy: ModuleType | None = None
+_cupy_problem: str | None = None
+_cupy_probed = False
+
+
+def _probe_cupy() -> None:
+    """Import CuPy and ask for a device; remember the answer or the reason."""
+    global _cupy, _cupy_problem, _cupy_probed
+    if _cupy_probed:
+        return
+    _cupy_probed = True
+    try:
+        import cupy  # noqa: PLC0415 - the one place cupy is imported
+    except ImportError:
+        _cupy_problem = (
+            "CuPy is not installed; install it with "
+            "`pip install 'gpu_backprop[cuda12]'` (or [cuda13]) on a CUDA machine, "
+            "or use backend='numpy'"
+        )
+        return
+    except Exception as exc:  # a broken install raises all sorts of things
+        _cupy_problem = f"CuPy failed to import ({type(exc).__name__}: {exc}); reinstall it or use backend='numpy'"
+        return
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # CUDARuntimeError, driver missing, ...
+        _cupy_problem = (
+            f"CuPy is installed but no CUDA device answers ({_one_line(exc)}); "
+            "check the driver with `nvidia-smi` or use backend='numpy'"
+        )
+        return
+    if count < 1:
+        _cupy_problem = "CuPy is installed but reports no CUDA device; use backend='numpy'"
+        return
+    _cupy = cupy
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def cupy_available() -> bool:
+    """True when CuPy imports and at least one CUDA device answers."""
+    _probe_cupy()
+    return _cupy is not None
+
+
+def cupy_part(name: str = "cupy") -> ModuleType:
+    """CuPy, or one of its modules (``"cupy.cuda.compiler"``, ``"cupy_backends.cuda.libs.nvrtc"``), imported
+    whether or not a device answers: for tools that inspect CuPy itself, such as ``gpu-backprop doctor``.
+
+    Raises what the import raises (ImportError when CuPy is not installed). Training asks
+    :func:`cupy_module` instead, which also needs a device.
+    """
+    if name.split(".")[0] not in ("cupy", "cupy_backends"):
+        raise ValueError(f"cupy_part imports CuPy's own modules, not {name!r}")
+    return importlib.import_module(name)
+
+
+def cupy_module() -> ModuleType:
+    """The :mod:`cupy` module, or a :class:`BackendError` that says why not."""
+    _probe_cupy()
+    if _cupy is None:
+        raise BackendError(_cupy_problem or "CuPy is unavailable")
+    return _cupy
+
+
+def cupy_problem() -> str | None:
+    """Why CuPy cannot run here, in one sentence (None where it can); probes CuPy first."""
+    _probe_cupy()
+    return _cupy_problem
+
+
+def current_device() -> int | None:
+    """The CUDA device CuPy computes on now, or None where CuPy has not been loaded (never loads it)."""
+    return None if _cupy is None else int(_cupy.cuda.Device().id)
 
 
 def is_cupy_array(a: Any) -> bool:
@@ -132,8 +207,9 @@ def get_backend(name: str | Backend | None = None) -> Backend:
     key = str(name).strip().lower()
     if key not in BACKENDS:
         raise ValueError(f"unknown backend {name!r} (from {source}); choose one of {', '.join(BACKENDS)}")
-    if (key, _device(key)) in _cache:
-        return _cache[key, _device(key)]
+    cached = _cache.get((key, _device(key)))
+    if cached is not None:
+        return cached
     if key == "numpy":
         be = _numpy_backend("asked for numpy")
     elif key == "cupy":
@@ -141,27 +217,14 @@ def get_backend(name: str | Backend | None = None) -> Backend:
     elif cupy_available():
         be = _cupy_backend("auto: CuPy imported and a CUDA device answered")
     else:
-        be = _numpy_backend(f"auto: {devices.cupy_problem()}")
-    _cache[key, _device(key)] = be
+        be = _numpy_backend(f"auto: {cupy_problem()}")
+    _cache[key, _device(key)] = be  # after the probe: the device it describes
     return be
 
 
 def _device(key: str) -> int | None:
     """The CUDA device a backend called ``key`` would describe now (None for NumPy, or before CuPy loads)."""
-    return None if key == "numpy" else devices.current_device()
-
-
-def backend_info(name: str | Backend | None = None) -> dict[str, str]:
-    """What :func:`get_backend` chooses here and why, as a small dict."""
-    be = get_backend(name)
-    info = {"backend": be.name, "device": be.device, "reason": be.reason, "numpy": np.__version__}
-    if be.name == "cupy":
-        cp = be.xp
-        info["cupy"] = cp.__version__
-        info["cuda_runtime"] = str(cp.cuda.runtime.runtimeGetVersion())
-        info["cuda_driver"] = str(cp.cuda.runtime.driverGetVersion())
-        info["tf32"] = str(devices.tf32_enabled())
-    return info
+    return None if key == "numpy" else current_device()
 
 
 # --------------------------------------------------------------------------
@@ -224,16 +287,13 @@ def to_numpy(a: Any) -> np.ndarray:
     return np.asarray(a)
 
 
-# moved: CuPy and the device settings to gpu_backprop.devices, check_same_device to gpu_backprop.checks;
-# old code still finds them here (PEP 562)
-_MOVED = ("use_device", "set_tf32", "tf32_enabled", "cupy_nccl", "cupy_part", "cupy_problem")
+# moved to gpu_backprop.devices and gpu_backprop.checks (both import this module); old code still finds
+# them here (PEP 562)
+_MOVED = {"use_device": "devices", "backend_info": "devices", "set_tf32": "devices", "tf32_enabled": "devices",
+          "cupy_nccl": "devices", "check_same_device": "checks"}
 
 
 def __getattr__(name: str) -> Any:
     if name in _MOVED:
-        return getattr(devices, name)
-    if name == "check_same_device":
-        from .checks import check_same_device  # checks imports this module
-
-        return check_same_device
+        return getattr(importlib.import_module(f"{__package__}.{_MOVED[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,121 +1,32 @@
-"""CuPy and the CUDA devices: whether CuPy runs here (or why not), which device computes, TF32, NCCL.
+"""Device settings: which CUDA device computes, TF32 for float32 products, NCCL, and what the backend chose.
 
-This is the only module that imports :mod:`cupy`, once, lazily, the first time
-something asks. Where CuPy is missing, broken or finds no device, the reason
-is kept as one sentence that says what to do, and asking for CuPy raises
-:class:`BackendError` with it. Training code does not come here: it asks
-:mod:`gpu_backprop.backend` for an array module.
+The backend (:mod:`gpu_backprop.backend`) chooses the array module and is the
+only module that imports CuPy; this module changes how CuPy computes and says
+what was chosen, asking the backend for CuPy (:func:`~gpu_backprop.backend.cupy_module`,
+which needs a device) and for CuPy's own modules (:func:`~gpu_backprop.backend.cupy_part`).
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 import warnings
 from types import ModuleType
 
 import numpy as np
 
-__all__ = ["BackendError", "cupy_available", "cupy_module", "cupy_nccl", "cupy_part", "cupy_problem",
-           "current_device", "set_tf32", "tf32_enabled", "use_device"]
+from .backend import Backend, BackendError, cupy_module, cupy_part, current_device, get_backend
+from .checks import is_int
+
+__all__ = ["backend_info", "cupy_nccl", "set_tf32", "tf32_enabled", "use_device"]
 
 
-class BackendError(RuntimeError):
-    """The requested backend cannot be used on this machine."""
-
-
-# --------------------------------------------------------------------------
-# CuPy, imported once, lazily, and never outside this module
-# --------------------------------------------------------------------------
-_cupy: ModuleType | None = None
-_cupy_problem: str | None = None
-_cupy_probed = False
-
-
-def _probe_cupy() -> None:
-    """Import CuPy and ask for a device; remember the answer or the reason."""
-    global _cupy, _cupy_problem, _cupy_probed
-    if _cupy_probed:
-        return
-    _cupy_probed = True
-    try:
-        import cupy  # noqa: PLC0415 - the one place cupy is imported
-    except ImportError:
-        _cupy_problem = (
-            "CuPy is not installed; install it with "
-            "`pip install 'gpu_backprop[cuda12]'` (or [cuda13]) on a CUDA machine, "
-            "or use backend='numpy'"
-        )
-        return
-    except Exception as exc:  # a broken install raises all sorts of things
-        _cupy_problem = f"CuPy failed to import ({type(exc).__name__}: {exc}); reinstall it or use backend='numpy'"
-        return
-    try:
-        count = cupy.cuda.runtime.getDeviceCount()
-    except Exception as exc:  # CUDARuntimeError, driver missing, ...
-        _cupy_problem = (
-            f"CuPy is installed but no CUDA device answers ({_one_line(exc)}); "
-            "check the driver with `nvidia-smi` or use backend='numpy'"
-        )
-        return
-    if count < 1:
-        _cupy_problem = "CuPy is installed but reports no CUDA device; use backend='numpy'"
-        return
-    _cupy = cupy
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
-
-
-def cupy_available() -> bool:
-    """True when CuPy imports and at least one CUDA device answers."""
-    _probe_cupy()
-    return _cupy is not None
-
-
-def cupy_part(name: str = "cupy") -> ModuleType:
-    """CuPy, or one of its modules (``"cupy.cuda.compiler"``, ``"cupy_backends.cuda.libs.nvrtc"``), imported
-    whether or not a device answers: for tools that inspect CuPy itself, such as ``gpu-backprop doctor``.
-
-    Raises what the import raises (ImportError when CuPy is not installed). Training asks
-    :func:`cupy_module` instead, which also needs a device.
-    """
-    if name.split(".")[0] not in ("cupy", "cupy_backends"):
-        raise ValueError(f"cupy_part imports CuPy's own modules, not {name!r}")
-    return importlib.import_module(name)
-
-
-def cupy_module() -> ModuleType:
-    """The :mod:`cupy` module, or a :class:`BackendError` that says why not."""
-    _probe_cupy()
-    if _cupy is None:
-        raise BackendError(_cupy_problem or "CuPy is unavailable")
-    return _cupy
-
-
-def cupy_problem() -> str | None:
-    """Why CuPy cannot run here, in one sentence (None where it can); probes CuPy first."""
-    _probe_cupy()
-    return _cupy_problem
-
-
-def current_device() -> int | None:
-    """The CUDA device CuPy computes on now, or None where CuPy has not been loaded (never loads it)."""
-    return None if _cupy is None else int(_cupy.cuda.Device().id)
-
-
-# --------------------------------------------------------------------------
-# Settings
-# --------------------------------------------------------------------------
 def use_device(n: int) -> None:
     """Make CUDA device ``n`` the one CuPy computes on (as ``cupy.cuda.Device(n).use()``), for what follows.
 
     The backends made afterwards describe it (``"GPU n: ..."``); one that
     cannot be used is a :class:`BackendError` with one sentence.
     """
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+    if not is_int(n) or n < 0:
         raise BackendError(f"a CUDA device is a number 0, 1, ...; got {n!r}")
     cp = cupy_module()  # a BackendError that says why CuPy cannot run here
     count = int(cp.cuda.runtime.getDeviceCount())
@@ -123,6 +34,19 @@ def use_device(n: int) -> None:
         have = f"{count} (device 0)" if count == 1 else f"{count} (devices 0 to {count - 1})"
         raise BackendError(f"there is no CUDA device {n}: this machine has {have}; pass a device that exists")
     cp.cuda.Device(int(n)).use()
+
+
+def backend_info(name: str | Backend | None = None) -> dict[str, str]:
+    """What :func:`get_backend` chooses here and why, as a small dict."""
+    be = get_backend(name)
+    info = {"backend": be.name, "device": be.device, "reason": be.reason, "numpy": np.__version__}
+    if be.name == "cupy":
+        cp = be.xp
+        info["cupy"] = cp.__version__
+        info["cuda_runtime"] = str(cp.cuda.runtime.runtimeGetVersion())
+        info["cuda_driver"] = str(cp.cuda.runtime.driverGetVersion())
+        info["tf32"] = str(tf32_enabled())
+    return info
 
 
 def set_tf32(enabled: bool) -> bool:
@@ -137,7 +61,7 @@ def set_tf32(enabled: bool) -> bool:
     reads at its first float32 product, and returns ``enabled``.
     """
     os.environ["CUPY_TF32"] = "1" if enabled else "0"
-    if _cupy is None:
+    if current_device() is None:  # CuPy not loaded (or no device)
         return bool(enabled)
     linalg = _cupy_linalg()
     linalg.set_compute_type(np.float32, linalg.COMPUTE_TYPE_TF32 if enabled else linalg.COMPUTE_TYPE_DEFAULT)
@@ -151,7 +75,7 @@ def _cupy_linalg() -> ModuleType:
 
 def tf32_enabled() -> bool:
     """Whether float32 matrix products use TF32: CuPy's compute type where CuPy runs, else what ``CUPY_TF32`` asks."""
-    if _cupy is None:
+    if current_device() is None:  # CuPy not loaded (or no device)
         return os.environ.get("CUPY_TF32", "0") not in ("", "0")
     linalg = _cupy_linalg()
     return bool(linalg.get_compute_type(np.float32) == linalg.COMPUTE_TYPE_TF32)

@@ -20,14 +20,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
 sys.path.insert(0, str(TESTS))
 
 import fakecupy
 
-from gpu_backprop import backend, devices
+from gpu_backprop import backend
 from gpu_backprop.experimental import persample
 from gpu_backprop.kernels import _cuda
 
@@ -43,11 +42,11 @@ _STATE = ("_cupy", "_cupy_problem", "_cupy_probed")
 @contextlib.contextmanager
 def stand_in(**settings: Any) -> Iterator[Any]:
     """The stand-in as ``cupy`` and gpu_backprop's CuPy state fresh; ``settings`` set ``cupy._fake``'s knobs."""
-    saved = {k: getattr(devices, k) for k in _STATE}
+    saved = {k: getattr(backend, k) for k in _STATE}
     saved_cache = dict(backend._cache)
     fakecupy.install()
     try:
-        devices._cupy, devices._cupy_problem, devices._cupy_probed = None, None, False
+        backend._cupy, backend._cupy_problem, backend._cupy_probed = None, None, False
         backend._cache.clear()
         _cuda._built.clear()
         persample._plans.clear()
@@ -62,7 +61,7 @@ def stand_in(**settings: Any) -> Iterator[Any]:
         backend._cache.clear()
         backend._cache.update(saved_cache)
         for k, v in saved.items():
-            setattr(devices, k, v)
+            setattr(backend, k, v)
         fakecupy.uninstall()
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gpu_backprop import devices
+from gpu_backprop import backend
 
-GPU_REASON = devices.cupy_problem()
+GPU_REASON = backend.cupy_problem()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -100,14 +100,14 @@ def test_cupy_round_trip_and_array_module() -> None:
     assert gb.to_device(d, be) is d or gb.to_device(d, be).data.ptr == d.data.ptr  # no copy
 
 
-def test_only_devices_imports_cupy() -> None:
+def test_only_the_backend_imports_cupy() -> None:
     import pathlib
     import re
 
     pkg = pathlib.Path(gb.__file__).parent
-    importers = [p.name for p in pkg.rglob("*.py")  # the doctor too asks devices (cupy_part)
+    importers = [p.name for p in pkg.rglob("*.py")  # the doctor and the device settings ask the backend (cupy_part)
                  if re.search(r"^\s*(import cupy|from cupy)", p.read_text(), re.M)]
-    assert importers == ["devices.py"]
+    assert importers == ["backend.py"]
 
 
 def test_tf32_switch_is_recorded_for_the_next_gemm(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -123,9 +123,9 @@ def test_the_moved_settings_are_still_found_in_the_backend() -> None:
     from gpu_backprop import checks
     from gpu_backprop.backend import tf32_enabled  # noqa: F401 - a from-import finds a moved name too
 
-    for name in ("use_device", "set_tf32", "tf32_enabled", "cupy_nccl", "cupy_part", "cupy_problem"):
+    for name in ("use_device", "backend_info", "set_tf32", "tf32_enabled", "cupy_nccl"):
         assert getattr(backend, name) is getattr(devices, name) and name not in backend.__all__
-    assert backend.check_same_device is checks.check_same_device and gb.backend_info is backend.backend_info
+    assert backend.check_same_device is checks.check_same_device and gb.backend_info is devices.backend_info
     with pytest.raises(AttributeError, match="has no attribute 'nothing_here'"):
         backend.nothing_here  # noqa: B018
 

@@ -24,20 +24,8 @@ from .batchnorm import BatchNorm
 from .dense import Dense
 from .dropout import Dropout
 
-__all__ = [
-    "LAYER_TYPES",
-    "Activation",
-    "BatchNorm",
-    "Dense",
-    "Dropout",
-    "Identity",
-    "Layer",
-    "LeakyReLU",
-    "ReLU",
-    "Sigmoid",
-    "Tanh",
-    "make_activation",
-]
+__all__ = ["LAYER_TYPES", "Activation", "BatchNorm", "Dense", "Dropout", "Identity", "Layer", "LeakyReLU", "ReLU",
+           "Sigmoid", "Tanh", "make_activation"]
 
 #: every built-in layer by its class name (``spec()["type"]``), for rebuilding a network from its config
 LAYER_TYPES: dict[str, type[Layer]] = {

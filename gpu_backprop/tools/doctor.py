@@ -57,7 +57,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .. import __version__
-from ..devices import cupy_part
+from ..backend import cupy_part
 from ._args import Parser
 
 __all__ = ["Build", "ToolchainMissing", "compile_all", "first_error", "load_cupy", "main", "toolchain_problem"]
@@ -94,7 +94,7 @@ def _wheel_suffix(cp: ModuleType) -> str:
 def load_cupy() -> ModuleType:
     """Import CuPy (no device needed), or :class:`ToolchainMissing` saying how to install it."""
     try:
-        cupy = cupy_part("cupy")  # where no device answers too (devices.cupy_module would refuse)
+        cupy = cupy_part("cupy")  # where no device answers too (backend.cupy_module would refuse)
     except ImportError:
         raise ToolchainMissing(
             "CuPy is not installed: pip install 'gpu_backprop[cuda13]' for a CUDA 13 driver "
