@@ -35,6 +35,9 @@ class Batches:
     gets one buffer, reused every step (a training step allocates nothing).
     """
 
+    _bufs: dict[int, tuple[Array, Array | None]]  # by batch size: the float batch and, on NumPy, its staging
+    _full: Array | None  # the whole set scaled, for full-batch descent
+
     def __init__(self, net: Sequential, X: Any, y: Any, what: str = "training data") -> None:
         """Check ``(X, y)`` where they are (see :mod:`.checks`), then move them to ``net``'s device once."""
         X, self.scale = check_samples(as_array(X, net.backend, f"{what} X"), net.input_dim, f"{what} X")
@@ -44,8 +47,7 @@ class Batches:
         X, y = to_device(X, net.backend), to_device(y, net.backend)
         self.X = xp.ascontiguousarray(X) if self.scale != 1.0 else as_dtype(X, xp, net.dtype, f"{what} X")
         self.y = xp.ascontiguousarray(y, dtype=xp.int64) if y.ndim == 1 else as_dtype(y, xp, net.dtype, f"{what} y")
-        self._bufs: dict[int, tuple[Array, Array | None]] = {}
-        self._full: Array | None = None
+        self.release()  # no batch buffers yet
 
     def __len__(self) -> int:
         return int(self.X.shape[0])
@@ -59,7 +61,7 @@ class Batches:
         """The samples ``rows`` (sorted device indices) as a data set of their own (a copy on the device)."""
         new = object.__new__(Batches)
         new.net, new.scale, new.X, new.y = self.net, self.scale, self.X[rows], self.y[rows]
-        new._bufs, new._full = {}, None
+        new.release()  # no batch buffers yet
         return new
 
     def split(self, fraction: float, seed: int) -> tuple[Batches, Batches]:
@@ -95,5 +97,5 @@ class Batches:
 
     def release(self) -> None:
         """Drop the batch buffers (they come back on the next batch)."""
-        self._bufs.clear()
+        self._bufs = {}
         self._full = None

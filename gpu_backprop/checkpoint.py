@@ -39,7 +39,7 @@ from numpy.lib import format as npy_format
 
 from ._io import atomic_write_bytes
 from .backend import Backend, get_backend
-from .checks import DTYPES
+from .checks import DTYPES, is_int
 from .layers import LAYER_TYPES, Layer
 from .network import Sequential
 from .optim import Optimizer
@@ -338,10 +338,6 @@ def _check_depth(value: Any, fail: Callable[[str], NoReturn]) -> None:
             stack.extend((x, depth + 1) for x in v)
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
@@ -351,7 +347,7 @@ def _check_structure(meta: dict[str, Any], fmt: str, fail: Callable[[str], NoRet
     config = meta.get("config")
     if not isinstance(config, dict):
         fail("has no network config in its metadata")
-    if not (_is_int(config.get("input_dim")) and config["input_dim"] > 0):
+    if not (is_int(config.get("input_dim")) and config["input_dim"] > 0):
         fail("has a config whose input_dim is not a positive integer")
     layers = config.get("layers")
     if not isinstance(layers, list) or not layers or not all(
@@ -364,7 +360,7 @@ def _check_structure(meta: dict[str, Any], fmt: str, fail: Callable[[str], NoRet
     if not isinstance(opt, dict):
         fail("has no optimizer entry in its metadata")
     if opt:
-        if not isinstance(opt.get("name"), str) or not (_is_int(opt.get("steps")) and opt["steps"] >= 0):
+        if not isinstance(opt.get("name"), str) or not (is_int(opt.get("steps")) and opt["steps"] >= 0):
             fail("has an optimizer entry without a name and a step count")
         hyper = opt.get("hyper", {})
         if not isinstance(hyper, dict) or not all(isinstance(v, bool) or (_is_number(v) and math.isfinite(v))
@@ -378,7 +374,7 @@ def _check_structure(meta: dict[str, Any], fmt: str, fail: Callable[[str], NoRet
                 isinstance(k, str) and re.fullmatch(r"(model|optim)/[A-Za-z0-9_.]{1,200}", k) and isinstance(e, dict)
                 and e.get("dtype") in _ARRAY_DTYPES and isinstance(e.get("sha256"), str)
                 and isinstance(e.get("shape"), list) and len(e["shape"]) <= 8
-                and all(_is_int(d) and d >= 0 for d in e["shape"]) for k, e in arrays.items()):
+                and all(is_int(d) and d >= 0 for d in e["shape"]) for k, e in arrays.items()):
             fail("has an array manifest that is not a list of names, dtypes, shapes and checksums")
 
 
@@ -450,14 +446,18 @@ def _summary(config: dict[str, Any]) -> str:
     return f"[{', '.join(parts)}] {config.get('loss')} {config.get('dtype')}"
 
 
-#: what a layer's spec did not hold in older checkpoints, and the value it had then
-_SPEC_DEFAULTS = {"BatchNorm": {"momentum": 0.1, "eps": 1e-5}}
-
-
 def _with_defaults(config: dict[str, Any]) -> dict[str, Any]:
-    """``config`` with the fields older checkpoints left out filled in with the values they had then."""
-    layers = [{**_SPEC_DEFAULTS.get(s.get("type"), {}), **s} for s in config.get("layers", [])]
-    return {**config, "layers": layers}
+    """``config`` with each built-in layer's spec as that layer writes it now.
+
+    Older checkpoints left out fields that had their constructor's default then
+    (a BatchNorm's momentum and eps); rebuilding the layer fills them in.
+    """
+    def current(spec: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return _layer_from_spec(spec).spec()
+        except (TypeError, ValueError):  # not a built-in layer, or not one that can be built: as saved
+            return spec
+    return {**config, "layers": [current(s) for s in config.get("layers", [])]}
 
 
 # --------------------------------------------------------------------------
@@ -492,7 +492,7 @@ def _parameter_count(config: dict[str, Any]) -> int:
     for spec in config["layers"]:
         if spec.get("type") == "Dense":
             d_in, d = spec.get("in_features"), spec.get("out_features")
-            if not (_is_int(d_in) and _is_int(d)):
+            if not (is_int(d_in) and is_int(d)):
                 return -1
             total += d_in * d + d
         elif spec.get("type") == "BatchNorm":
@@ -532,7 +532,7 @@ def check_resumable(path: Any, saved: dict[str, Any], run: dict[str, Any]) -> No
     one sentence; so is a state that does not hold what fit wrote.
     """
     epoch = saved.get("epoch")
-    if not (isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 0):
+    if not (is_int(epoch) and epoch >= 0):
         raise CheckpointError(f"checkpoint {path} holds no epoch count; it was not written by fit")
     _check_history(path, saved.get("history", {}))
     samples = saved.get("samples")

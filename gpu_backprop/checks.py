@@ -16,13 +16,14 @@ regression values).
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
 from .backend import Backend, get_array_module, is_cupy_array, to_device
 
-__all__ = ["DTYPES", "as_array", "as_dtype", "check_dtype", "check_int", "check_range", "check_same_device", "check_samples", "check_targets", "is_int"]
+__all__ = ["DTYPES", "as_array", "as_dtype", "check_dtype", "check_int", "check_range", "check_same_device",
+           "check_samples", "check_targets", "is_int"]
 
 Array = Any
 
@@ -148,7 +149,7 @@ def check_dtype(dtype: Any) -> np.dtype:
     return dt
 
 
-def is_int(value: Any) -> bool:
+def is_int(value: Any) -> TypeGuard[int | np.integer[Any]]:
     """Whether ``value`` is a Python or NumPy integer (a bool is not one)."""
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 

@@ -74,6 +74,7 @@ from typing import Any
 import numpy as np
 
 from . import backend, devices
+from .checks import is_int
 
 __all__ = [
     "Communicator",
@@ -448,7 +449,7 @@ def _check_every(steps: Any) -> int | None:
     """``check_every`` as given, after checking it is ``None`` or a positive number of steps."""
     if steps is None:
         return None
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+    if not is_int(steps) or steps < 1:
         raise ValueError(f"check_every must be a positive number of steps or None, got {steps!r}")
     return int(steps)
 

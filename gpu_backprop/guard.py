@@ -61,10 +61,10 @@ class Guard:
         """Whether a check follows the unit of the epoch's steps ``first`` to ``done`` of ``total``."""
         return done == total or done // self.every > first // self.every
 
-    def check(self, loss_sum: float, mine: int, seen: int, step: int, epoch: int, bar: Any) -> None:
+    def check(self, loss_sum: float, mine: int, seen: int, step: int, epoch: int) -> None:
         """Check after global ``step``: this rank's ``loss_sum`` over its ``mine`` samples, ``seen`` by all ranks.
 
-        Keeps the good state and a loss-curve point, or closes ``bar``, restores and raises. The
+        Keeps the good state and a loss-curve point, or restores it and raises. The
         loss is summed over the ranks (one host all-reduce, the same on every rank, so that they all
         stop and restore the same weights together: a rank left alone would wait forever).
         """
@@ -72,7 +72,6 @@ class Guard:
         weights_ok = bool(self.net.xp.isfinite(self.net.flat_params).all())
         loss_all = sum_over_ranks(self.comm, self.ranks, loss_sum if weights_ok else math.nan)
         if not math.isfinite(loss_all):
-            bar.close()
             what = ("the weights became NaN or infinite" if math.isfinite(loss_sum) and not weights_ok
                     else f"the loss became {loss_sum / max(mine, 1)}")
             raise self.diverged(f"{what} between steps {self.step + 1} and {step} (epoch {epoch + 1}); "

@@ -165,7 +165,10 @@ class ProgressBar:
         self.bar.set_postfix(postfix, refresh=False)
         self.bar.update(seen - self.bar.n)
 
-    def close(self) -> None:
+    def __enter__(self) -> ProgressBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
         self.bar.close()
 
 
@@ -174,7 +177,8 @@ class EarlyStopping:
 
     def __init__(self, patience: int) -> None:
         self.patience = patience
-        self.best_loss, self.best_state, self.best_epoch, self.bad_epochs = math.inf, None, 0, 0
+        self.best_loss, self.best_epoch, self.bad_epochs = math.inf, 0, 0
+        self.best_state: dict[str, Any] | None = None
 
     def update(self, net: Sequential, record: dict[str, float]) -> str | None:
         """After an epoch: why the run stops now, or None to go on (a copy of the best weights is kept)."""

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, cast
 import numpy as np
 
 from .backend import Backend, BackendError, get_backend, is_cupy_array, to_device, to_numpy
-from .checks import check_range
+from .checks import check_int, check_range
 from .layers import Activation, BatchNorm, Dense, Dropout, Layer, LeakyReLU
 from .layers.base import Buffers
 
@@ -343,14 +343,13 @@ class OptimizerState:
                 raise ValueError(f"optimizer state {k} contains NaN or Inf in {buf.dtype} (or values too large for "
                                  "it); refusing to load it")
         steps = state.get("steps")
-        if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 0:
-            raise ValueError(f"optimizer state steps must be a non-negative integer, got {steps!r}")
+        steps = check_int("optimizer state steps", steps, lo=0)
         hyper = _checked_hyper(state.get("hyper", {}), self.hyper())
         for k, v in values.items():
             buffers[k][...] = to_device(v, self.net.backend)
         for k, v in hyper.items():
             setattr(self, k, v)
-        self.steps = int(steps)
+        self.steps = steps
 
     def __getstate__(self) -> dict[str, Any]:
         """What :mod:`pickle` stores: the attributes, with device arrays copied to the host."""

@@ -383,30 +383,28 @@ class _Loop:
         self.correct.fill(0)
         seen = mine = 0
         self.guard.start_epoch(step0)
-        bar = ProgressBar(order.shape[0], f"epoch {epoch + 1}/{epochs}", self.progress)
-        for s, k in units:
-            try:
-                everyone, this_rank = self._train_unit(order, s, k, lr_at)
-                seen, mine = seen + everyone, mine + this_rank
-            except Exception as exc:  # out of memory: free the buffers, keep the weights, say what to do
-                error = memory_error(exc, net.backend.is_gpu, self.B)
-                if error is None:
-                    raise
-                bar.close()
-                self.release()
-                raise error from None
-            done = s + k  # steps of this epoch done
-            if self.check_every and (step0 + done) % self.check_every == 0:
-                self.comm.check_same(f"the weights after step {step0 + done}", net.flat_params)
-            check = self.guard.due(s, done, total)
-            if not (check or bar.due()):
-                continue
-            loss_total = float(self.loss_sum)  # the one wait for the device: at a check or a progress refresh
-            if check:  # the loss and the weights tested, the good state kept, a point of the loss curve
-                self.guard.check(loss_total, mine, seen, step0 + done, epoch, bar)
-            # between checks, the bar shows this rank's loss and accuracy
-            bar.show(seen, loss_total, mine, self.correct if self.data.labels else None)
-        bar.close()
+        with ProgressBar(order.shape[0], f"epoch {epoch + 1}/{epochs}", self.progress) as bar:
+            for s, k in units:
+                try:
+                    everyone, this_rank = self._train_unit(order, s, k, lr_at)
+                    seen, mine = seen + everyone, mine + this_rank
+                except Exception as exc:  # out of memory: free the buffers, keep the weights, say what to do
+                    error = memory_error(exc, net.backend.is_gpu, self.B)
+                    if error is None:
+                        raise
+                    self.release()
+                    raise error from None
+                done = s + k  # steps of this epoch done
+                if self.check_every and (step0 + done) % self.check_every == 0:
+                    self.comm.check_same(f"the weights after step {step0 + done}", net.flat_params)
+                check = self.guard.due(s, done, total)
+                if not (check or bar.due()):
+                    continue
+                loss_total = float(self.loss_sum)  # the one wait for the device: at a check or a progress refresh
+                if check:  # the loss and the weights tested, the good state kept, a point of the loss curve
+                    self.guard.check(loss_total, mine, seen, step0 + done, epoch)
+                # between checks, the bar shows this rank's loss and accuracy
+                bar.show(seen, loss_total, mine, self.correct if self.data.labels else None)
         # the last unit of an epoch is a check: guard.loss is every rank's loss; the accuracy needs a sum too
         correct = sum_over_ranks(self.comm, self.size, int(self.correct)) if self.data.labels else math.nan
         return {"samples": seen, "loss": self.guard.loss / seen, "accuracy": correct / seen}

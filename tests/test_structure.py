@@ -11,8 +11,6 @@ PACKAGE = Path(gpu_backprop.__file__).parent
 
 #: private attributes of objects that are not ``self`` that a module may reach, each with its reason
 ALLOWED_ATTRIBUTES = {
-    ("batches.py", "new._bufs"),  # Batches.subset fills in a new Batches: its own class
-    ("batches.py", "new._full"),
     ("data.py", "hashlib._Hash"),  # the standard library's name for a hash object's type, in an annotation
 }
 #: the doctor checks CuPy's compiler set-up through CuPy's own private functions (CuPy's names, not ours)

@@ -8,6 +8,7 @@ import numpy as np
 
 from .. import kernels
 from ..backend import get_array_module
+from ..checks import check_int
 from .base import Layer
 
 Array = Any
@@ -32,11 +33,9 @@ class BatchNorm(Layer):
 
     def __init__(self, num_features: int, momentum: float = 0.1, eps: float = 1e-5) -> None:
         super().__init__()
-        if not isinstance(num_features, (int, np.integer)) or num_features < 1:
-            raise ValueError(f"BatchNorm num_features must be a positive integer, got {num_features!r}")
         if not 0.0 < momentum <= 1.0:
             raise ValueError(f"BatchNorm momentum must be in (0, 1], got {momentum}")
-        self.num_features = int(num_features)
+        self.num_features = check_int("BatchNorm num_features", num_features)
         self.momentum = float(momentum)
         self.eps = float(eps)
         self.running_mean: Array = None  # allocated on the first forward, on the input's device
@@ -112,7 +111,7 @@ class BatchNorm(Layer):
         ]
 
     def spec(self) -> dict[str, Any]:
-        return {"type": "BatchNorm", "num_features": self.num_features, "momentum": self.momentum, "eps": self.eps}
+        return {"type": "BatchNorm", **self.init_args()}
 
     def init_args(self) -> dict[str, Any]:
         return {"num_features": self.num_features, "momentum": self.momentum, "eps": self.eps}
