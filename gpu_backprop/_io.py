@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DirectoryInUse", "atomic_write_bytes", "chmod_like_open", "create_temporary", "lock_directory", "strict_json"]
+__all__ = ["DirectoryInUse", "atomic_write_bytes", "create_temporary", "lock_directory", "strict_json"]
 
 _MARK = "gbtmp"
 
@@ -63,35 +63,6 @@ def create_temporary(path: str | os.PathLike[str], suffix: str = ".tmp") -> tupl
         except OSError:
             pass
     return fd, tmp
-
-
-def chmod_like_open(fd: int, path: str | os.PathLike[str]) -> None:
-    """Give the open file ``fd`` (made by ``tempfile.mkstemp``, mode 0600) the mode ``open(path, "w")`` would give.
-
-    That is the mode of ``path`` if it exists, else ``0o666`` less the umask.
-    """
-    if not hasattr(os, "fchmod"):
-        return
-    try:
-        mode = stat.S_IMODE(os.stat(path).st_mode)
-    except OSError:
-        mode = 0o666 & ~_umask()
-    with contextlib.suppress(OSError):
-        os.fchmod(fd, mode)
-
-
-def _umask() -> int:
-    """This process's umask: read where Linux shows it, else set and put back at once."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def _remove_dead_temporaries(path: Path, suffix: str) -> None:

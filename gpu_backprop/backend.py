@@ -65,7 +65,7 @@ def _probe_cupy() -> None:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:  # CUDARuntimeError, driver missing, ...
         _cupy_problem = (
-            f"CuPy is installed but no CUDA device answers ({_one_line(exc)}); "
+            f"CuPy is installed but no CUDA device answers ({one_line(exc)}); "
             "check the driver with `nvidia-smi` or use backend='numpy'"
         )
         return
@@ -75,7 +75,8 @@ def _probe_cupy() -> None:
     _cupy = cupy
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
+    """``exc`` as ``"Type: first line of its message"``, for one-sentence errors."""
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 

@@ -24,7 +24,6 @@ import http.client
 import io
 import os
 import struct
-import tempfile
 import urllib.error
 import urllib.request
 import zlib
@@ -36,7 +35,7 @@ from typing import IO, Protocol
 
 import numpy as np
 
-from ._io import atomic_write_bytes, chmod_like_open
+from ._io import atomic_write_bytes, create_temporary
 
 __all__ = [
     "DATASETS",
@@ -451,9 +450,7 @@ def _download_file(url: str, final: Path, expected: Published,
     Network errors propagate, and leave no temporary file behind either.
     """
     hashes = _new_hashes(expected)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent)
-    chmod_like_open(fd, final)  # readable by others as a plain open() would make it (a shared cache)
-    tmp = Path(tmp_name)
+    fd, tmp = create_temporary(final, ".part")  # readable as a plain open() would make it (a shared cache)
     try:
         size = 0
         with os.fdopen(fd, "wb") as out, contextlib.closing(fetch(url)) as response:

@@ -11,7 +11,7 @@ import struct
 import tempfile
 import urllib.error
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 import pytest
@@ -355,14 +355,14 @@ def test_bad_checksum_deletes_the_download_and_says_so(tmp_path: Path, monkeypat
     blob = b"\x1f\x8b not the file"
     monkeypatch.setitem(data.CHECKSUMS, "mnist", {"train-images-idx3-ubyte.gz": (len(blob), (("sha256", "0" * 64),))})
     written: list[Path] = []
-    real_mkstemp = tempfile.mkstemp
+    real_create = data.create_temporary
 
-    def spy_mkstemp(*args: object, **kwargs: object) -> tuple[int, str]:
-        fd, name = real_mkstemp(*args, **kwargs)  # type: ignore[call-overload]
+    def spy_create(*args: Any, **kwargs: Any) -> tuple[int, Path]:
+        fd, name = real_create(*args, **kwargs)
         written.append(Path(name))
         return fd, name
 
-    monkeypatch.setattr(data.tempfile, "mkstemp", spy_mkstemp)
+    monkeypatch.setattr(data, "create_temporary", spy_create)
     with pytest.raises(DataError) as info:
         load_dataset("mnist", fetch=lambda url: io.BytesIO(blob))
     message = str(info.value)

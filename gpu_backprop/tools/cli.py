@@ -619,11 +619,13 @@ def _saved_settings(meta: dict[str, Any]) -> dict[str, Any]:
 
 def _valid(key: str, v: Any) -> bool:
     """Whether ``v`` is a valid value of the setting ``key`` (as read from a checkpoint)."""
+    from ..checks import is_int
+
     def number(x: Any) -> bool:
         return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
     if key in ("seed", "batch_size", "epochs"):
-        return isinstance(v, int) and not isinstance(v, bool) and v >= (0 if key == "seed" else 1)
+        return is_int(v) and v >= (0 if key == "seed" else 1)
     if key in ("lr", "momentum", "weight_decay"):
         return number(v) and v >= 0
     if key == "max_grad_norm":
@@ -635,7 +637,7 @@ def _valid(key: str, v: Any) -> bool:
     if key == "schedule":
         return isinstance(v, str)
     if key == "hidden":
-        return all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in v)
+        return all(is_int(d) and d > 0 for d in v)
     return True
 
 

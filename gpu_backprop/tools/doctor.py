@@ -57,7 +57,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .. import __version__
-from ..backend import cupy_part
+from ..backend import cupy_part, one_line
 from ._args import Parser
 
 __all__ = ["Build", "ToolchainMissing", "compile_all", "first_error", "load_cupy", "main", "toolchain_problem"]
@@ -101,7 +101,7 @@ def load_cupy() -> ModuleType:
             "(or 'gpu_backprop[cuda12]'), plus 'nvidia-cuda-nvrtc==13.*' 'nvidia-cuda-runtime==13.*' "
             "where no CUDA toolkit is installed") from None
     except Exception as exc:  # noqa: BLE001 - a broken install raises all sorts of things
-        raise ToolchainMissing(f"CuPy failed to import ({_one_line(exc)}): reinstall it") from None
+        raise ToolchainMissing(f"CuPy failed to import ({one_line(exc)}): reinstall it") from None
     if cupy.cuda.runtime.is_hip:
         raise ToolchainMissing("this CuPy is built for ROCm: the doctor compiles CUDA kernels with NVRTC only")
     return cupy
@@ -116,7 +116,7 @@ def _nvrtc_version(cp: ModuleType) -> tuple[int, int]:
         major_cuda = _cuda_major(cp)
         wheel = "nvidia-cuda-nvrtc" if major_cuda >= 13 else f"nvidia-cuda-nvrtc-cu{major_cuda}"
         raise ToolchainMissing(
-            f"NVRTC (libnvrtc) is not found ({_one_line(exc)}): pip install '{wheel}=={major_cuda}.*' "
+            f"NVRTC (libnvrtc) is not found ({one_line(exc)}): pip install '{wheel}=={major_cuda}.*' "
             f"(or cupy-cuda{major_cuda}x[ctk]), or put a CUDA {major_cuda} toolkit's lib64 on "
             "LD_LIBRARY_PATH") from None
     return int(major), int(minor)
@@ -132,7 +132,7 @@ def _cupy_options(cp: ModuleType) -> tuple[str, ...]:
         major = _cuda_major(cp)
         wheel = "nvidia-cuda-runtime" if major >= 13 else f"nvidia-cuda-runtime-cu{major}"
         raise ToolchainMissing(
-            f"the CUDA headers are not found ({_one_line(exc)}): pip install '{wheel}=={major}.*', "
+            f"the CUDA headers are not found ({one_line(exc)}): pip install '{wheel}=={major}.*', "
             "or set CUDA_PATH to a CUDA toolkit") from None
 
 
@@ -145,11 +145,6 @@ def toolchain_problem() -> str | None:
     except ToolchainMissing as exc:
         return str(exc)
     return None
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 def first_error(log: str) -> str:
@@ -448,7 +443,7 @@ def compile_all(arch: str = DEFAULT_ARCH, *, workers: int | None = None) -> list
             source = job.make_source()
             options, method = _nvrtc_options(cp, job.user_options, arch, cooperative=job.cooperative)
         except Exception as exc:  # noqa: BLE001 - a kernel whose text CuPy refuses to generate is a failure too
-            return Build(job.kernel, job.dtype, False, f"error: {_one_line(exc)}")
+            return Build(job.kernel, job.dtype, False, f"error: {one_line(exc)}")
         ok, log = _nvrtc_compile(source, re.sub(r"\W", "_", job.kernel) + ".cu", options, method)
         return Build(job.kernel, job.dtype, ok, log)
 
@@ -503,7 +498,7 @@ def _report_devices(cp: ModuleType, r: _Report) -> str | None:
     try:
         count = int(rt.getDeviceCount())
     except Exception as exc:  # noqa: BLE001 - CUDARuntimeError without a driver
-        r.line("device", f"none ({_one_line(exc)})")
+        r.line("device", f"none ({one_line(exc)})")
         return None
     if count < 1:
         r.line("device", "none (CUDA reports no device)")
@@ -528,7 +523,7 @@ def _report_nvrtc(cp: ModuleType, r: _Report) -> list[int]:
         lib = pathfinder.load_nvidia_dynamic_lib("nvrtc")
         where = f"{lib.abs_path}, found via {lib.found_via}"
     except Exception as exc:  # noqa: BLE001 - loaded some other way: the version is what counts
-        where = _one_line(exc)
+        where = one_line(exc)
     archs = [int(a) for a in nvrtc.getSupportedArchs()]
     r.line("nvrtc", f"{major}.{minor} ({where}); sm_{archs[0]} to sm_{archs[-1]}")
     headers = pathfinder.find_nvidia_header_directory("cudart")
@@ -546,7 +541,7 @@ def _report_nccl(cp: ModuleType, r: _Report) -> None:
         available = bool(getattr(nccl, "available", False))
     except Exception as exc:  # noqa: BLE001 - a broken NCCL wheel
         available, nccl = False, None
-        r.line("nccl", f"not importable ({_one_line(exc)})")
+        r.line("nccl", f"not importable ({one_line(exc)})")
     if nccl is not None:
         version = ""
         if available and hasattr(nccl, "get_version"):
@@ -566,7 +561,7 @@ def _report_tf32(cp: ModuleType, r: _Report) -> None:
 
         ct = int(linalg.get_compute_type(np.float32))
     except Exception as exc:  # noqa: BLE001 - with CUPY_TF32 set, CuPy asks the device
-        r.line("tf32", f"unknown ({setting}; CuPy cannot tell without a device: {_one_line(exc)})")
+        r.line("tf32", f"unknown ({setting}; CuPy cannot tell without a device: {one_line(exc)})")
         return
     names = {getattr(linalg, n): n[len("COMPUTE_TYPE_"):] for n in dir(linalg) if n.startswith("COMPUTE_TYPE_")}
     on = ct == getattr(linalg, "COMPUTE_TYPE_TF32", -1)
