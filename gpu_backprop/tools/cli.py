@@ -625,7 +625,7 @@ def _valid(key: str, v: Any) -> bool:
         return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
     if key in ("seed", "batch_size", "epochs"):
-        return is_int(v) and v >= (0 if key == "seed" else 1)
+        return is_int(v) and bool(v >= (0 if key == "seed" else 1))
     if key in ("lr", "momentum", "weight_decay"):
         return number(v) and v >= 0
     if key == "max_grad_norm":
