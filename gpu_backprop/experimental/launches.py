@@ -20,7 +20,7 @@ below), not the NumPy body that stands in for it here. Converting an array
 to a Python number (``float(loss)``) is a host synchronisation. What this
 cannot see: cuBLAS may run more than one kernel for one GEMM (split-K) and
 CuPy's ``argsort`` runs several; a profiler on a GPU gives the real count
-(:func:`count_gpu_launches`, or ``nsys profile --stats=true``).
+(:func:`count_gpu_launches`, by CUPTI, or ``nsys profile --stats=true``).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +37,7 @@ import numpy as np
 from .. import kernels
 from ..backend import Backend, BackendError
 
-__all__ = ["LaunchCount", "count_gpu_launches", "count_launches", "launch_budget", "trace"]
+__all__ = ["LaunchCount", "count_gpu_launches", "count_launches", "launch_budget", "tally_device_events", "trace"]
 
 
 @dataclass
@@ -388,10 +388,12 @@ def launch_budget(net: Any, batch_size: int, *, momentum: float = 0.9) -> dict[s
 def count_gpu_launches(fn: Callable[[], Any]) -> dict[str, Any]:
     """Count the kernels, memsets and copies ``fn()`` really issues on the GPU, with CUPTI's activity API.
 
-    Needs a CUDA device and NVIDIA's ``cupti-python`` package (``pip install
-    cupti-python``, matching the CUDA major version). Synchronises before and
-    after ``fn``. Returns ``{"kernels": n, "memsets": n, "memcpys": n, "by_name": {kernel: n}}``.
-    Not yet run on a GPU (written against cupti-python's documented bindings).
+    CUPTI through NVIDIA's ``cupti-python`` package (``pip install cupti-python``,
+    matching the CUDA major version), or else through PyTorch's profiler (a CUDA
+    build of PyTorch: its CUPTI records every kernel of the process, CuPy's too).
+    Synchronises before and after ``fn``. Returns ``{"kernels": n, "memsets": n,
+    "memcpys": n, "by_name": {kernel: n}, "counter": "cupti-python" or "torch.profiler"}``.
+    Not yet run on a GPU (written against the documented bindings of both).
     """
     from ..backend import cupy_module
 
@@ -399,8 +401,16 @@ def count_gpu_launches(fn: Callable[[], Any]) -> dict[str, Any]:
     try:
         from cupti import cupti  # type: ignore[import-not-found]
     except ImportError:
-        raise BackendError("counting GPU launches needs cupti-python (pip install cupti-python); "
-                           "or run under `nsys profile --stats=true`") from None
+        cupti = None
+    if cupti is None:
+        try:
+            import torch
+        except ImportError:
+            torch = None
+        if torch is None or not torch.cuda.is_available():
+            raise BackendError("counting GPU launches needs cupti-python (pip install cupti-python) or a CUDA build "
+                               "of PyTorch; or run under `nsys profile --stats=true`") from None
+        return _count_with_torch(torch, fn, cp.cuda.get_current_stream().synchronize)
     names: Counter[str] = Counter()
     kinds: Counter[int] = Counter()
 
@@ -426,4 +436,30 @@ def count_gpu_launches(fn: Callable[[], Any]) -> dict[str, Any]:
         for kind in wanted:
             cupti.activity_disable(kind)
     return {"kernels": kinds[int(wanted[0])], "memsets": kinds[int(wanted[1])], "memcpys": kinds[int(wanted[2])],
-            "by_name": dict(names)}
+            "by_name": dict(names), "counter": "cupti-python"}
+
+
+def _count_with_torch(torch: Any, fn: Callable[[], Any], sync: Callable[[], None]) -> dict[str, Any]:
+    """:func:`count_gpu_launches` through ``torch.profiler`` (device activity only)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    sync()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        sync()
+    device = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    return {**tally_device_events(device), "counter": "torch.profiler"}
+
+
+def tally_device_events(names: Iterable[str]) -> dict[str, Any]:
+    """Kernels, memsets and copies among a profiler's device events, by name (``Memcpy …``, ``Memset …``)."""
+    kernels: Counter[str] = Counter()
+    memsets = memcpys = 0
+    for name in names:
+        if name.startswith("Memset"):
+            memsets += 1
+        elif name.startswith("Memcpy"):
+            memcpys += 1
+        else:
+            kernels[name] += 1
+    return {"kernels": sum(kernels.values()), "memsets": memsets, "memcpys": memcpys, "by_name": dict(kernels)}

@@ -411,12 +411,14 @@ def test_gpu_kernel_runs_an_epoch_in_runs_with_per_sample_rates(rng) -> None:
 
 @pytest.mark.gpu
 def test_gpu_per_sample_kernel_is_one_launch(rng) -> None:
-    pytest.importorskip("cupti")
     cp = backend.cupy_module()
     X, y, scale = _data(rng, 100, 784, 10, "uint8")
     net = gb.MLP([784, 256, 256, 10], backend="cupy")
     opt = gb.SGD(net, lr=0.01, momentum=0.9)
     Xd, yd, order = cp.asarray(X), cp.asarray(y), cp.arange(100, dtype=cp.int64)
     per_sample_sgd(net, opt, Xd, yd, order, scale=scale)  # compile, build the plan
-    counted = launches.count_gpu_launches(lambda: per_sample_sgd(net, opt, Xd, yd, order, scale=scale))
+    try:
+        counted = launches.count_gpu_launches(lambda: per_sample_sgd(net, opt, Xd, yd, order, scale=scale))
+    except backend.BackendError as exc:  # neither cupti-python nor a CUDA build of PyTorch
+        pytest.skip(str(exc))
     assert counted["by_name"] == {"per_sample_sgd": 1}
