@@ -103,11 +103,12 @@ def torch_precision(torch: Any, tf32: bool) -> Iterator[None]:
         matmul.allow_tf32, cudnn.allow_tf32 = before
 
 
-def torch_peer(device: str, sizes: list[int], batch: int, tf32: bool = False) -> Runner | None:
+def torch_peer(device: str, sizes: list[int], batch: int, tf32: bool = False, compiled: bool = False) -> Runner | None:
     """The same model, data handling and optimiser in PyTorch eager (None if torch is missing).
 
     On CUDA the blocks are timed with CUDA events, and ``tf32`` lets PyTorch's float32 products
     use TF32 during the peer's blocks (restored after each); on a CPU ``tf32`` changes nothing.
+    ``compiled``: the model through ``torch.compile``, compiled here by three warm-up steps.
     """
     try:
         import torch
@@ -122,6 +123,7 @@ def torch_peer(device: str, sizes: list[int], batch: int, tf32: bool = False) ->
             layers.append(torch.nn.ReLU())
     model = torch.nn.Sequential(*layers).to(dev)
     opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+    forward = torch.compile(model) if compiled else model
     lossf = torch.nn.CrossEntropyLoss()
     Xh, yh = random_data(max(N_TRAIN, batch), sizes[0], sizes[-1])
     X, y = torch.from_numpy(Xh).to(dev), torch.from_numpy(yh).to(dev)
@@ -138,8 +140,13 @@ def torch_peer(device: str, sizes: list[int], batch: int, tf32: bool = False) ->
             state["i"] = i + batch
             xb, yb = X.index_select(0, rows).float().mul_(1.0 / 255), y.index_select(0, rows)
         opt.zero_grad(set_to_none=True)
-        lossf(model(xb), yb).backward()
+        lossf(forward(xb), yb).backward()
         opt.step()
+
+    if compiled:
+        with torch_precision(torch, tf32):
+            for _ in range(3):  # compiles the forward and the backward
+                step()
 
     if dev.type != "cuda":
         return Runner(step, lambda: None)

@@ -243,12 +243,13 @@ def cpu_model() -> str:
 # The suite
 # --------------------------------------------------------------------------
 def run_suite(models: dict[str, list[int]], batches: list[int | str], backends: list[Backend], *,
-              budget: float, repeats: int, gemm_n: int, peers: bool, sklearn: bool = True, tta: bool,
-              breakdown_batches: Sequence[int | str] = (), quiet: Quiet | None = None,
+              budget: float, repeats: int, gemm_n: int, gpu_gemm_n: int = 8192, peers: bool, sklearn: bool = True,
+              tta: bool, breakdown_batches: Sequence[int | str] = (), quiet: Quiet | None = None,
               log: Callable[[str], None] = print, facts: dict[str, Any] | None = None,
               progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Run every (backend, model, batch) and return the report as a dict.
 
+    The limit is the float32 GEMM rate at ``gemm_n``³ on a CPU and ``gpu_gemm_n``³ on a GPU.
     ``facts``: the machine's (default: :func:`machine_facts` now). ``progress(report)`` is called
     with the report as it stands after the limits, after every row, and after every breakdown
     and time-to-accuracy run (``report["complete"]`` stays False until the end), so that a
@@ -270,7 +271,7 @@ def run_suite(models: dict[str, list[int]], batches: list[int | str], backends: 
             progress(report)
 
     for be in backends:
-        n = gemm_n if be.name == "numpy" else max(gemm_n, 8192)
+        n = gemm_n if be.name == "numpy" else gpu_gemm_n
         lim: dict[str, Any] = {"gemm_n": n, "device": be.device, "rate": "fastest block"}
         if be.name == "cupy":  # FP32 and TF32 both measured; the limit is the one the run uses
             tf32 = tf32_enabled()
