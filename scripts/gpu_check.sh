@@ -6,10 +6,13 @@
 #              one, hypothesis aside, stops the run here with what to install), the device, and
 #              `gpu_backprop doctor`: versions, NVRTC, the CUDA headers, every kernel compiled for
 #              the device                                                      at most 120 s
-#   gpu-tests  python3 -m pytest -m gpu -ra                                     at most 240 s
-#   bench      python3 -m gpu_backprop bench --quick --backend cupy            at most 180 s
+#   gpu-tests  python3 -m pytest -m gpu -ra                                     at most 180 s
 #   fit        python3 -m gpu_backprop train --preset fashion --backend cupy --data-dir DIR --json
-#              (Fashion-MNIST: only when DIR holds its four IDX files)        at most 150 s
+#              (Fashion-MNIST: only when DIR holds its four IDX files)        at most 90 s
+#   targets    python3 benchmarks/gpu_targets.py --out OUT [--data-dir DIR] --fit-json fit.json:
+#              every figure of the GPU targets (the suite beside PyTorch on the same GPU, the
+#              fused per-sample kernel, NumPy-CuPy agreement, launches per step, CUDA graphs,
+#              torch.compile), saved section by section                      at most 300 s
 #
 #   bash scripts/gpu_check.sh [--data-dir DIR] [--dry-run] [--backend cupy|numpy]
 #
@@ -17,10 +20,11 @@
 # cut to what is left of a deadline of GPU_CHECK_DEADLINE seconds (default 570) from the start, and
 # writes its own log as it goes, so a time-out loses only the phase it stopped. The outputs go to
 # $OUT when it is set (the device tool's folder: at most 8 files come back, so there are at most 8:
-# summary.txt, preflight.log, gpu-tests.log, bench.log, gpu-bench.json, gpu-bench.md, fit.log,
-# fit.json), else to runs/gpu-check-DATE/. The last lines are one summary line per phase, also in
-# summary.txt; exit status 0 when every phase passed (or had nothing to do), 1 when one did not,
-# 2 when the preflight stopped the run.
+# summary.txt, preflight.log, gpu-tests.log, fit.log, fit.json, targets.log, targets.json,
+# targets.md; the plot is drawn afterwards with `gpu_targets.py --render`), else to
+# runs/gpu-check-DATE/. The last lines are one summary line per phase, also in summary.txt; exit
+# status 0 when every phase passed (or had nothing to do), 1 when one did not, 2 when the preflight
+# stopped the run.
 #
 # Decisions:
 # * hypothesis may be missing on the GPU machine. tests/test_data.py and tests/test_properties.py
@@ -35,8 +39,10 @@
 #   (doctor exit 1) does not: the tests then show what it breaks.
 # * --dry-run runs the preflight's quick checks (no doctor) and prints each phase's command and box.
 #   --backend numpy rehearses the whole run on a machine without a GPU (the GPU tests then skip,
-#   the doctor compiles for sm_90 where CuPy and NVRTC are installed). The box of each phase can be
-#   set by BOX_DOCTOR, BOX_TESTS, BOX_BENCH and BOX_FIT (seconds), the interpreter by PYTHON.
+#   the doctor compiles for sm_90 where CuPy and NVRTC are installed, and the targets run small on
+#   the tests' CuPy stand-in, which needs g++). The box of each phase can be set by BOX_DOCTOR,
+#   BOX_TESTS, BOX_FIT and BOX_TARGETS (seconds), the interpreter by PYTHON.
+# * The fit runs before the targets, which put its result in their table.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -62,9 +68,9 @@ done
 
 DEADLINE=${GPU_CHECK_DEADLINE:-570}
 BOX_DOCTOR=${BOX_DOCTOR:-120}
-BOX_TESTS=${BOX_TESTS:-240}
-BOX_BENCH=${BOX_BENCH:-180}
-BOX_FIT=${BOX_FIT:-150}
+BOX_TESTS=${BOX_TESTS:-180}
+BOX_FIT=${BOX_FIT:-90}
+BOX_TARGETS=${BOX_TARGETS:-300}
 GRACE=10  # seconds between SIGINT and SIGKILL when a box runs out
 
 dir=${OUT:-runs/gpu-check-$(date +%Y%m%d-%H%M%S)}
@@ -129,7 +135,7 @@ pre=$dir/preflight.log
 if ! command -v "$PY" >/dev/null; then
   echo "MISSING $PY: install Python 3 or name the interpreter with PYTHON=..." | tee -a "$pre"
   record preflight FAILED "$SECONDS" "no $PY (set PYTHON=...)"
-  for p in doctor gpu-tests bench fit; do record "$p" SKIPPED 0 "the preflight stopped the run"; done
+  for p in doctor gpu-tests fit targets; do record "$p" SKIPPED 0 "the preflight stopped the run"; done
   finish 2
 fi
 "$PY" - "$BACKEND" <<'PY' 2>&1 | tee -a "$pre"
@@ -171,7 +177,7 @@ PY
 imports_rc=${PIPESTATUS[0]}
 if [ "$imports_rc" -ne 0 ]; then
   record preflight FAILED "$SECONDS" "$(grep '^stop: ' "$pre" | tail -1 | sed 's/^stop: //') (see preflight.log)"
-  for p in doctor gpu-tests bench fit; do record "$p" SKIPPED 0 "the preflight stopped the run"; done
+  for p in doctor gpu-tests fit targets; do record "$p" SKIPPED 0 "the preflight stopped the run"; done
   finish 2
 fi
 
@@ -200,7 +206,7 @@ if [ "$device_ok" = 0 ]; then
   reason=$(grep '^MISSING device: ' "$pre" | tail -1 | sed 's/^MISSING device: //')
   record preflight FAILED "$SECONDS" "${reason:-no CUDA device answers (see preflight.log)}"
   if [ "$DRY" != 1 ]; then
-    for p in doctor gpu-tests bench fit; do record "$p" SKIPPED 0 "the preflight stopped the run"; done
+    for p in doctor gpu-tests fit targets; do record "$p" SKIPPED 0 "the preflight stopped the run"; done
     finish 2
   fi
 else
@@ -228,7 +234,7 @@ else
     why=$(grep '^error: ' "$pre" | tail -1 | sed 's/^error: //')
     if [ "$BACKEND" = cupy ]; then
       record doctor FAILED $(( SECONDS - t0 )) "${why:-exit 2} (nothing can be compiled: the run stops)"
-      for p in gpu-tests bench fit; do record "$p" SKIPPED 0 "the doctor found no compiler"; done
+      for p in gpu-tests fit targets; do record "$p" SKIPPED 0 "the doctor found no compiler"; done
       finish 2
     fi
     record doctor SKIPPED $(( SECONDS - t0 )) "${why:-exit 2}"
@@ -247,20 +253,6 @@ if [ "$DRY" != 1 ] && [ -n "${phase_seconds+x}" ] && [ -f "$dir/gpu-tests.log" ]
   record gpu-tests "$(status_of "$rc")" "$phase_seconds" "${counts:-no pytest summary} (exit $rc)"
   unset phase_seconds
 fi
-
-# -------------------------------------------------------------------------------------------------
-# the quick benchmark
-# -------------------------------------------------------------------------------------------------
-bench_tmp=$(mktemp -d)
-run_phase bench "$BOX_BENCH" bench.log \
-  "$PY" -m gpu_backprop bench --quick --backend "$BACKEND" --no-sklearn --name gpu-bench --out "$bench_tmp"
-if [ "$DRY" != 1 ] && [ -n "${phase_seconds+x}" ]; then
-  cp "$bench_tmp"/gpu-bench.json "$bench_tmp"/gpu-bench.md "$dir"/ 2>/dev/null
-  reports=$(cd "$dir" && ls gpu-bench.json gpu-bench.md 2>/dev/null | tr '\n' ' ')
-  record bench "$(status_of "$rc")" "$phase_seconds" "${reports:+reports: }${reports:-no report} (exit $rc)"
-  unset phase_seconds
-fi
-rm -rf "$bench_tmp"
 
 # -------------------------------------------------------------------------------------------------
 # Fashion-MNIST fit, where the data is
@@ -295,6 +287,36 @@ PY
     record fit "$(status_of "$rc")" "$phase_seconds" "${metrics:-no JSON line} (exit $rc)"
     unset phase_seconds
   fi
+fi
+
+# -------------------------------------------------------------------------------------------------
+# the targets: every figure the GPU measurements need (a rehearsal runs them small on the stand-in)
+# -------------------------------------------------------------------------------------------------
+targets_cmd=("$PY" benchmarks/gpu_targets.py --out "$dir" --no-plot)
+[ -n "$DATA_DIR" ] && [ "$have_data" = 1 ] && targets_cmd+=(--data-dir "$DATA_DIR")
+[ "$have_data" = 1 ] && targets_cmd+=(--fit-json "$dir/fit.json")
+if [ "$BACKEND" = numpy ]; then
+  targets_cmd=(env "PYTHONPATH=$PWD/tests:$PYTHONPATH" "$PY" -m fakecupy "${targets_cmd[@]:1}" --small --no-peers)
+fi
+run_phase targets "$BOX_TARGETS" targets.log "${targets_cmd[@]}"
+if [ "$DRY" != 1 ] && [ -n "${phase_seconds+x}" ]; then
+  verdict=""
+  if [ -f "$dir/targets.json" ]; then
+    verdict=$("$PY" - "$dir/targets.json" 2>/dev/null <<'PY'
+import json
+import sys
+
+r = json.load(open(sys.argv[1]))
+judged = [t for t in r["targets"] if t["met"] is not None]
+failed = [name for name, s in r["sections"].items() if "error" in s]
+text = f"{sum(t['met'] for t in judged)} of {len(judged)} targets met"
+text += f", {len(r['targets']) - len(judged)} rows not judged"
+print(text + (f"; failed sections: {', '.join(failed)}" if failed else "") + ("" if r["complete"] else "; incomplete"))
+PY
+)
+  fi
+  record targets "$(status_of "$rc")" "$phase_seconds" "${verdict:-no report} (exit $rc)"
+  unset phase_seconds
 fi
 
 if [ "$DRY" = 1 ] && [ "$device_ok" = 0 ]; then finish 2; fi

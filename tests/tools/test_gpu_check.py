@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "gpu_check.sh"
 BASH, TIMEOUT = shutil.which("bash"), shutil.which("timeout")
 pytestmark = pytest.mark.skipif(BASH is None or TIMEOUT is None, reason="needs bash and coreutils' timeout")
-PHASES = ["preflight", "doctor", "gpu-tests", "bench", "fit"]
+PHASES = ["preflight", "doctor", "gpu-tests", "fit", "targets"]
 
 
 def _run(tmp_path: Path, *args: str, **env: str) -> tuple[subprocess.CompletedProcess[str], dict[str, list[str]]]:
@@ -59,21 +59,25 @@ def test_a_dry_run_plans_every_phase_in_its_box(tmp_path: Path) -> None:
     assert summary["preflight"][0] == "ok"
     assert all(summary[p][0] == "DRY-RUN" for p in PHASES[1:])
     assert "-m pytest -m gpu -ra -p no:cacheprovider" in summary["gpu-tests"][2]
-    assert "(at most 240s" in summary["gpu-tests"][2]
-    assert "-m gpu_backprop bench --quick --backend numpy" in summary["bench"][2]
+    assert "(at most 180s" in summary["gpu-tests"][2]
     assert "train --preset fashion --backend numpy --data-dir" in summary["fit"][2]
+    # a rehearsal runs the targets small on the stand-in, with the fit's result for their table
+    assert "-m fakecupy benchmarks/gpu_targets.py --out " in summary["targets"][2]
+    assert f"--fit-json {tmp_path / 'out' / 'fit.json'} --small --no-peers" in summary["targets"][2]
 
 
 def test_a_phase_that_outruns_its_box_is_stopped_and_the_next_one_runs(tmp_path: Path) -> None:
-    # a rehearsal on NumPy: the quick benchmark cannot end in 1 s; the fit of a 200-image set can
+    # a rehearsal on NumPy: the GPU tests cannot end in 1 s; the fit of a 200-image set can, and the targets'
+    # suite cannot end in 3 s, but what they saved before is summed up
     proc, summary = _run(tmp_path, "--backend", "numpy", "--data-dir", str(_tiny_fashion(tmp_path / "d")),
-                         BOX_DOCTOR="1", BOX_TESTS="1", BOX_BENCH="1", BOX_FIT="120")
+                         BOX_DOCTOR="1", BOX_TESTS="1", BOX_FIT="120", BOX_TARGETS="3")
     assert proc.returncode == 1
-    assert summary["bench"][:1] == ["TIMEOUT"] and summary["bench"][2] == "no report (exit 124)"
+    assert summary["gpu-tests"][0] == "TIMEOUT"
     assert summary["fit"][0] == "ok" and summary["fit"][2].startswith("test accuracy ")
     assert summary["fit"][2].endswith(" samples/s (exit 0)")
+    assert summary["targets"][0] == "TIMEOUT" and summary["targets"][2].endswith("(exit 124)")
     out = tmp_path / "out"
-    assert (out / "bench.log").exists() and (out / "gpu-tests.log").exists()
+    assert (out / "targets.log").exists() and (out / "gpu-tests.log").exists()
     assert (out / "fit.json").read_text().startswith('{"test_accuracy": ')
     assert len(os.listdir(out)) <= 8  # what the device tool brings back
 
@@ -83,5 +87,5 @@ def test_a_deadline_already_spent_skips_the_phases(tmp_path: Path) -> None:
                          GPU_CHECK_DEADLINE="0")
     assert proc.returncode == 0
     assert summary["gpu-tests"][0] == "SKIPPED" and "no time left before the 0 s deadline" in summary["gpu-tests"][2]
-    assert summary["bench"][0] == "SKIPPED"
     assert summary["fit"][2].startswith("no Fashion-MNIST IDX files in ")
+    assert summary["targets"][0] == "SKIPPED"

@@ -1,0 +1,497 @@
+"""The GPU targets in one run: every figure the GPU measurements need, saved as it goes.
+
+    python benchmarks/gpu_targets.py --out DIR [--data-dir FASHION] [--fit-json FIT.json]
+    python benchmarks/gpu_targets.py --render DIR/targets.json      # the Markdown and the plot again
+
+Made for the few minutes a CUDA machine is lent (``scripts/gpu_check.sh`` runs it). It writes
+``targets.json`` and ``targets.md`` after every section, so that a time-out keeps what was
+finished, and a section that fails leaves its error in the report and the next one runs.
+The sections, in order:
+
+``suite``      the benchmark suite's rows beside PyTorch eager on the same GPU, in the same run:
+               mlp-256 at batch 1 and 128, mlp-1024 at full batch in FP32 and again in TF32,
+               each against the GEMM rate (8192³) measured in its own run
+``persample``  mlp-256 at batch 1 through the fused per-sample kernel: one epoch of 60,000
+               samples for each grid size (one block per SM, then 66, 132 and 264 blocks)
+``agreement``  NumPy and CuPy from the same initial weights over the same batches for an epoch
+               (Fashion-MNIST with ``--data-dir``, else random bytes), float64 beside them
+``launches``   kernels per training step, counted by CUPTI, against ``launches.launch_budget``
+``graphs``     whether one training step can be captured in a CUDA graph (CuPy's stream
+               capture), and if so what a replay costs against the same step run eagerly
+``compile``    ``torch.compile`` at batch 128, the suite's peer compiled (last: compiling is slow)
+
+``--fit-json`` adds the Fashion-MNIST run of ``gpu_backprop train --preset fashion --json`` to
+the table of targets. ``--small`` rehearses the whole run with small networks and few samples
+(the tests run it on the CuPy stand-in); ``--only`` picks sections. The plot (``targets.png``,
+each target as measured/target) is drawn at the end, or later by ``--render``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import gpu_backprop as gb  # noqa: E402
+from gpu_backprop._io import atomic_write_bytes, strict_json  # noqa: E402
+from gpu_backprop.backend import Backend, BackendError, cupy_available, get_backend, one_line  # noqa: E402
+from gpu_backprop.devices import set_tf32  # noqa: E402
+from gpu_backprop.experimental import launches  # noqa: E402
+from gpu_backprop.experimental.persample import per_sample_sgd  # noqa: E402
+from gpu_backprop.tools.bench.peers import LR, MOMENTUM, OurStep, ours, random_data, torch_peer  # noqa: E402
+from gpu_backprop.tools.bench.suite import MODELS, machine_facts, run_suite  # noqa: E402
+from gpu_backprop.tools.bench.timing import Quiet, interleaved  # noqa: E402
+
+SECTIONS = ("suite", "persample", "agreement", "launches", "graphs", "compile")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The sizes of a run: the issue's (default) or a rehearsal's (``--small``)."""
+
+    small_model: list[int]       # "mlp-256"
+    large_model: list[int]       # "mlp-1024"
+    gemm_n: int = 8192
+    budget: float = 0.3          # seconds per timed block
+    repeats: int = 3             # timed blocks per figure (median)
+    persample_samples: int = 60_000  # one epoch of the fused kernel
+    agreement_rows: int = 60_000     # the agreement's data set without Fashion-MNIST
+    grids: tuple[int | None, ...] = (None, 66, 132, 264)  # fused kernel's blocks (None: one per SM)
+    timed_steps: int = 100       # graph replays and eager steps timed against each other
+
+
+FULL = Plan(MODELS["mlp-256"], MODELS["mlp-1024"])
+SMALL = Plan([784, 32, 32, 10], [784, 64, 64, 10], gemm_n=256, budget=0.05, repeats=1,
+             persample_samples=8, agreement_rows=256, grids=(None, 4), timed_steps=5)
+
+
+class Run:
+    """The report as it grows, written out after every section."""
+
+    def __init__(self, out: Path, plan: Plan, backend: Backend, peers: bool, data_dir: str | None) -> None:
+        self.out, self.plan, self.be, self.peers, self.data_dir = out, plan, backend, peers, data_dir
+        self.report: dict[str, Any] = {"facts": {}, "plan": asdict(plan), "sections": {}, "complete": False}
+
+    def section(self, name: str, body: Callable[[Run], dict[str, Any]]) -> None:
+        """Run one section; its result, or the error that stopped it, goes into the report."""
+        print(f"== {name}", flush=True)
+        t0 = time.perf_counter()
+        try:
+            result = body(self)
+        except Exception as exc:  # noqa: BLE001 - a failed section is a finding; the next one runs
+            partial = self.report["sections"].get(name, {})  # what it saved before it failed
+            result = {**partial, "error": one_line(exc), "error_type": type(exc).__name__}
+            print(f"   {name} failed: {result['error']}", flush=True)
+        result["seconds"] = round(time.perf_counter() - t0, 2)
+        self.report["sections"][name] = result
+        self.save()
+
+    def save(self, plot_too: bool = False) -> None:
+        self.report["targets"] = verdicts(self.report)
+        atomic_write_bytes(self.out / "targets.json", (strict_json(self.report, indent=1) + "\n").encode())
+        atomic_write_bytes(self.out / "targets.md", to_markdown(self.report).encode())
+        if plot_too:
+            plot(self.report, self.out / "targets.png")
+
+
+# --------------------------------------------------------------------------
+# The sections
+# --------------------------------------------------------------------------
+def suite(run: Run) -> dict[str, Any]:
+    """mlp-256 at batch 1 and 128, mlp-1024 at full batch in FP32 and in TF32, PyTorch eager beside each."""
+    plan, be = run.plan, run.be
+    reports: dict[str, Any] = {}
+
+    def one(key: str, model: str, sizes: list[int], batches: list[int | str], tf32: bool) -> None:
+        set_tf32(tf32)
+        try:
+            reports[key] = run_suite({model: sizes}, batches, [be], budget=plan.budget, repeats=plan.repeats,
+                                     gemm_n=plan.gemm_n, gpu_gemm_n=plan.gemm_n, peers=run.peers, sklearn=False,
+                                     tta=False, quiet=Quiet(max_load=1.0, patience=5.0), facts=run.report["facts"],
+                                     log=lambda line: print("  ", line, flush=True))
+        finally:
+            set_tf32(False)
+        run.report["sections"]["suite"] = {"runs": reports, "partial": True}
+        run.save()
+
+    one("mlp-256", "mlp-256", plan.small_model, [1, 128], tf32=False)
+    one("mlp-1024-fp32", "mlp-1024", plan.large_model, ["full"], tf32=False)
+    one("mlp-1024-tf32", "mlp-1024", plan.large_model, ["full"], tf32=True)
+    return {"runs": reports}
+
+
+def persample(run: Run) -> dict[str, Any]:
+    """One epoch of single-sample SGD through the fused kernel, per grid size, timed with CUDA events."""
+    plan, be = run.plan, run.be
+    cp = be.xp
+    n = plan.persample_samples
+    Xh, yh = random_data(n, plan.small_model[0], plan.small_model[-1])
+    X, y = cp.asarray(Xh), cp.asarray(yh)
+    order = cp.asarray(np.random.default_rng(0).permutation(n).astype(np.int64))
+    sms = cp.cuda.Device().attributes["MultiProcessorCount"]
+    result: dict[str, Any] = {"model": plan.small_model, "samples": n, "multiprocessors": sms, "runs": []}
+    for blocks in plan.grids:
+        entry: dict[str, Any] = {"blocks": blocks or sms}
+        try:
+            net = gb.MLP(plan.small_model, backend=be, seed=0)
+            opt = gb.SGD(net, lr=LR, momentum=MOMENTUM)
+            per_sample_sgd(net, opt, X, y, order[: min(n, 1000)], scale=1 / 255, method="kernel", blocks=blocks,
+                           check=True)  # compiles, plans, and checks the grid's barrier
+            start, stop = cp.cuda.Event(), cp.cuda.Event()
+            start.record()
+            loss_sum, correct = per_sample_sgd(net, opt, X, y, order, scale=1 / 255, method="kernel", blocks=blocks)
+            stop.record()
+            stop.synchronize()
+            seconds = cp.cuda.get_elapsed_time(start, stop) / 1e3
+            entry.update(seconds=seconds, samples_per_second=n / seconds, mean_loss=float(loss_sum) / n,
+                         accuracy=int(correct) / n)
+            print(f"   {entry['blocks']} blocks: {n / seconds:,.0f} samples/s", flush=True)
+        except Exception as exc:  # noqa: BLE001 - e.g. more blocks than can be co-resident
+            entry["error"] = one_line(exc)
+            print(f"   {entry['blocks']} blocks: {entry['error']}", flush=True)
+        result["runs"].append(entry)
+    return result
+
+
+def agreement(run: Run) -> dict[str, Any]:
+    """One epoch at batch 128 on NumPy (float32 and float64) and on CuPy from the same weights, same batches.
+
+    Two float32 runs that each stay within δ of the float64 one are within 2δ of each other, so the
+    backends agree "to float32 tolerance" when they differ by at most twice float32's own distance
+    from float64 (per-step losses, relative; final weights, relative to the largest weight).
+    """
+    plan, be = run.plan, run.be
+    cp = be.xp
+    if run.data_dir:
+        data = gb.load_dataset("fashion-mnist", data_dir=run.data_dir, download=False)
+        n = min(plan.agreement_rows, len(data.x_train))
+        X, y, source = data.x_train[:n].reshape(n, -1), data.y_train[:n], f"Fashion-MNIST ({data.source})"
+    else:
+        X, y = random_data(plan.agreement_rows, plan.small_model[0], plan.small_model[-1])
+        source = "random bytes"
+    batch = min(128, len(X))
+    ref = gb.MLP(plan.small_model, backend="numpy", seed=0)
+    nets = {"numpy": ref, "float64": ref.copy(dtype="float64"), "cupy": ref.copy(backend=be)}
+    opts = {k: gb.SGD(net, lr=LR, momentum=MOMENTUM) for k, net in nets.items()}
+    losses: dict[str, list[float]] = {k: [] for k in nets}
+    order = np.random.default_rng(0).permutation(len(X))
+    set_tf32(False)
+    for i in range(0, len(X) - batch + 1, batch):
+        rows = order[i:i + batch]
+        xb, yb = X[rows].astype(np.float32) / np.float32(255), y[rows]
+        losses["numpy"].append(float(opts["numpy"].train_step(xb, yb)))
+        losses["float64"].append(float(opts["float64"].train_step(xb.astype(np.float64), yb)))
+        losses["cupy"].append(float(opts["cupy"].train_step(cp.asarray(xb), cp.asarray(yb))))
+    exact = np.array(losses["float64"])
+    params = {k: gb.to_numpy(net.flat_params).astype(np.float64) for k, net in nets.items()}
+    scale = float(np.abs(params["float64"]).max())
+
+    def apart(a: str, b: str) -> dict[str, float]:
+        return {"loss": float(np.max(np.abs(np.array(losses[a]) - np.array(losses[b])) / np.abs(exact))),
+                "weights": float(np.abs(params[a] - params[b]).max() / scale)}
+
+    backends, float32 = apart("cupy", "numpy"), apart("numpy", "float64")
+    met = all(backends[k] <= 2 * float32[k] for k in backends)
+    return {"data": source, "model": plan.small_model, "batch": batch, "steps": len(exact),
+            "tf32": False, "cupy_vs_numpy": backends, "numpy_float32_vs_float64": float32,
+            "cupy_vs_float64": apart("cupy", "float64"), "tolerance": "2 × float32's distance from float64",
+            "met": met, "last_loss": {k: v[-1] for k, v in losses.items()}}
+
+
+def launches_per_step(run: Run) -> dict[str, Any]:
+    """Kernels, memsets and copies per training step at batch 1 and 128, counted by CUPTI, beside the model.
+
+    The model (``launches.launch_budget``) is counted in any case; the count on the device needs
+    cupti-python or a CUDA build of PyTorch, and without either the section says so and goes on.
+    """
+    plan, be = run.plan, run.be
+    result: dict[str, Any] = {"model": plan.small_model, "batches": {}}
+    steps = 10  # counted together, reported per step
+    for batch in (1, 128):
+        step = OurStep(be, plan.small_model, batch)
+        budget = launches.launch_budget(step.net, batch)
+        entry: dict[str, Any] = {"budget": budget["launches"], "budget_by_name": budget["by_name"],
+                                 "budget_synchronizations": budget["synchronizations"]}
+        result["batches"][str(batch)] = entry
+        for _ in range(3):  # compiled, buffers made
+            step()
+
+        def ten_steps(step: OurStep = step) -> None:
+            for _ in range(steps):
+                step()
+
+        try:
+            counted = launches.count_gpu_launches(ten_steps)
+        except BackendError as exc:  # no CUPTI here: the model's figures stay
+            result["skipped"] = one_line(exc)
+            print(f"   batch {batch}: the model says {budget['launches']:g}; not counted: {result['skipped']}",
+                  flush=True)
+            continue
+        per_step = {k: counted[k] / steps for k in ("kernels", "memsets", "memcpys")}
+        entry.update(counted_per_step=per_step, counted_with=counted["counter"],
+                     by_name={k: v / steps for k, v in sorted(counted["by_name"].items())})
+        print(f"   batch {batch}: {per_step['kernels']:g} kernels per step (the model: {budget['launches']:g})",
+              flush=True)
+    return result
+
+
+def graphs(run: Run) -> dict[str, Any]:
+    """Capture one training step (gather, forward, backward, SGD) in a CUDA graph; replay it against eager steps."""
+    plan, be = run.plan, run.be
+    cp = be.xp
+    result: dict[str, Any] = {"model": plan.small_model, "batches": {}}
+    for batch in (1, 128):
+        step = OurStep(be, plan.small_model, batch)
+        rows = step.order[:batch].copy()
+
+        def body(step: OurStep = step, rows: Any = rows) -> None:  # the same batch every time
+            step.opt.train_step(step.batches.get(rows), step.batches.y[rows])
+
+        entry: dict[str, Any] = {}
+        stream = cp.cuda.Stream(non_blocking=True)
+        with stream:
+            body()  # buffers made and kernels compiled on this stream: the capture then allocates nothing
+            stream.synchronize()
+            start_state = [a.copy() for a in _state(step)]
+            graph, error = None, None
+            try:
+                stream.begin_capture()
+                try:
+                    body()
+                except Exception as exc:  # noqa: BLE001 - what CuPy says is the finding
+                    error = exc
+                graph = stream.end_capture()  # also after a failure: the stream must leave capture mode
+            except Exception as exc:  # noqa: BLE001
+                error = error or exc
+            if error is not None:
+                entry.update(captured=False, error=one_line(error), error_type=type(error).__name__)
+            else:
+                entry.update(captured=True, **_replay_against_eager(cp, stream, graph, body, step, start_state,
+                                                                    plan.timed_steps))
+        result["batches"][str(batch)] = entry
+        print(f"   batch {batch}: {entry}", flush=True)
+    return result
+
+
+def _state(step: OurStep) -> list[Any]:
+    """The arrays a training step changes: the parameters and the optimiser's velocity."""
+    return [step.net.flat_params] + ([step.opt.velocity] if step.opt.velocity is not None else [])
+
+
+def _replay_against_eager(cp: Any, stream: Any, graph: Any, body: Callable[[], None], step: OurStep,
+                          start: list[Any], k: int) -> dict[str, Any]:
+    """k eager steps and k replays from the same state: the time of each and whether the weights agree."""
+
+    def timed(fn: Callable[[], None]) -> float:
+        for a, s in zip(_state(step), start):
+            a[...] = s
+        t0, t1 = cp.cuda.Event(), cp.cuda.Event()
+        t0.record(stream)
+        for _ in range(k):
+            fn()
+        t1.record(stream)
+        t1.synchronize()
+        return cp.cuda.get_elapsed_time(t0, t1) / 1e3 / k
+
+    eager = timed(body)
+    after_eager = [a.copy() for a in _state(step)]
+    replay = timed(lambda: graph.launch(stream=stream))
+    diff = max(float(cp.abs(a - b).max()) for a, b in zip(_state(step), after_eager))
+    return {"eager_seconds_per_step": eager, "replay_seconds_per_step": replay, "speedup": eager / replay,
+            "steps": k, "max_abs_difference_after": diff}
+
+
+def compiled_peer(run: Run) -> dict[str, Any]:
+    """Ours at batch 128 against ``torch.compile`` of the same PyTorch model, interleaved."""
+    plan, be = run.plan, run.be
+    peer = torch_peer("cuda", plan.small_model, 128, compiled=True) if run.peers else None
+    if peer is None:
+        return {"skipped": "PyTorch is not installed" if run.peers else "--no-peers"}
+    runners = {"ours": ours(be, plan.small_model, 128), "torch_compile": peer}
+    secs = interleaved(runners, plan.budget, plan.repeats, Quiet(max_load=1.0, patience=5.0))
+    return {"model": plan.small_model, "batch": 128, "samples_per_second": 128 / secs["ours"],
+            "torch_compile_samples_per_second": 128 / secs["torch_compile"],
+            "ours_over_torch_compile": secs["torch_compile"] / secs["ours"]}
+
+
+BODIES: dict[str, Callable[[Run], dict[str, Any]]] = {
+    "suite": suite, "persample": persample, "agreement": agreement, "launches": launches_per_step,
+    "graphs": graphs, "compile": compiled_peer}
+
+
+# --------------------------------------------------------------------------
+# The targets, the Markdown and the plot
+# --------------------------------------------------------------------------
+def _suite_row(report: dict[str, Any], run: str, batch: int | str) -> dict[str, Any] | None:
+    rows = report["sections"].get("suite", {}).get("runs", {}).get(run, {}).get("results", [])
+    return next((r for r in rows if r["batch"] == batch), None)
+
+
+def verdicts(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target of the GPU issue with its measured figure and whether it is met (None: not judged)."""
+    s = report["sections"]
+    out: list[dict[str, Any]] = []
+
+    def target(case: str, wanted: str) -> dict[str, Any]:
+        out.append({"case": case, "target": wanted, "measured": "not measured", "met": None, "ratio_to_target": None})
+        return out[-1]
+
+    t = target("mlp-256, batch 1, fused per-sample kernel", "≥ 100,000 samples/s")
+    runs = [r for r in s.get("persample", {}).get("runs", []) if "samples_per_second" in r]
+    if runs:
+        best = max(runs, key=lambda r: r["samples_per_second"])
+        sps = best["samples_per_second"]
+        t.update(measured=f"{sps:,.0f} samples/s ({best['blocks']} blocks)", met=sps >= 1e5, ratio_to_target=sps / 1e5)
+
+    t = target("mlp-256, batch 128", "≥ 1,000,000 samples/s and ≥ 2× PyTorch eager")
+    r = _suite_row(report, "mlp-256", 128)
+    if r is not None:
+        sps, vs = r["samples_per_second"], r.get("ours_over_torch")
+        t["measured"] = f"{sps:,.0f} samples/s" + (f", {vs:.2f}× PyTorch" if vs else ", no PyTorch")
+        if vs is not None:  # without the peer half of the target cannot be judged
+            t.update(met=sps >= 1e6 and vs >= 2, ratio_to_target=min(sps / 1e6, vs / 2))
+
+    for run, share, label in (("mlp-1024-fp32", 0.7, "FP32"), ("mlp-1024-tf32", 0.5, "TF32")):
+        t = target(f"mlp-1024, full batch, {label}", f"≥ {share:.0%} of the {label} GEMM rate")
+        r = _suite_row(report, run, "full")
+        if r is not None:
+            share_of = r["fraction_of_limit"]
+            t.update(measured=f"{share_of:.0%} ({r['samples_per_second']:,.0f} samples/s)", met=share_of >= share,
+                     ratio_to_target=share_of / share)
+
+    t = target("Fashion-MNIST (preset fashion)", "≥ 89% test accuracy in < 1 s of training")
+    fit = report.get("fit")
+    if fit:
+        t.update(measured=(f"{fit['test_accuracy']:.2%} after {fit['epochs']} epochs, {fit['train_seconds']:.2f} s "
+                           f"of training ({fit['wall_seconds']:.1f} s wall)"),
+                 met=fit["test_accuracy"] >= 0.89 and fit["train_seconds"] < 1.0,
+                 ratio_to_target=1.0 / max(fit["train_seconds"], 1e-9))
+
+    t = target("NumPy and CuPy agree (one epoch, batch 128)", "within 2× float32's distance from float64")
+    a = s.get("agreement", {})
+    if "cupy_vs_numpy" in a:
+        apart, own = a["cupy_vs_numpy"], a["numpy_float32_vs_float64"]
+        t.update(measured=(f"losses {apart['loss']:.1e}, weights {apart['weights']:.1e} apart "
+                           f"(float32 from float64: {own['loss']:.1e}, {own['weights']:.1e})"), met=a["met"])
+
+    for batch, b in s.get("launches", {}).get("batches", {}).items():
+        t = target(f"launches per step, batch {batch}", f"the model's count: {b['budget']:g}")
+        counted = b.get("counted_per_step")
+        if counted:
+            t["measured"] = (f"{counted['kernels']:g} kernels, {counted['memsets']:g} memsets, "
+                             f"{counted['memcpys']:g} copies")
+
+    for batch, g in s.get("graphs", {}).get("batches", {}).items():
+        t = target(f"CUDA graph of a step, batch {batch}", "captures on CuPy 14.2? if so, replay time")
+        t["measured"] = (f"replay {g['speedup']:.2f}× faster than eager" if g.get("captured")
+                         else f"not captured: {g.get('error')}")
+    return out
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    f = report["facts"]
+    lines = ["# GPU targets", "",
+             f"{f.get('gpu', 'no GPU')}; NVIDIA driver {f.get('nvidia_driver')}, CUDA runtime {f.get('cuda_runtime')}, "
+             f"CuPy {f.get('cupy')}, PyTorch {f.get('torch')} (CUDA {f.get('torch_cuda')}), NumPy {f.get('numpy')}; "
+             f"{f.get('date')}." + ("" if report["complete"] else " **Incomplete**: the run stopped early."), "",
+             "| case | target | measured | met |", "| --- | --- | --- | --- |"]
+    for t in report["targets"]:
+        met = {True: "yes", False: "**no**", None: "—"}[t["met"]]
+        lines.append(f"| {t['case']} | {t['target']} | {t['measured']} | {met} |")
+    lines += ["", "## Sections", ""]
+    for name, sec in report["sections"].items():
+        state = (f"failed: {sec['error']}" if "error" in sec else f"skipped: {sec['skipped']}" if "skipped" in sec
+                 else f"{sec.get('seconds', '?')} s")
+        lines.append(f"- `{name}`: {state}")
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict[str, Any], path: Path) -> bool:
+    """Each measured target as measured/target (1 = met), as bars; False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    rows = [t for t in report["targets"] if t["ratio_to_target"] is not None]
+    fig, ax = plt.subplots(figsize=(8, 1.5 + 0.45 * len(rows)))
+    ax.barh([t["case"] for t in rows], [t["ratio_to_target"] for t in rows],
+            color=["tab:green" if t["met"] else "tab:red" for t in rows])
+    ax.axvline(1.0, color="black", lw=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("measured / target (≥ 1: met)")
+    ax.set_title(report["facts"].get("gpu", "GPU targets"))
+    ax.invert_yaxis()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return True
+
+
+def _nvidia_driver() -> str | None:
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20)
+        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python benchmarks/gpu_targets.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, default=Path("."), help="folder for targets.json, .md and .png (default: .)")
+    p.add_argument("--data-dir", help="Fashion-MNIST's IDX files, for the agreement run (else random bytes)")
+    p.add_argument("--fit-json", type=Path, help="the JSON line of `gpu_backprop train --preset fashion --json`")
+    p.add_argument("--only", nargs="+", choices=SECTIONS, help="run these sections only (default: all, in order)")
+    p.add_argument("--small", action="store_true", help="a rehearsal: small networks, few samples, short blocks")
+    p.add_argument("--no-peers", action="store_true", help="no PyTorch beside ours")
+    p.add_argument("--no-plot", action="store_true", help="no targets.png (draw it later with --render)")
+    p.add_argument("--render", type=Path, metavar="TARGETS.json",
+                   help="write the Markdown and the plot of a saved run again")
+    args = p.parse_args(argv)
+    if args.render:
+        report = json.loads(args.render.read_text())
+        report["targets"] = verdicts(report)
+        atomic_write_bytes(args.render.with_suffix(".md"), to_markdown(report).encode())
+        plot(report, args.render.with_suffix(".png"))
+        return 0
+    if not cupy_available():
+        p.error("no CUDA device answers here (CuPy is needed); see `python -m gpu_backprop doctor`")
+    if not args.out.is_dir():
+        p.error(f"--out {args.out}: no such folder")
+    run = Run(args.out, SMALL if args.small else FULL, get_backend("cupy"), not args.no_peers, args.data_dir)
+    run.report["facts"] = {**machine_facts([run.be]), "nvidia_driver": _nvidia_driver(),
+                           "command": "python benchmarks/gpu_targets.py " + " ".join(argv or sys.argv[1:])}
+    if args.fit_json:
+        try:
+            run.report["fit"] = json.loads(args.fit_json.read_text())
+        except (OSError, ValueError) as exc:
+            run.report["fit_error"] = one_line(exc)
+    run.save()
+    for name in args.only or SECTIONS:
+        run.section(name, BODIES[name])
+    run.report["complete"] = True
+    run.save(plot_too=not args.no_plot)
+    failed = [n for n, s in run.report["sections"].items() if "error" in s]
+    print(f"wrote {args.out / 'targets.json'}, .md" + (f"; failed sections: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

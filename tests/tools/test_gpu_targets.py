@@ -1,0 +1,157 @@
+"""benchmarks/gpu_targets.py: a rehearsal on the CuPy stand-in, the table of targets, and the launch tally."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import fakecupy
+import pytest
+
+from gpu_backprop import backend
+from gpu_backprop.experimental import launches
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "benchmarks" / "gpu_targets.py"
+
+
+def _module() -> Any:
+    spec = importlib.util.spec_from_file_location("gpu_targets", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_targets"] = module  # its dataclass looks its module up
+    spec.loader.exec_module(module)
+    return module
+
+
+targets = _module()
+
+
+@pytest.fixture(scope="module")
+def rehearsal(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], dict[str, Any],
+                                                                  Path]:
+    """One small run of every section but torch.compile, on the stand-in (its kernels built with g++)."""
+    problem = fakecupy.compiler_problem()
+    if problem:
+        pytest.skip(problem)
+    out = tmp_path_factory.mktemp("targets")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)])}
+    proc = subprocess.run([sys.executable, "-m", "fakecupy", str(SCRIPT), "--small", "--no-peers", "--out", str(out),
+                           "--only", "suite", "persample", "agreement", "launches", "graphs"],
+                          env=env, capture_output=True, text=True, timeout=600, check=False)
+    return proc, json.loads((out / "targets.json").read_text()), out
+
+
+def test_a_rehearsal_runs_every_section_and_saves_the_report(rehearsal) -> None:
+    proc, report, out = rehearsal
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert report["complete"] and list(report["sections"]) == ["suite", "persample", "agreement", "launches", "graphs"]
+    assert not [name for name, s in report["sections"].items() if "error" in s]
+    suite = report["sections"]["suite"]["runs"]
+    assert [r["batch"] for r in suite["mlp-256"]["results"]] == [1, 128]
+    assert suite["mlp-1024-fp32"]["limits"]["cupy"]["precision"] == "fp32"
+    assert suite["mlp-1024-tf32"]["limits"]["cupy"]["precision"] == "tf32"
+    assert suite["mlp-1024-tf32"]["results"][0]["precision"] == "tf32"
+    runs = report["sections"]["persample"]["runs"]
+    assert runs and all(r["samples_per_second"] > 0 for r in runs)
+    assert sorted(os.listdir(out)) == ["targets.json", "targets.md", "targets.png"]
+
+
+def test_numpy_and_the_stand_in_agree_to_float32_tolerance(rehearsal) -> None:
+    a = rehearsal[1]["sections"]["agreement"]
+    assert a["met"] and a["steps"] == 2 and a["data"] == "random bytes"
+    assert 0 < a["numpy_float32_vs_float64"]["loss"] < 1e-5  # float32 is not float64, and close to it
+    assert a["cupy_vs_numpy"]["loss"] <= 2 * a["numpy_float32_vs_float64"]["loss"]
+
+
+def test_without_cupti_the_launch_model_is_kept_and_the_count_is_skipped(rehearsal) -> None:
+    s = rehearsal[1]["sections"]["launches"]
+    assert "cupti-python" in s["skipped"] and "CUDA build of PyTorch" in s["skipped"]
+    for batch in ("1", "128"):
+        assert s["batches"][batch]["budget"] > 5 and "counted_per_step" not in s["batches"][batch]
+
+
+def test_a_capture_that_fails_is_a_finding_and_the_run_goes_on(rehearsal) -> None:
+    for entry in rehearsal[1]["sections"]["graphs"]["batches"].values():  # the stand-in has no stream capture
+        assert entry["captured"] is False and "begin_capture" in entry["error"]
+
+
+def test_the_markdown_has_a_row_per_target(rehearsal) -> None:
+    md = (rehearsal[2] / "targets.md").read_text()
+    for case in ("mlp-256, batch 1, fused per-sample kernel", "mlp-256, batch 128", "mlp-1024, full batch, FP32",
+                 "mlp-1024, full batch, TF32", "Fashion-MNIST (preset fashion)", "NumPy and CuPy agree",
+                 "launches per step, batch 128", "CUDA graph of a step, batch 1"):
+        assert f"| {case}" in md
+    assert "**Incomplete**" not in md
+
+
+def _report(**sections: Any) -> dict[str, Any]:
+    return {"facts": {"gpu": "GPU 0: NVIDIA H200"}, "sections": sections, "complete": True}
+
+
+def _suite(run: str, batch: Any, **row: Any) -> dict[str, Any]:
+    return {"runs": {run: {"results": [{"batch": batch, **row}]}}}
+
+
+def _verdict(report: dict[str, Any], case: str) -> dict[str, Any]:
+    return next(t for t in targets.verdicts(report) if t["case"] == case)
+
+
+def test_batch_128_is_met_only_at_a_million_samples_and_twice_pytorch() -> None:
+    case = "mlp-256, batch 128"
+    assert _verdict(_report(suite=_suite("mlp-256", 128, samples_per_second=1.2e6, ours_over_torch=2.5)), case)["met"]
+    assert not _verdict(_report(suite=_suite("mlp-256", 128, samples_per_second=1.2e6, ours_over_torch=1.9)),
+                        case)["met"]
+    assert not _verdict(_report(suite=_suite("mlp-256", 128, samples_per_second=9e5, ours_over_torch=3.0)),
+                        case)["met"]
+    alone = _verdict(_report(suite=_suite("mlp-256", 128, samples_per_second=2e6)), case)
+    assert alone["met"] is None and "no PyTorch" in alone["measured"]  # without the peer it cannot be judged
+    assert _verdict(_report(), case) == {"case": case, "target": "≥ 1,000,000 samples/s and ≥ 2× PyTorch eager",
+                                         "measured": "not measured", "met": None, "ratio_to_target": None}
+
+
+def test_full_batch_shares_and_the_best_grid_of_the_fused_kernel() -> None:
+    report = _report(suite={"runs": {
+        "mlp-1024-fp32": {"results": [{"batch": "full", "fraction_of_limit": 0.69, "samples_per_second": 1e6}]},
+        "mlp-1024-tf32": {"results": [{"batch": "full", "fraction_of_limit": 0.51, "samples_per_second": 2e6}]}}},
+        persample={"runs": [{"blocks": 132, "samples_per_second": 90_000.0}, {"blocks": 264, "error": "too many"},
+                            {"blocks": 66, "samples_per_second": 120_000.0}]})
+    assert _verdict(report, "mlp-1024, full batch, FP32")["met"] is False
+    assert _verdict(report, "mlp-1024, full batch, TF32")["met"] is True
+    fused = _verdict(report, "mlp-256, batch 1, fused per-sample kernel")
+    assert fused["met"] and fused["measured"] == "120,000 samples/s (66 blocks)" and fused["ratio_to_target"] == 1.2
+
+
+def test_the_fashion_run_is_judged_on_accuracy_and_training_time() -> None:
+    report = _report()
+    report["fit"] = {"test_accuracy": 0.8931, "epochs": 10, "train_seconds": 0.84, "wall_seconds": 6.1}
+    v = _verdict(report, "Fashion-MNIST (preset fashion)")
+    assert v["met"] and v["measured"] == "89.31% after 10 epochs, 0.84 s of training (6.1 s wall)"
+    report["fit"]["train_seconds"] = 1.3
+    assert _verdict(report, "Fashion-MNIST (preset fashion)")["met"] is False
+
+
+def test_render_writes_the_markdown_of_a_saved_run_again(tmp_path: Path) -> None:
+    path = tmp_path / "targets.json"
+    path.write_text(json.dumps(_report(graphs={"batches": {"128": {"captured": True, "speedup": 3.5}}})))
+    assert targets.main(["--render", str(path)]) == 0
+    md = (tmp_path / "targets.md").read_text()
+    assert "| CUDA graph of a step, batch 128 | captures on CuPy 14.2? if so, replay time | replay 3.50× faster" in md
+
+
+@pytest.mark.skipif(backend.cupy_available(), reason="a CUDA device answers here")
+def test_without_a_device_it_refuses_in_one_line(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path)], capture_output=True, text=True,
+                          check=False)
+    assert proc.returncode == 2 and "no CUDA device answers here" in proc.stderr
+    assert "Traceback" not in proc.stderr and os.listdir(tmp_path) == []
+
+
+def test_device_events_are_told_apart_by_name() -> None:
+    names = ["cupy_add", "Memcpy HtoD (Pageable -> Device)", "sgemm_128x64_nn", "cupy_add", "Memset (Device)"]
+    assert launches.tally_device_events(names) == {"kernels": 3, "memsets": 1, "memcpys": 1,
+                                                   "by_name": {"cupy_add": 2, "sgemm_128x64_nn": 1}}
