@@ -65,7 +65,8 @@ def test_numpy_and_the_stand_in_agree_to_float32_tolerance(rehearsal) -> None:
     a = rehearsal[1]["sections"]["agreement"]
     assert a["met"] and a["steps"] == 2 and a["data"] == "random bytes"
     assert 0 < a["numpy_float32_vs_float64"]["loss"] < 1e-5  # float32 is not float64, and close to it
-    assert a["cupy_vs_numpy"]["loss"] <= 2 * a["numpy_float32_vs_float64"]["loss"]
+    assert a["cupy_float32_vs_float64"]["loss"] <= 2 * a["numpy_float32_vs_float64"]["loss"]
+    assert a["cupy_float32_vs_float64"]["weights"] <= 2 * a["numpy_float32_vs_float64"]["weights"]
 
 
 def test_without_cupti_the_launch_model_is_kept_and_the_count_is_skipped(rehearsal) -> None:
