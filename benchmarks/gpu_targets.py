@@ -473,7 +473,8 @@ def main(argv: list[str] | None = None) -> int:
         report = json.loads(args.render.read_text())
         report["targets"] = verdicts(report)
         atomic_write_bytes(args.render.with_suffix(".md"), to_markdown(report).encode())
-        plot(report, args.render.with_suffix(".png"))
+        drawn = plot(report, args.render.with_suffix(".png"))
+        print(f"wrote {args.render.with_suffix('.md')}" + (", .png" if drawn else " (no plot: matplotlib is missing)"))
         return 0
     if not cupy_available():
         p.error("no CUDA device answers here (CuPy is needed); see `python -m gpu_backprop doctor`")

@@ -58,7 +58,8 @@ def test_a_rehearsal_runs_every_section_and_saves_the_report(rehearsal) -> None:
     assert suite["mlp-1024-tf32"]["results"][0]["precision"] == "tf32"
     runs = report["sections"]["persample"]["runs"]
     assert runs and all(r["samples_per_second"] > 0 for r in runs)
-    assert sorted(os.listdir(out)) == ["targets.json", "targets.md", "targets.png"]
+    plot = ["targets.png"] if importlib.util.find_spec("matplotlib") else []  # drawn where matplotlib is installed
+    assert sorted(os.listdir(out)) == ["targets.json", "targets.md", *plot]
 
 
 def test_numpy_and_the_stand_in_agree_to_float32_tolerance(rehearsal) -> None:
