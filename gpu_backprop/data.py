@@ -386,7 +386,7 @@ def _load_dir(name: str, files: dict[str, Path], source: str) -> Dataset:
 
 def _load_sample() -> Dataset:
     """The 10,000 MNIST digits shipped in ``gpu_backprop/_data`` (works from a wheel or a zip too)."""
-    ref = resources.files("gpu_backprop").joinpath("_data", "mnist_sample.npz")
+    ref = resources.files("gpu_backprop") / "_data" / "mnist_sample.npz"  # one part per step: Python 3.10's zip paths
     with ref.open("rb") as f, np.load(io.BytesIO(f.read())) as z:
         arrays = {key: z[key] for key in ("x_train", "y_train", "x_test", "y_test")}
     return Dataset(x_train=arrays["x_train"], y_train=arrays["y_train"].astype(np.int64),

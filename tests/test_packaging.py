@@ -23,7 +23,7 @@ import gpu_backprop
 
 ROOT = Path(__file__).resolve().parent.parent
 IGNORED = (".git", ".venv*", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", ".hypothesis",
-           ".mypy_cache", ".ruff_cache", "runs", "out", "*.pyc")
+           ".mypy_cache", ".ruff_cache", "runs", "out", ".data", "*.pyc")
 
 
 def _setuptools_major() -> int:

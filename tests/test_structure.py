@@ -1,9 +1,14 @@
-"""The house rules, read from the source: no module uses another's private names; the core never imports tools."""
+"""The house rules, read from the source: no module uses another's private names; the core never imports tools;
+the package type-checks."""
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 import gpu_backprop
 
@@ -87,3 +92,11 @@ def test_the_core_never_imports_the_tools() -> None:
             problems += [f"{rel}:{node.lineno} imports {'.'.join(n)}" for n in names
                          if n[:2] == ("gpu_backprop", "tools")]
     assert not problems, "\n".join(problems)
+
+
+def test_the_package_type_checks(tmp_path: Path) -> None:
+    """It ships ``py.typed``, so its annotations are part of the API: mypy (configured in pyproject.toml) agrees."""
+    pytest.importorskip("mypy", reason="mypy checks the annotations: pip install -e '.[test]'")
+    proc = subprocess.run([sys.executable, "-m", "mypy", "--cache-dir", str(tmp_path), "gpu_backprop"],
+                          cwd=PACKAGE.parent, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
