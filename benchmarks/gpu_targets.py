@@ -262,30 +262,38 @@ def graphs(run: Run) -> dict[str, Any]:
         def body(step: OurStep = step, rows: Any = rows, labels: Any = labels) -> None:  # the same batch each time
             step.opt.train_step(step.batches.get(rows), labels)
 
-        entry: dict[str, Any] = {}
-        stream = cp.cuda.Stream(non_blocking=True)
+        stream = cp.cuda.Stream(non_blocking=True)  # a capture needs a stream of its own
         with stream:
-            body()  # buffers made and kernels compiled on this stream: the capture then allocates nothing
+            body()  # the step's buffers made and its kernels compiled, on this stream, before the capture
             stream.synchronize()
             start_state = [a.copy() for a in _state(step)]
-            graph, error = None, None
-            try:
-                stream.begin_capture()
-                try:
-                    body()
-                except Exception as exc:  # noqa: BLE001 - what CuPy says is the finding
-                    error = exc
-                graph = stream.end_capture()  # also after a failure: the stream must leave capture mode
-            except Exception as exc:  # noqa: BLE001
-                error = error or exc
-            if error is not None:
-                entry.update(captured=False, error=one_line(error), error_type=type(error).__name__)
+            graph, error = _capture(stream, body)
+            if error is None:
+                entry = {"captured": True, **_replay_against_eager(cp, stream, graph, body, step, start_state,
+                                                                   plan.timed_steps)}
             else:
-                entry.update(captured=True, **_replay_against_eager(cp, stream, graph, body, step, start_state,
-                                                                    plan.timed_steps))
+                entry = {"captured": False, "error": one_line(error), "error_type": type(error).__name__}
         result["batches"][str(batch)] = entry
         print(f"   batch {batch}: {entry}", flush=True)
     return result
+
+
+def _capture(stream: Any, body: Callable[[], None]) -> tuple[Any, BaseException | None]:
+    """``body()`` captured into a CUDA graph on ``stream``: ``(graph, None)``, or ``(None, what refused it)``."""
+    try:
+        stream.begin_capture()
+    except Exception as exc:  # noqa: BLE001 - what CuPy says is the finding
+        return None, exc
+    error = None
+    try:
+        body()
+    except Exception as exc:  # noqa: BLE001
+        error = exc
+    try:
+        graph = stream.end_capture()  # also after a failure: the stream must leave capture mode
+    except Exception as exc:  # noqa: BLE001
+        return None, error or exc
+    return (None, error) if error is not None else (graph, None)
 
 
 def _state(step: OurStep) -> list[Any]:

@@ -157,3 +157,68 @@ def test_device_events_are_told_apart_by_name() -> None:
     names = ["cupy_add", "Memcpy HtoD (Pageable -> Device)", "sgemm_128x64_nn", "cupy_add", "Memset (Device)"]
     assert launches.tally_device_events(names) == {"kernels": 3, "memsets": 1, "memcpys": 1,
                                                    "by_name": {"cupy_add": 2, "sgemm_128x64_nn": 1}}
+
+
+class _Stream:
+    """CuPy's capture calls, scripted: which of them raise, and what was called."""
+
+    def __init__(self, fail: str = "") -> None:
+        self.fail, self.calls = fail, []
+
+    def begin_capture(self) -> None:
+        self.calls.append("begin")
+        if self.fail == "begin":
+            raise RuntimeError("cudaErrorStreamCaptureUnsupported")
+
+    def end_capture(self) -> str:
+        self.calls.append("end")
+        if self.fail in ("end", "body+end"):
+            raise RuntimeError("cudaErrorStreamCaptureInvalidated")
+        return "graph"
+
+
+@pytest.mark.parametrize("fail", ["", "begin", "body", "end", "body+end"])
+def test_a_capture_always_leaves_capture_mode_and_names_what_refused_it(fail: str) -> None:
+    stream = _Stream(fail)
+
+    def body() -> None:
+        stream.calls.append("body")
+        if fail.startswith("body"):
+            raise RuntimeError("cuBLAS is not supported during stream capture")
+
+    graph, error = targets._capture(stream, body)
+    assert stream.calls == (["begin"] if fail == "begin" else ["begin", "body", "end"])
+    first = {"begin": "Unsupported", "body": "cuBLAS", "body+end": "cuBLAS", "end": "Invalidated"}
+    if fail:
+        assert graph is None and first[fail] in str(error)  # the first refusal, not what it caused
+    else:
+        assert (graph, error) == ("graph", None)
+
+
+def test_a_replay_is_timed_against_eager_steps_from_the_same_state() -> None:
+    if fakecupy.compiler_problem():
+        pytest.skip(fakecupy.compiler_problem())
+    from _stand_in import stand_in
+
+    from gpu_backprop.tools.bench.peers import OurStep
+
+    with stand_in() as cp:
+        be = backend.get_backend("cupy")
+        step = OurStep(be, [784, 16, 10], 4)
+        rows = step.order[:4].copy()
+        labels = step.batches.y[rows]
+
+        def body() -> None:
+            step.opt.train_step(step.batches.get(rows), labels)
+
+        class Replay:  # a graph that runs the captured step again: replays must then equal the eager steps
+            def launch(self, stream: Any = None) -> None:
+                body()
+
+        stream = cp.cuda.Stream(non_blocking=True)
+        with stream:
+            start = [a.copy() for a in targets._state(step)]
+            out = targets._replay_against_eager(cp, stream, Replay(), body, step, start, 3)
+        assert out["max_abs_difference_after"] == 0.0 and out["steps"] == 3
+        assert out["eager_seconds_per_step"] > 0 and out["replay_seconds_per_step"] > 0
+        assert not any(bool((a == s).all()) for a, s in zip(targets._state(step), start))  # it trained
