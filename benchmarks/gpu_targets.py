@@ -32,6 +32,7 @@ import argparse
 import contextlib
 import io
 import json
+import os
 import subprocess
 import sys
 import time
@@ -478,16 +479,20 @@ def main(argv: list[str] | None = None) -> int:
                    help="write the Markdown and the plot of a saved run again")
     args = p.parse_args(argv)
     if args.render:
-        report = json.loads(args.render.read_text())
-        report["targets"] = verdicts(report)
-        atomic_write_bytes(args.render.with_suffix(".md"), to_markdown(report).encode())
+        try:
+            report = json.loads(args.render.read_text())
+            report["targets"] = verdicts(report)
+            markdown = to_markdown(report)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            p.error(f"--render {args.render}: not a report of this script ({one_line(exc)})")
+        atomic_write_bytes(args.render.with_suffix(".md"), markdown.encode())
         drawn = plot(report, args.render.with_suffix(".png"))
         print(f"wrote {args.render.with_suffix('.md')}" + (", .png" if drawn else " (no plot: matplotlib is missing)"))
         return 0
     if not cupy_available():
         p.error("no CUDA device answers here (CuPy is needed); see `python -m gpu_backprop doctor`")
-    if not args.out.is_dir():
-        p.error(f"--out {args.out}: no such folder")
+    if not args.out.is_dir() or not os.access(args.out, os.W_OK):
+        p.error(f"--out {args.out}: not a folder this user can write to")
     run = Run(args.out, SMALL if args.small else FULL, get_backend("cupy"), not args.no_peers, args.data_dir)
     run.report["facts"] = {**machine_facts([run.be]), "nvidia_driver": _nvidia_driver(),
                            "command": "python benchmarks/gpu_targets.py " + " ".join(argv or sys.argv[1:])}
@@ -497,8 +502,12 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError) as exc:
             run.report["fit_error"] = one_line(exc)
     run.save()
-    for name in args.only or SECTIONS:
-        run.section(name, BODIES[name])
+    try:
+        for name in args.only or SECTIONS:
+            run.section(name, BODIES[name])
+    except KeyboardInterrupt:  # a time box ran out (SIGINT): what was finished is saved
+        print(f"interrupted: the finished sections are in {args.out / 'targets.json'} and .md", file=sys.stderr)
+        return 130
     run.report["complete"] = True
     run.save(plot_too=not args.no_plot)
     failed = [n for n, s in run.report["sections"].items() if "error" in s]

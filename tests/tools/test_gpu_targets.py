@@ -145,6 +145,17 @@ def test_render_writes_the_markdown_of_a_saved_run_again(tmp_path: Path) -> None
     assert "| CUDA graph of a step, batch 128 | captures on CuPy 14.2? if so, replay time | replay 3.50× faster" in md
 
 
+@pytest.mark.parametrize("content", [None, "{not json", '{"facts": {}}', "[1, 2]"])
+def test_render_refuses_what_is_not_a_report_in_one_line(tmp_path: Path, content: str | None) -> None:
+    path = tmp_path / "targets.json"
+    if content is not None:
+        path.write_text(content)
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--render", str(path)], capture_output=True, text=True,
+                          check=False)
+    assert proc.returncode == 2 and "not a report of this script" in proc.stderr and "Traceback" not in proc.stderr
+    assert sorted(os.listdir(tmp_path)) == ([] if content is None else ["targets.json"])  # nothing half-written
+
+
 @pytest.mark.skipif(backend.cupy_available(), reason="a CUDA device answers here")
 def test_without_a_device_it_refuses_in_one_line(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path)], capture_output=True, text=True,
