@@ -10,7 +10,7 @@ The sections, in order:
 
 ``suite``      the benchmark suite's rows beside PyTorch eager on the same GPU, in the same run:
                mlp-256 at batch 1 and 128, mlp-1024 at full batch in FP32 and again in TF32,
-               each against the GEMM rate (8192³) measured in its own run
+               each against the FP32 or TF32 GEMM rate (8192³) measured in the same run
 ``persample``  mlp-256 at batch 1 through the fused per-sample kernel: one epoch of 60,000
                samples for each grid size (one block per SM, then 66, 132 and 264 blocks)
 ``agreement``  NumPy and CuPy from the same initial weights over the same batches for an epoch
@@ -29,11 +29,9 @@ each target as measured/target) is drawn at the end, or later by ``--render``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import io
 import json
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -116,17 +114,22 @@ def suite(run: Run) -> dict[str, Any]:
     plan, be = run.plan, run.be
     reports: dict[str, Any] = {}
 
+    def saved(key: str, report: dict[str, Any]) -> None:  # after the limits and after every row
+        reports[key] = report
+        run.report["sections"]["suite"] = {"runs": reports, "partial": True}
+        run.save()
+
     def one(key: str, model: str, sizes: list[int], batches: list[int | str], tf32: bool) -> None:
         set_tf32(tf32)
         try:
-            reports[key] = run_suite({model: sizes}, batches, [be], budget=plan.budget, repeats=plan.repeats,
-                                     gemm_n=plan.gemm_n, gpu_gemm_n=plan.gemm_n, peers=run.peers, sklearn=False,
-                                     tta=False, quiet=Quiet(max_load=1.0, patience=5.0), facts=run.report["facts"],
-                                     log=lambda line: print("  ", line, flush=True))
+            first = next(iter(reports.values()), None)  # the GEMM rates are measured once, by the first run
+            run_suite({model: sizes}, batches, [be], budget=plan.budget, repeats=plan.repeats, gemm_n=plan.gemm_n,
+                      gpu_gemm_n=plan.gemm_n, peers=run.peers, sklearn=False, tta=False,
+                      quiet=Quiet(max_load=1.0, patience=5.0), facts=run.report["facts"],
+                      log=lambda line: print("  ", line, flush=True), progress=lambda r: saved(key, r),
+                      limits=first["limits"] if first else None)
         finally:
             set_tf32(False)
-        run.report["sections"]["suite"] = {"runs": reports, "partial": True}
-        run.save()
 
     one("mlp-256", "mlp-256", plan.small_model, [1, 128], tf32=False)
     one("mlp-1024-fp32", "mlp-1024", plan.large_model, ["full"], tf32=False)
@@ -298,8 +301,8 @@ def _capture(stream: Any, body: Callable[[], None]) -> tuple[Any, BaseException 
 
 
 def _state(step: OurStep) -> list[Any]:
-    """The arrays a training step changes: the parameters and the optimiser's velocity."""
-    return [step.net.flat_params] + ([step.opt.velocity] if step.opt.velocity is not None else [])
+    """The arrays a training step changes: the parameters and the optimiser's state."""
+    return [step.net.flat_params, *step.opt.state_buffers().values()]
 
 
 def _replay_against_eager(cp: Any, stream: Any, graph: Any, body: Callable[[], None], step: OurStep,
@@ -458,14 +461,6 @@ def plot(report: dict[str, Any], path: Path) -> bool:
     return True
 
 
-def _nvidia_driver() -> str | None:
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20)
-        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
-    return None
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python benchmarks/gpu_targets.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path("."), help="folder for targets.json, .md and .png (default: .)")
@@ -494,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.out.is_dir() or not os.access(args.out, os.W_OK):
         p.error(f"--out {args.out}: not a folder this user can write to")
     run = Run(args.out, SMALL if args.small else FULL, get_backend("cupy"), not args.no_peers, args.data_dir)
-    run.report["facts"] = {**machine_facts([run.be]), "nvidia_driver": _nvidia_driver(),
+    run.report["facts"] = {**machine_facts([run.be]),
                            "command": "python benchmarks/gpu_targets.py " + " ".join(argv or sys.argv[1:])}
     if args.fit_json:
         try:

@@ -15,16 +15,21 @@ import numpy as np
 
 from . import kernels
 from .backend import to_device
-from .checks import as_array, as_dtype, check_samples, check_targets
+from .checks import as_array, as_dtype, as_targets, check_samples, check_targets
 
 if TYPE_CHECKING:
     from .network import Sequential
 
-__all__ = ["Batches"]
+__all__ = ["Batches", "held_out"]
 
 Array = Any
 
 VALIDATION_SPLIT = 2**63  #: the hash counter of the validation split (the epochs' permutations count from 0)
+
+
+def held_out(fraction: float, n: int) -> int:
+    """How many of ``n`` samples a ``validation_fraction`` holds out: at least one."""
+    return max(1, round(fraction * n))
 
 
 class Batches:
@@ -46,7 +51,7 @@ class Batches:
         self.net = net
         X, y = to_device(X, net.backend), to_device(y, net.backend)
         self.X = xp.ascontiguousarray(X) if self.scale != 1.0 else as_dtype(X, xp, net.dtype, f"{what} X")
-        self.y = xp.ascontiguousarray(y, dtype=xp.int64) if y.ndim == 1 else as_dtype(y, xp, net.dtype, f"{what} y")
+        self.y = as_targets(y, xp, net.dtype, f"{what} y")
         self.release()  # no batch buffers yet
 
     def __len__(self) -> int:
@@ -67,7 +72,7 @@ class Batches:
     def split(self, fraction: float, seed: int) -> tuple[Batches, Batches]:
         """``(the rest, held out)``: a ``fraction`` of the samples, chosen from ``seed``, held out for validation."""
         n = len(self)
-        k = max(1, round(fraction * n))
+        k = held_out(fraction, n)
         if k >= n:
             raise ValueError(f"validation_fraction {fraction} of {n} samples leaves none to train on; "
                              "use a smaller one")

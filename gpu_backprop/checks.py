@@ -22,8 +22,8 @@ import numpy as np
 
 from .backend import Backend, get_array_module, is_cupy_array, to_device
 
-__all__ = ["DTYPES", "as_array", "as_dtype", "check_dtype", "check_int", "check_range", "check_same_device",
-           "check_samples", "check_targets", "is_int"]
+__all__ = ["DTYPES", "as_array", "as_dtype", "as_targets", "check_dtype", "check_int", "check_range",
+           "check_same_device", "check_samples", "check_targets", "is_int"]
 
 Array = Any
 
@@ -133,6 +133,11 @@ def as_dtype(a: Array, xp: Any, dtype: Any, what: str = "X") -> Array:
         raise ValueError(f"{what} holds values too large for {np.dtype(dtype).name} (beyond ±{np.finfo(dtype).max:.3g}); "
                          "scale the data, or use dtype='float64'")
     return out
+
+
+def as_targets(y: Array, xp: Any, dtype: Any, what: str = "y") -> Array:
+    """Targets as a step reads them: integer labels ``(N,)`` as contiguous int64, a target matrix as ``dtype``."""
+    return xp.ascontiguousarray(y, dtype=xp.int64) if y.ndim == 1 else as_dtype(y, xp, dtype, what)
 
 
 DTYPES = ("float32", "float64")  #: the dtypes a network computes in

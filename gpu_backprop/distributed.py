@@ -743,6 +743,6 @@ def average_gradients(comm: Any, grads: Array, rows: int, batch: int) -> None:
         comm.allreduce_weighted_mean_(grads, rows, batch)
 
 
-def sum_over_ranks(comm: Any, size: int, x: float) -> float:
+def sum_over_ranks(comm: Any, x: float) -> float:
     """``Σ_r x_r`` over the ranks (one host all-reduce), or ``x`` in one process; NaN if any rank's is."""
-    return float(x) if size == 1 else comm.allreduce_sum_scalar(x)
+    return float(x) if comm is None or comm.size == 1 else comm.allreduce_sum_scalar(x)

@@ -25,6 +25,7 @@ import numpy as np
 from .backend import get_array_module, to_numpy
 from .layers import Dense, Layer
 from .network import Sequential
+from .state import copied_state
 
 __all__ = ["GradcheckError", "GradcheckResult", "gradcheck"]
 
@@ -219,11 +220,11 @@ def _check_layer(layer: Layer, X: Array, eps: float, atol: float, rtol: float, m
         layer.grads[name] = xp.empty_like(layer.params[name])
     layer.param_shapes(d)  # validates the width
     R = xp.asarray(rng.standard_normal((n, layer.out_dim(d))))
-    saved = {k: (v.copy() if hasattr(v, "copy") else v) for k, v in layer.state().items()}
+    saved = copied_state(layer.state())
     chk = _Checker(atol, rtol, repr(layer), f"X {X.shape}: {_fmt(X)}")
 
     def restore() -> None:
-        layer.load_state({k: (v.copy() if hasattr(v, "copy") else v) for k, v in saved.items()})
+        layer.load_state(copied_state(saved))
 
     def objective() -> float:
         restore()
@@ -248,5 +249,4 @@ def _check_layer(layer: Layer, X: Array, eps: float, atol: float, rtol: float, m
     for name, arr in [("X", X), *layer.params.items()]:
         for kind, u, num in _numerical(objective, arr, eps, mode, directions, rng)[0]:
             chk.compare(f"d{name}", _project(analytic[name], kind, u), num, u)
-    restore()
     return chk.result()

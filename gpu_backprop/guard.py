@@ -48,7 +48,6 @@ class Guard:
 
     def __init__(self, net: Sequential, opt: Optimizer, history: History, every: int, comm: Any = None) -> None:
         self.net, self.opt, self.history, self.every, self.comm = net, opt, history, every, comm
-        self.ranks = comm.size if comm is not None else 1
         self.keep(0)
         self.start_epoch(0)
 
@@ -70,7 +69,7 @@ class Guard:
         """
         # the loss comes before the update, so look at the weights too: a snapshot must be finite
         weights_ok = bool(self.net.xp.isfinite(self.net.flat_params).all())
-        loss_all = sum_over_ranks(self.comm, self.ranks, loss_sum if weights_ok else math.nan)
+        loss_all = sum_over_ranks(self.comm, loss_sum if weights_ok else math.nan)
         if not math.isfinite(loss_all):
             what = ("the weights became NaN or infinite" if math.isfinite(loss_sum) and not weights_ok
                     else f"the loss became {loss_sum / max(mine, 1)}")

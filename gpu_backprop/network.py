@@ -26,7 +26,17 @@ from typing import Any
 import numpy as np
 
 from .backend import Backend, get_backend, to_device
-from .checks import DTYPES, as_array, as_dtype, check_dtype, check_same_device, check_samples, check_targets, is_int
+from .checks import (
+    DTYPES,
+    as_array,
+    as_dtype,
+    as_targets,
+    check_dtype,
+    check_same_device,
+    check_samples,
+    check_targets,
+    is_int,
+)
 from .layers import Activation, BatchNorm, Dense, Dropout, Layer, make_activation
 from .losses import Loss, make_loss
 from .params import FlatParameters, Slot
@@ -150,7 +160,7 @@ class Sequential(NetworkState, Predictions):
                         decayed.append(name)
                 d = layer.out_dim(d)
         flat = FlatParameters(shapes, decayed, self.backend.xp, self.dtype)
-        self._slot_of = {(id(layer), pname): flat.slots[name] for name, (layer, pname) in owners.items()}
+        self._name_of = {(id(layer), pname): name for name, (layer, pname) in owners.items()}
         for name, (layer, pname) in owners.items():
             layer.params[pname] = flat.params[name]
             layer.grads[pname] = flat.grads[name]
@@ -169,15 +179,14 @@ class Sequential(NetworkState, Predictions):
 
     def slot(self, layer: Layer, pname: str) -> Slot:
         """Where ``layer``'s parameter ``pname`` lies in :attr:`flat_params`: ``(offset, shape)``."""
-        return self._slot_of[(id(layer), pname)]
+        return self.flat.slots[self._name_of[(id(layer), pname)]]
 
     def view(self, flat: Array, layer: Layer, pname: str) -> Array:
         """The view of ``layer``'s parameter ``pname`` in ``flat``, a buffer laid out like ``flat_params``.
 
         Optimisers use it to reach one parameter's slice of their state (e.g. the velocity).
         """
-        offset, shape = self.slot(layer, pname)
-        return flat[offset:offset + int(np.prod(shape))].reshape(shape)
+        return self.flat.view(flat, self._name_of[(id(layer), pname)])
 
     def reset_parameters(self, seed: int | None = None) -> None:
         """Draw fresh initial weights from ``seed`` (on the host, then copied to the device once)."""
@@ -214,7 +223,7 @@ class Sequential(NetworkState, Predictions):
         if y is None:
             return X, None
         y = check_targets(as_array(y, self.backend, "y"), X.shape[0], self.output_dim)
-        return X, xp.ascontiguousarray(y, dtype=xp.int64) if y.ndim == 1 else as_dtype(y, xp, self.dtype, "y")
+        return X, as_targets(y, xp, self.dtype)
 
     # ------------------------------------------------------------------ computation
     def forward(self, X: Array, train: bool = False) -> Array:

@@ -29,7 +29,7 @@ from .layers.base import Buffers
 if TYPE_CHECKING:
     from .network import Sequential
 
-__all__ = ["BUILT_ATTRIBUTES", "HYPER_RANGES", "NetworkState", "OptimizerState", "StateEntry"]
+__all__ = ["BUILT_ATTRIBUTES", "HYPER_RANGES", "NetworkState", "OptimizerState", "StateEntry", "copied_state"]
 
 
 # --------------------------------------------------------------------------
@@ -58,7 +58,7 @@ class NetworkState:
         puts it back, as often as needed, so that a computation can be repeated
         from the same state (:meth:`loss_and_grads` and :func:`gpu_backprop.gradcheck` do).
         """
-        return [_copied(layer.state()) for layer in self.layers]
+        return [copied_state(layer.state()) for layer in self.layers]
 
     def restore_layer_states(self, states: Sequence[Mapping[str, Any]]) -> None:
         """Put back (copies of) what :meth:`layer_states` returned.
@@ -68,7 +68,7 @@ class NetworkState:
         """
         for layer, st in zip(self.layers, states):
             if st:
-                layer.load_state(_copied(st))
+                layer.load_state(copied_state(st))
             elif isinstance(layer, BatchNorm):
                 layer.running_mean = layer.running_var = None
 
@@ -128,7 +128,7 @@ class NetworkState:
                 raise TypeError(f"state entry {name} is not an array ({type(value).__name__}: {exc})") from None
             if tuple(a.shape) != entry.shape:
                 raise ValueError(f"state entry {name} has shape {tuple(a.shape)}, this network needs {entry.shape}")
-            values[name] = _converted(name, a, entry.dtype)
+            values[name] = _converted(f"state entry {name}", a, entry.dtype)
         for idx, layer in enumerate(self.layers):
             if isinstance(layer, BatchNorm):
                 var = values.get(f"layers.{idx}.running_var")
@@ -207,7 +207,7 @@ class NetworkState:
         self.__dict__.update(saved["extra"])
 
 
-def _copied(state: Mapping[str, Any]) -> dict[str, Any]:
+def copied_state(state: Mapping[str, Any]) -> dict[str, Any]:
     """A layer's state with its arrays copied (so that running the layer does not change it)."""
     return {k: (v.copy() if hasattr(v, "copy") else v) for k, v in state.items()}
 
@@ -215,7 +215,7 @@ def _copied(state: Mapping[str, Any]) -> dict[str, Any]:
 #: the attributes Sequential.__init__ makes (a pickle rebuilds them); any other attribute is pickled as is
 BUILT_ATTRIBUTES = frozenset({"layers", "loss", "backend", "dtype", "seed", "input_dim", "_steps", "_needs_dx",
                               "output_dim", "flat", "flat_params", "flat_grads", "params", "grads", "n_decay",
-                              "_slot_of", "last_output"})
+                              "_name_of", "last_output"})
 
 
 class StateEntry(NamedTuple):
@@ -226,22 +226,22 @@ class StateEntry(NamedTuple):
     required: bool
 
 
-def _converted(name: str, a: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """``a`` as ``dtype`` (a float parameter, or an integer counter), refused with its name if it does not fit."""
+def _converted(what: str, a: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``a`` as ``dtype`` (a float array, or an integer counter), refused, naming ``what``, if it does not fit."""
     if dtype.kind == "f":
         if a.dtype.kind not in "fiu":
-            raise TypeError(f"state entry {name} has dtype {a.dtype}; it needs numbers ({dtype.name})")
+            raise TypeError(f"{what} has dtype {a.dtype}; it needs numbers ({dtype.name})")
         with np.errstate(over="ignore", invalid="ignore"):
             out = np.array(a, dtype=dtype)
         if not np.isfinite(out).all():
-            raise ValueError(f"state entry {name} contains NaN or Inf in {dtype.name} (or values too large for it); "
+            raise ValueError(f"{what} contains NaN or Inf in {dtype.name} (or values too large for it); "
                              "refusing to load it")
         return out
     if a.dtype.kind not in "iu":
-        raise TypeError(f"state entry {name} has dtype {a.dtype}; it needs integers")
+        raise TypeError(f"{what} has dtype {a.dtype}; it needs integers")
     info = np.iinfo(dtype)
     if a.size and (int(a.min()) < info.min or int(a.max()) > info.max):
-        raise ValueError(f"state entry {name} holds values outside the range of {dtype.name}; refusing to load it")
+        raise ValueError(f"{what} holds values outside the range of {dtype.name}; refusing to load it")
     return np.array(a, dtype=dtype)
 
 
@@ -335,13 +335,7 @@ class OptimizerState:
             v = np.asarray(to_numpy(state[k]))
             if v.shape != buf.shape:
                 raise ValueError(f"optimizer state {k} has shape {v.shape}, the network needs {buf.shape}")
-            if v.dtype.kind not in "fiu":
-                raise TypeError(f"optimizer state {k} has dtype {v.dtype}; it needs numbers")
-            with np.errstate(over="ignore", invalid="ignore"):
-                values[k] = v.astype(buf.dtype)
-            if not np.isfinite(values[k]).all():
-                raise ValueError(f"optimizer state {k} contains NaN or Inf in {buf.dtype} (or values too large for "
-                                 "it); refusing to load it")
+            values[k] = _converted(f"optimizer state {k}", v, np.dtype(buf.dtype))
         steps = state.get("steps")
         steps = check_int("optimizer state steps", steps, lo=0)
         hyper = _checked_hyper(state.get("hyper", {}), self.hyper())

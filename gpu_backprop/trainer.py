@@ -406,5 +406,5 @@ class _Loop:
                 # between checks, the bar shows this rank's loss and accuracy
                 bar.show(seen, loss_total, mine, self.correct if self.data.labels else None)
         # the last unit of an epoch is a check: guard.loss is every rank's loss; the accuracy needs a sum too
-        correct = sum_over_ranks(self.comm, self.size, int(self.correct)) if self.data.labels else math.nan
+        correct = sum_over_ranks(self.comm, int(self.correct)) if self.data.labels else math.nan
         return {"samples": seen, "loss": self.guard.loss / seen, "accuracy": correct / seen}

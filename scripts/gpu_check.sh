@@ -293,8 +293,7 @@ fi
 # the targets: every figure the GPU measurements need (a rehearsal runs them small on the stand-in)
 # -------------------------------------------------------------------------------------------------
 targets_cmd=("$PY" benchmarks/gpu_targets.py --out "$dir" --no-plot)
-[ -n "$DATA_DIR" ] && [ "$have_data" = 1 ] && targets_cmd+=(--data-dir "$DATA_DIR")
-[ "$have_data" = 1 ] && targets_cmd+=(--fit-json "$dir/fit.json")
+[ "$have_data" = 1 ] && targets_cmd+=(--data-dir "$DATA_DIR" --fit-json "$dir/fit.json")
 if [ "$BACKEND" = numpy ]; then
   targets_cmd=(env "PYTHONPATH=$PWD/tests:$PYTHONPATH" "$PY" -m fakecupy "${targets_cmd[@]:1}" --small --no-peers)
 fi

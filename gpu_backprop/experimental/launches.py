@@ -259,8 +259,9 @@ _KERNEL_LAUNCHES: dict[str, Callable[..., tuple[list[str], int]]] = {
 
 
 #: kernels functions that launch no kernel of their own: matmul and weight_grad are cuBLAS, which the traced
-#: arrays count; the others decide things on the host
-_NOT_KERNELS = {"matmul", "weight_grad", "scipy_blas", "defers_weight_grads"}
+#: arrays count; the others decide or build things on the host
+_NOT_KERNELS = {"matmul", "weight_grad", "scipy_blas", "defers_weight_grads", "blas_threads", "make_elementwise",
+                "make_raw", "raw_source"}
 
 
 def _one_launch(name: str) -> Callable[..., tuple[list[str], int]]:

@@ -45,10 +45,7 @@ class Activation(Layer):
         return [f"A = {self.kind}(Z)   ({n}, {in_dim})", f"dZ = dA ⊙ {self.kind}'(A)   ({n}, {in_dim})"]
 
     def spec(self) -> dict[str, Any]:
-        s: dict[str, Any] = {"type": type(self).__name__}
-        if self.kind == "leaky_relu":
-            s["alpha"] = self.alpha
-        return s
+        return {"type": type(self).__name__, **self.init_args()}
 
 
 class Identity(Activation):

@@ -375,6 +375,7 @@ def _check_two_classes(ds: Any) -> None:
 def _train(args: argparse.Namespace) -> int:
     import gpu_backprop as gb
 
+    from ..batches import held_out
     from ..history import epoch_line
     from ..optim import make_optimizer
     from ..trainer import evaluate
@@ -430,8 +431,8 @@ def _train(args: argparse.Namespace) -> int:
                  + (f" momentum {cfg['momentum']}" if cfg["optimizer"] == "sgd" and cfg["momentum"] else "")
                  + (" nesterov" if cfg["optimizer"] == "sgd" and cfg["nesterov"] else ""))
     n, held = len(ds.y_train), cfg["validation_fraction"]
-    split = (f"{n - max(1, round(held * n)):,} train + {max(1, round(held * n)):,} validation (held out) / " if held
-             else f"{n:,} train / ")
+    k = held_out(held, n) if held else 0
+    split = f"{n - k:,} train + {k:,} validation (held out) / " if held else f"{n:,} train / "
     say(f"gpu_backprop {__version__}: training on {ds.name}{note}: {split}{len(ds.y_test):,} test samples "
         f"from {ds.source}")
     say(f"backend {backend.name} on {backend.device} ({backend.reason}); network {network}, loss {cfg['loss']}, "

@@ -9,6 +9,7 @@ import itertools
 import os
 import platform
 import statistics
+import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -222,10 +223,21 @@ def machine_facts(backends: list[Backend]) -> dict[str, Any]:
             facts["gpu"] = be.device
             facts["gpu_memory_gib"] = round(props["totalGlobalMem"] / 2**30, 1)
             facts["cuda_driver"] = cp.cuda.runtime.driverGetVersion()
+            facts["nvidia_driver"] = nvidia_driver()
             facts["cuda_runtime"] = cp.cuda.runtime.runtimeGetVersion()
             facts["cupy"] = cp.__version__
             facts["tf32"] = tf32_enabled()
     return facts
+
+
+def nvidia_driver() -> str | None:
+    """The NVIDIA driver's version as ``nvidia-smi`` gives it (CUDA's ``driverGetVersion`` is the CUDA API's)."""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20)
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip().splitlines()[0]
+    return None
 
 
 def cpu_model() -> str:
@@ -246,10 +258,13 @@ def run_suite(models: dict[str, list[int]], batches: list[int | str], backends: 
               budget: float, repeats: int, gemm_n: int, gpu_gemm_n: int = 8192, peers: bool, sklearn: bool = True,
               tta: bool, breakdown_batches: Sequence[int | str] = (), quiet: Quiet | None = None,
               log: Callable[[str], None] = print, facts: dict[str, Any] | None = None,
-              progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+              progress: Callable[[dict[str, Any]], None] | None = None,
+              limits: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Run every (backend, model, batch) and return the report as a dict.
 
-    The limit is the float32 GEMM rate at ``gemm_n``³ on a CPU and ``gpu_gemm_n``³ on a GPU.
+    The limit is the float32 GEMM rate at ``gemm_n``³ on a CPU and ``gpu_gemm_n``³ on a GPU, measured
+    here unless ``limits`` (an earlier report's ``limits``) has it for the backend; on a GPU, the FP32
+    or the TF32 rate, whichever the run uses.
     ``facts``: the machine's (default: :func:`machine_facts` now). ``progress(report)`` is called
     with the report as it stands after the limits, after every row, and after every breakdown
     and time-to-accuracy run (``report["complete"]`` stays False until the end), so that a
@@ -272,22 +287,27 @@ def run_suite(models: dict[str, list[int]], batches: list[int | str], backends: 
 
     for be in backends:
         n = gemm_n if be.name == "numpy" else gpu_gemm_n
-        lim: dict[str, Any] = {"gemm_n": n, "device": be.device, "rate": "fastest block"}
-        if be.name == "cupy":  # FP32 and TF32 both measured; the limit is the one the run uses
+        if limits and be.name in limits:  # measured by an earlier run on this device
+            lim: dict[str, Any] = dict(limits[be.name])
+        elif be.name == "cupy":  # FP32 and TF32 both measured; the limit is the one the run uses (below)
             tf32 = tf32_enabled()
+            lim = {"gemm_n": n, "device": be.device, "rate": "fastest block"}
             set_tf32(False)
             lim["gemm_fp32_flops"] = gemm_rate(be, n, max(3, repeats), quiet)["flops"]
             set_tf32(True)
             lim["gemm_tf32_flops"] = gemm_rate(be, n, max(3, repeats), quiet)["flops"]
             set_tf32(tf32)
-            lim["gemm_flops"] = lim["gemm_tf32_flops" if tf32 else "gemm_fp32_flops"]
-            lim["precision"] = "tf32" if tf32 else "fp32"
         else:
             g = gemm_rate(be, n, max(3, repeats), quiet)
-            lim.update(gemm_flops=g["flops"], median_gemm_flops=g["median_flops"], precision="fp32", load=g["load"],
-                       block_loads=g["block_loads"])
+            lim = {"gemm_n": n, "device": be.device, "rate": "fastest block", "gemm_flops": g["flops"],
+                   "median_gemm_flops": g["median_flops"], "precision": "fp32", "load": g["load"],
+                   "block_loads": g["block_loads"]}
+        if be.name == "cupy":
+            lim["precision"] = "tf32" if tf32_enabled() else "fp32"
+            lim["gemm_flops"] = lim[f"gemm_{lim['precision']}_flops"]
         report["limits"][be.name] = lim
-        log(f"{be.name}: {lim['precision']} GEMM {n}³ at {lim['gemm_flops'] / 1e9:,.1f} GFLOP/s on {be.device}")
+        log(f"{be.name}: {lim['precision']} GEMM {lim['gemm_n']}³ at {lim['gemm_flops'] / 1e9:,.1f} GFLOP/s "
+            f"on {be.device}")
     saved()
     for name, sizes in models.items():
         for batch in batches:
