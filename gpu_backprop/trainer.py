@@ -107,13 +107,6 @@ class FitConfig:
             raise ValueError(f"max_grad_norm must be a positive number, got {self.max_grad_norm!r}")
 
 
-def _correct(out: Array, y: Array) -> Array:
-    """How many rows of ``out`` predict their label ``y`` (a device scalar)."""
-    if out.shape[1] == 1:  # one output: a binary classifier on logits
-        return ((out[:, 0] > 0) == (y == 1)).sum()
-    return (out.argmax(axis=1) == y).sum()
-
-
 def evaluate(net: Sequential, X: Any, y: Any, batch_size: int = 4096) -> tuple[float, float]:
     """Mean loss and accuracy of ``net`` on ``(X, y)`` in eval mode (accuracy NaN for float targets)."""
     if not isinstance(net, Sequential):
@@ -132,7 +125,7 @@ def _evaluate(data: Batches, batch_size: int = 4096) -> tuple[float, float]:
         yb = data.y[i:i + batch_size]
         loss_sum += net.loss.forward(out, yb) * rows.shape[0]
         if data.labels:
-            correct += _correct(out, yb)
+            kernels.count_correct(out, yb, correct)
     return float(loss_sum) / n, int(correct) / n if data.labels else math.nan
 
 
@@ -351,7 +344,7 @@ class _Loop:
         if b:
             self.loss_sum += loss * b
             if self.data.labels:
-                self.correct += _correct(net.last_output, yb)
+                kernels.count_correct(net.last_output, yb, self.correct)
         return batch, b
 
     def _step(self, xb: Array | None, yb: Array, batch: int) -> Array:

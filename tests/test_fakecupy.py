@@ -334,6 +334,20 @@ def test_softmax_kernel_equals_its_numpy_body(dtype: str) -> None:
         np.testing.assert_allclose(kernels.softmax(cp.asarray(z)).get(), kernels.softmax(z), rtol=tol)
 
 
+@needs_compiler
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_count_correct_kernel_equals_its_numpy_body(dtype: str, logits_to_classify) -> None:
+    rng = np.random.default_rng(3)
+    with stand_in() as cp:
+        for c in (1, 2, 10):
+            z, labels = logits_to_classify(rng, 300, c, dtype)
+            into_h, into_d = np.array(3, np.int64), cp.full((), 3, cp.int64)
+            for _ in range(2):
+                kernels.count_correct(z, labels, into_h)
+                kernels.count_correct(cp.asarray(z), cp.asarray(labels), into_d)
+            assert int(into_d) == int(into_h) > 3 + 2 * 50, c
+
+
 def test_the_project_kernels_source_is_what_the_registry_holds() -> None:
     """The stand-in compiles exactly the registry's text (nothing substituted by the tests but T's typedef)."""
     with stand_in() as cp:

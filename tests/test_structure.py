@@ -94,9 +94,11 @@ def test_the_core_never_imports_the_tools() -> None:
     assert not problems, "\n".join(problems)
 
 
-def test_the_package_type_checks(tmp_path: Path) -> None:
-    """It ships ``py.typed``, so its annotations are part of the API: mypy (configured in pyproject.toml) agrees."""
+def test_the_package_and_its_tools_type_check(tmp_path: Path) -> None:
+    """It ships ``py.typed``, so its annotations are part of the API: mypy (configured in pyproject.toml) agrees,
+    for the package and for the benchmarks and scripts that drive it."""
     pytest.importorskip("mypy", reason="mypy checks the annotations: pip install -e '.[test]'")
-    proc = subprocess.run([sys.executable, "-m", "mypy", "--cache-dir", str(tmp_path), "gpu_backprop"],
+    proc = subprocess.run([sys.executable, "-m", "mypy", "--cache-dir", str(tmp_path), "gpu_backprop", "benchmarks",
+                           "scripts"],
                           cwd=PACKAGE.parent, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]

@@ -240,9 +240,9 @@ _KERNEL_LAUNCHES: dict[str, Callable[..., tuple[list[str], int]]] = {
     "bias_activation": _bias_activation,
     "activation_forward": _bias_activation,
     "activation_backward": lambda d, a, kind, alpha=0.01: ([] if kind == "identity" else [f"{kind}_bwd"], 0),
-    # one row-wise kernel; CuPy's branch allocates a 1-element placeholder (and dz / labels when absent)
+    # one row-wise kernel; CuPy's branch allocates a placeholder for absent labels, and dz's scratch when absent
     "softmax_cross_entropy": lambda z, labels, targets, dz, rows: (
-        ["softmax_xent"], 1 + (labels is None) + (dz is None)),
+        ["softmax_xent"], (labels is None) + (dz is None)),
     "softmax": lambda z: (["reduce:max", "elementwise:subtract", "elementwise:exp", "reduce:sum",
                            "elementwise:true_divide"], 3),
     "column_sum": lambda d, out: (["reduce:sum"], 0),

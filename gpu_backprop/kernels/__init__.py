@@ -14,6 +14,7 @@ fresh random inputs; :mod:`._cpu` runs the NumPy bodies across the cores.
     dropout       Dropout's masks, from the same hash
     batchnorm     BatchNorm's normalisation and its backward
     gather        a batch gathered from the device-resident data set and scaled
+    accuracy      the rows that predict their label, counted on the device
 
 Every CuPy kernel is registered by name (:data:`ELEMENTWISE`, :data:`RAW`);
 :func:`make_elementwise` and :func:`make_raw` build them exactly as the library
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 from ._cpu import SCIPY_MAX_BATCH, blas_threads, defers_weight_grads, scipy_blas
 from ._cuda import ELEMENTWISE, RAW, make_elementwise, make_raw, raw_source
+from .accuracy import count_correct
 from .activations import ACTIVATIONS, activation_backward, activation_forward, bias_activation
 from .batchnorm import batchnorm_backward, batchnorm_normalize
 from .dropout import dropout_forward
@@ -37,6 +39,6 @@ from .updates import adam_update, sgd_update
 
 __all__ = ["ACTIVATIONS", "ELEMENTWISE", "RAW", "SCIPY_MAX_BATCH", "activation_backward", "activation_forward",
            "adam_update", "batchnorm_backward", "batchnorm_normalize", "bias_activation", "blas_threads", "column_sum",
-           "defers_weight_grads", "dropout_forward", "gather_scale", "hash_uniform", "make_elementwise", "make_raw",
-           "matmul", "random_permutation", "raw_source", "scipy_blas", "sgd_update", "softmax", "softmax_cross_entropy",
-           "weight_grad"]
+           "count_correct", "defers_weight_grads", "dropout_forward", "gather_scale", "hash_uniform",
+           "make_elementwise", "make_raw", "matmul", "random_permutation", "raw_source", "scipy_blas", "sgd_update",
+           "softmax", "softmax_cross_entropy", "weight_grad"]

@@ -75,6 +75,19 @@ def test_softmax_xent_with_labels_equals_one_hot_targets(rng: np.random.Generato
     np.testing.assert_allclose(d1, (p - onehot) / 7, rtol=1e-12, atol=1e-15)
 
 
+@pytest.mark.parametrize("c", [1, 2, 10])
+def test_count_correct_adds_the_rows_that_predict_their_label(c: int, rng: np.random.Generator,
+                                                              logits_to_classify) -> None:
+    z, labels = logits_to_classify(rng, 500, c, np.float32)
+    into = np.array(7, dtype=np.int64)
+    assert kernels.count_correct(z, labels, into) is into
+    predicted = [int(np.argmax(row)) for row in z] if c > 1 else [int(row[0] > 0) for row in z]
+    hits = sum(p == y if c > 1 else (p == 1) == (y == 1) for p, y in zip(predicted, labels))
+    assert 100 < hits < 400 and into.shape == () and into == 7 + hits
+    kernels.count_correct(z[:0], labels[:0], into)  # no rows: nothing added
+    assert into == 7 + hits
+
+
 def test_hash_random_numbers_are_uniform_and_reproducible() -> None:
     u = kernels.hash_uniform(np, 200_000, seed=3, counter=1)
     assert u.dtype == np.uint32
@@ -149,6 +162,19 @@ def test_gpu_softmax_xent_matches_numpy(labels: bool, rng: np.random.Generator) 
     kernels.softmax_cross_entropy(zg, yg, tg, dz_g, rows_g)
     np.testing.assert_allclose(rows_g.get(), rows, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(dz_g.get(), dz, rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("c", [1, 10])
+def test_gpu_count_correct_matches_numpy(c: int, dtype, rng: np.random.Generator, logits_to_classify) -> None:
+    cp = backend.cupy_module()
+    z, labels = logits_to_classify(rng, 3000, c, dtype)
+    into, into_g = np.array(5, np.int64), cp.full((), 5, cp.int64)
+    for _ in range(2):  # added to, not overwritten
+        kernels.count_correct(z, labels, into)
+        kernels.count_correct(cp.asarray(z), cp.asarray(labels), into_g)
+    assert int(into_g) == int(into) > 5 + 2 * 500
 
 
 @pytest.mark.gpu

@@ -1,0 +1,62 @@
+"""Accuracy: the rows whose prediction is their label, counted into a device accumulator in one kernel.
+
+A prediction is the first largest output of a row, as ``argmax`` takes it (a NaN
+counts as the largest); a network with one output is a binary classifier on logits,
+whose prediction is 1 where the output is positive. Counts are integers, so the
+order in which rows are added cannot change the result.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .. import backend
+from ._cuda import define_raw, on_gpu, raw
+
+Array = Any
+
+define_raw("count_correct", r"""
+extern "C" __global__
+void KERNEL_NAME(const T* out, const long long* labels, unsigned long long* correct, const int n, const int c)
+{
+    // one thread per row: its prediction against its label; a match adds one to *correct
+    const int r = blockIdx.x * blockDim.x + threadIdx.x;
+    if (r >= n) return;
+    const T* o = out + (size_t)r * c;
+    bool hit;
+    if (c == 1) {
+        hit = (o[0] > (T)0) == (labels[r] == 1);
+    } else {
+        int best = 0;  // the first largest; the first NaN once one is met
+        for (int j = 1; j < c && o[best] == o[best]; ++j)
+            if (o[j] > o[best] || o[j] != o[j]) best = j;
+        hit = best == labels[r];
+    }
+    if (hit) atomicAdd(correct, 1ULL);
+}
+""")
+
+
+def count_correct(out: Array, labels: Array, into: Array) -> Array:
+    """Add to ``into`` the rows of ``out`` ``(N, C)`` whose prediction is their integer label.
+
+    ``into`` is a 0-d int64 array on the same device, added to in place (no host
+    synchronisation, no allocation on a GPU). Kernel: ``count_correct`` (one launch
+    for the argmax, the comparison and the sum). Returns ``into``.
+    """
+    n, c = out.shape
+    if n == 0:
+        return into
+    if on_gpu(out):
+        cp = backend.cupy_module()
+        out = cp.ascontiguousarray(out)
+        labels = cp.ascontiguousarray(labels, dtype=cp.int64)
+        threads = 128
+        raw("count_correct", out.dtype)(((n + threads - 1) // threads,), (threads,),
+                                        (out, labels, into, np.int32(n), np.int32(c)))
+        return into
+    hits = (out[:, 0] > 0) == (labels == 1) if c == 1 else out.argmax(axis=1) == labels
+    into += np.count_nonzero(hits)
+    return into
