@@ -118,9 +118,19 @@ def current_device() -> int | None:
     return None if _cupy is None else int(_cupy.cuda.Device().id)
 
 
+#: the classes already found to be CuPy arrays: the training step asks about each array several times
+_CUPY_ARRAY_TYPES: set[type] = set()
+
+
 def is_cupy_array(a: Any) -> bool:
     """True when ``a`` is a :class:`cupy.ndarray` (never imports CuPy to find out)."""
-    return type(a).__module__.startswith("cupy") and hasattr(a, "device")
+    kind = type(a)
+    if kind in _CUPY_ARRAY_TYPES:
+        return True
+    if kind.__module__.startswith("cupy") and hasattr(a, "device"):  # (`device` makes a Device object: asked once)
+        _CUPY_ARRAY_TYPES.add(kind)
+        return True
+    return False
 
 
 # --------------------------------------------------------------------------

@@ -183,3 +183,25 @@ def test_a_real_pytorch_tensor_that_requires_gradients_is_one_sentence() -> None
     with pytest.raises(TypeError, match="tensor.detach"):
         gb.to_device(t, "numpy")
     np.testing.assert_array_equal(gb.to_device(t.detach(), "numpy"), np.ones((2, 3)))
+
+
+def test_cupy_arrays_are_told_by_their_class_once_it_is_known() -> None:
+    """``is_cupy_array`` asks an array's ``device`` once per class (it makes an object each time), then
+    answers from the class; NumPy arrays and CuPy's other objects are never taken for CuPy arrays."""
+    asked = []
+
+    class Array:  # a class of CuPy's, as is_cupy_array sees one
+        @property
+        def device(self) -> int:
+            asked.append(self)
+            return 0
+
+    class Other:  # CuPy's, without a device
+        pass
+
+    Array.__module__ = Other.__module__ = "cupy._test"
+    a, b = Array(), Array()
+    assert backend.is_cupy_array(a) and backend.is_cupy_array(b) and backend.is_cupy_array(a)
+    assert asked == [a]
+    assert not backend.is_cupy_array(Other()) and not backend.is_cupy_array(Other())
+    assert not backend.is_cupy_array(np.zeros(2)) and not backend.is_cupy_array(np.float32(1))
