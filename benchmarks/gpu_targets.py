@@ -16,6 +16,9 @@ The sections, in order:
 ``agreement``  NumPy and CuPy from the same initial weights over the same batches for an epoch
                (Fashion-MNIST with ``--data-dir``, else random bytes), float64 beside them
 ``launches``   kernels per training step, counted by CUPTI, against ``launches.launch_budget``
+``costs``      where a step's time goes: the host's and the device's time for each kind of call
+               the step makes (a GEMM, a column sum, a reduction, a ufunc, an elementwise and a
+               raw kernel, a fancy index) and for whole steps at batch 1 and 128
 ``graphs``     whether one training step can be captured in a CUDA graph (CuPy's stream
                capture), and if so what a replay costs against the same step run eagerly
 ``compile``    ``torch.compile`` at batch 128, the suite's peer compiled (last: compiling is slow)
@@ -45,6 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import gpu_backprop as gb  # noqa: E402
+from gpu_backprop import kernels  # noqa: E402
 from gpu_backprop._io import atomic_write_bytes, strict_json  # noqa: E402
 from gpu_backprop.backend import Backend, BackendError, cupy_available, get_backend, one_line  # noqa: E402
 from gpu_backprop.devices import set_tf32  # noqa: E402
@@ -54,7 +58,7 @@ from gpu_backprop.tools.bench.peers import LR, MOMENTUM, OurStep, ours, random_d
 from gpu_backprop.tools.bench.suite import MODELS, machine_facts, run_suite  # noqa: E402
 from gpu_backprop.tools.bench.timing import Quiet, interleaved  # noqa: E402
 
-SECTIONS = ("suite", "persample", "agreement", "launches", "graphs", "compile")
+SECTIONS = ("suite", "persample", "agreement", "launches", "costs", "graphs", "compile")
 
 
 @dataclass(frozen=True)
@@ -70,11 +74,13 @@ class Plan:
     agreement_rows: int = 60_000     # the agreement's data set without Fashion-MNIST
     grids: tuple[int | None, ...] = (None, 66, 132, 264)  # fused kernel's blocks (None: one per SM)
     timed_steps: int = 100       # graph replays and eager steps timed against each other
+    cost_calls: int = 200        # calls of each kind timed together (whole steps: an eighth as many)
 
 
 FULL = Plan(MODELS["mlp-256"], MODELS["mlp-1024"])
 SMALL = Plan([784, 32, 32, 10], [784, 64, 64, 10], gemm_n=256, budget=0.05, repeats=1,
-             persample_samples=8, agreement_rows=256, grids=(None, 4), timed_steps=5)
+             persample_samples=8, agreement_rows=256, grids=(None, 4), timed_steps=5,
+             cost_calls=8)
 
 
 class Run:
@@ -253,6 +259,92 @@ def launches_per_step(run: Run) -> dict[str, Any]:
     return result
 
 
+def costs(run: Run) -> dict[str, Any]:
+    """Host and device time of each kind of call a step of mlp-256 makes, at batch 128's shapes, and of whole steps.
+
+    Each kind is called ``cost_calls`` times in a row. The host time is the wall time of issuing
+    the calls. The device time is the CUDA-event interval over the same calls issued again behind
+    a large product that keeps the device busy until they are all queued, so that the device runs
+    them back to back: it leaves out the gaps the host makes. ``covered`` says whether the product
+    did outlast the issuing; where it did not, the device time includes gaps. A step is bound by the
+    larger of its two times: when the host's is larger, fewer or cheaper calls make it faster.
+    """
+    plan, be = run.plan, run.be
+    cp = be.xp
+    sizes = plan.small_model
+    rng = np.random.default_rng(0)
+
+    def rand(*shape: int) -> Any:
+        return cp.asarray(rng.standard_normal(shape).astype(np.float32))
+
+    n, d, m, c = 128, sizes[0], sizes[1], sizes[-1]
+    x, w, z, logits = rand(n, d), rand(d, m), rand(n, m), rand(n, c)
+    b, db, v, losses = rand(m), rand(m), rand(m), rand(n)
+    labels, acc = cp.asarray(rng.integers(0, c, n)), cp.zeros((), cp.int64)
+    y, rows = cp.asarray(rng.integers(0, c, 60_000)), cp.asarray(rng.permutation(60_000)[:n])
+    steps = {batch: OurStep(be, sizes, batch) for batch in (1, 128)}
+    calls: dict[str, tuple[Callable[[], Any], int]] = {
+        f"GEMM {n}×{d} by {d}×{m} (cupy.matmul)": (lambda: kernels.matmul(x, w, z), 1),
+        f"column sum {n}×{m} (db; a CuPy reduction)": (lambda: kernels.column_sum(z, db), 1),
+        f"sum of {n} values (the loss; a reduction with its result allocated)": (lambda: losses.sum(), 1),
+        f"ufunc on {m} values (cupy.multiply, out=)": (lambda: cp.multiply(v, 1.0001, out=v), 1),
+        f"elementwise kernel {n}×{m} (bias + ReLU)": (lambda: kernels.bias_activation(z, b, "relu"), 1),
+        f"raw kernel {n}×{c} (count_correct)": (lambda: kernels.count_correct(logits, labels, acc), 1),
+        f"fancy index of {n} labels (y[rows])": (lambda: y[rows], 1),
+        "training step, batch 1": (steps[1], 8),  # 25 steps: their launches stay within CUDA's launch queue
+        "training step, batch 128": (steps[128], 8),
+    }
+    big = cp.asarray(rng.standard_normal((2048, 2048)).astype(np.float32))
+    big_out = cp.empty_like(big)
+    stream = cp.cuda.get_current_stream()
+    set_tf32(False)
+
+    def busy() -> None:  # one large product: the device's work while the calls are queued behind it
+        cp.matmul(big, big, out=big_out)
+
+    product = _device_seconds(cp, stream, busy, 3)
+    result: dict[str, Any] = {"model": sizes, "product_seconds": product, "calls": {}}
+    for name, (fn, fewer) in calls.items():
+        k = max(2, plan.cost_calls // fewer)
+        for _ in range(3):  # compiled, buffers made
+            fn()
+        stream.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(k):
+            fn()
+        host = (time.perf_counter() - t0) / k
+        stream.synchronize()
+        queued, start, stop = cp.cuda.Event(), cp.cuda.Event(), cp.cuda.Event()
+        queued.record(stream)
+        t0 = time.perf_counter()
+        for _ in range(int(2 * host * k / product) + 2):  # twice the device time the issuing should take
+            busy()
+        start.record(stream)
+        for _ in range(k):
+            fn()
+        t2 = time.perf_counter()
+        stop.record(stream)
+        stop.synchronize()
+        device = cp.cuda.get_elapsed_time(start, stop) / 1e3 / k
+        covered = cp.cuda.get_elapsed_time(queued, start) / 1e3 >= t2 - t0  # still busy when the last call was queued
+        result["calls"][name] = {"host_seconds": host, "device_seconds": device, "calls": k, "covered": covered}
+        print(f"   {name}: host {host * 1e6:.1f} µs, device {device * 1e6:.1f} µs"
+              + ("" if covered else " (the device idled while they were issued)"), flush=True)
+    return result
+
+
+def _device_seconds(cp: Any, stream: Any, fn: Callable[[], Any], k: int) -> float:
+    """Seconds of device time per call of ``fn``, by CUDA events around ``k`` calls after one warm-up."""
+    fn()
+    start, stop = cp.cuda.Event(), cp.cuda.Event()
+    start.record(stream)
+    for _ in range(k):
+        fn()
+    stop.record(stream)
+    stop.synchronize()
+    return float(cp.cuda.get_elapsed_time(start, stop)) / 1e3 / k
+
+
 def graphs(run: Run) -> dict[str, Any]:
     """Capture one training step (gather, forward, backward, SGD) in a CUDA graph; replay it against eager steps."""
     plan, be = run.plan, run.be
@@ -343,7 +435,7 @@ def compiled_peer(run: Run) -> dict[str, Any]:
 
 BODIES: dict[str, Callable[[Run], dict[str, Any]]] = {
     "suite": suite, "persample": persample, "agreement": agreement, "launches": launches_per_step,
-    "graphs": graphs, "compile": compiled_peer}
+    "costs": costs, "graphs": graphs, "compile": compiled_peer}
 
 
 # --------------------------------------------------------------------------
@@ -427,6 +519,13 @@ def to_markdown(report: dict[str, Any]) -> str:
     for t in report["targets"]:
         met = {True: "yes", False: "**no**", None: "—"}[t["met"]]
         lines.append(f"| {t['case']} | {t['target']} | {t['measured']} | {met} |")
+    calls = report["sections"].get("costs", {}).get("calls", {})
+    if calls:
+        lines += ["", "## Where a step's time goes (mlp-256; calls at batch 128's shapes)", "",
+                  "| call | host µs | device µs | |", "| --- | ---: | ---: | --- |"]
+        for name, t in calls.items():
+            lines.append(f"| {name} | {t['host_seconds'] * 1e6:.1f} | {t['device_seconds'] * 1e6:.1f} | "
+                         + ("" if t["covered"] else "device time includes the host's gaps") + " |")
     lines += ["", "## Sections", ""]
     for name, sec in report["sections"].items():
         state = (f"failed: {sec['error']}" if "error" in sec else f"skipped: {sec['skipped']}" if "skipped" in sec

@@ -11,8 +11,9 @@
 #              (Fashion-MNIST: only when DIR holds its four IDX files)        at most 90 s
 #   targets    python3 benchmarks/gpu_targets.py --out OUT [--data-dir DIR] --fit-json fit.json:
 #              every figure of the GPU targets (the suite beside PyTorch on the same GPU, the
-#              fused per-sample kernel, NumPy-CuPy agreement, launches per step, CUDA graphs,
-#              torch.compile), saved section by section                      at most 300 s
+#              fused per-sample kernel, NumPy-CuPy agreement, launches per step, the host's and
+#              the device's time per call, CUDA graphs, torch.compile), saved section by section
+#                                                                             at most 300 s
 #
 #   bash scripts/gpu_check.sh [--data-dir DIR] [--dry-run] [--backend cupy|numpy]
 #

@@ -41,7 +41,7 @@ def rehearsal(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Comp
     out = tmp_path_factory.mktemp("targets")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)])}
     proc = subprocess.run([sys.executable, "-m", "fakecupy", str(SCRIPT), "--small", "--no-peers", "--out", str(out),
-                           "--only", "suite", "persample", "agreement", "launches", "graphs"],
+                           "--only", "suite", "persample", "agreement", "launches", "costs", "graphs"],
                           env=env, capture_output=True, text=True, timeout=600, check=False)
     return proc, json.loads((out / "targets.json").read_text()), out
 
@@ -49,7 +49,8 @@ def rehearsal(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Comp
 def test_a_rehearsal_runs_every_section_and_saves_the_report(rehearsal) -> None:
     proc, report, out = rehearsal
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert report["complete"] and list(report["sections"]) == ["suite", "persample", "agreement", "launches", "graphs"]
+    assert report["complete"] and list(report["sections"]) == ["suite", "persample", "agreement", "launches", "costs",
+                                                               "graphs"]
     assert not [name for name, s in report["sections"].items() if "error" in s]
     suite = report["sections"]["suite"]["runs"]
     assert [r["batch"] for r in suite["mlp-256"]["results"]] == [1, 128]
@@ -75,6 +76,15 @@ def test_without_cupti_the_launch_model_is_kept_and_the_count_is_skipped(rehears
     assert "cupti-python" in s["skipped"] and "CUDA build of PyTorch" in s["skipped"]
     for batch in ("1", "128"):
         assert s["batches"][batch]["budget"] > 5 and "counted_per_step" not in s["batches"][batch]
+
+
+def test_each_kind_of_call_is_timed_on_the_host_and_on_the_device(rehearsal) -> None:
+    costs = rehearsal[1]["sections"]["costs"]
+    assert len(costs["calls"]) == 9 and costs["product_seconds"] > 0
+    for name, t in costs["calls"].items():
+        assert t["host_seconds"] > 0 and t["device_seconds"] > 0 and t["calls"] >= 2, name
+        assert t["covered"] is False  # the stand-in runs every call on the host, as it is issued
+    assert "| training step, batch 128 |" in (rehearsal[2] / "targets.md").read_text()
 
 
 def test_a_capture_that_fails_is_a_finding_and_the_run_goes_on(rehearsal) -> None:
