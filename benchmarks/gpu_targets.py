@@ -302,6 +302,7 @@ def costs(run: Run) -> dict[str, Any]:
     def busy() -> None:  # one large product: the device's work while the calls are queued behind it
         cp.matmul(big, big, out=big_out)
 
+    busy()  # warmed up
     product = _device_seconds(cp, stream, busy, 3)
     result: dict[str, Any] = {"model": sizes, "product_seconds": product, "calls": {}}
     for name, (fn, fewer) in calls.items():
@@ -334,8 +335,7 @@ def costs(run: Run) -> dict[str, Any]:
 
 
 def _device_seconds(cp: Any, stream: Any, fn: Callable[[], Any], k: int) -> float:
-    """Seconds of device time per call of ``fn``, by CUDA events around ``k`` calls after one warm-up."""
-    fn()
+    """Seconds per call of ``fn`` on ``stream``, by CUDA events around ``k`` calls in a row."""
     start, stop = cp.cuda.Event(), cp.cuda.Event()
     start.record(stream)
     for _ in range(k):
@@ -404,13 +404,7 @@ def _replay_against_eager(cp: Any, stream: Any, graph: Any, body: Callable[[], N
     def timed(fn: Callable[[], None]) -> float:
         for a, s in zip(_state(step), start):
             a[...] = s
-        t0, t1 = cp.cuda.Event(), cp.cuda.Event()
-        t0.record(stream)
-        for _ in range(k):
-            fn()
-        t1.record(stream)
-        t1.synchronize()
-        return cp.cuda.get_elapsed_time(t0, t1) / 1e3 / k
+        return _device_seconds(cp, stream, fn, k)
 
     eager = timed(body)
     after_eager = [a.copy() for a in _state(step)]
