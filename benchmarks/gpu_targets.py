@@ -20,7 +20,8 @@ The sections, in order:
                the step makes (a GEMM, a column sum, a reduction, a ufunc, an elementwise and a
                raw kernel, a fancy index) and for whole steps at batch 1 and 128
 ``graphs``     whether one training step can be captured in a CUDA graph (CuPy's stream
-               capture), and if so what a replay costs against the same step run eagerly
+               capture), and if so what a replay costs against the same step run eagerly; again
+               with the products through libcublas called directly, which CuPy's wrapper forbids
 ``compile``    ``torch.compile`` at batch 128, the suite's peer compiled (last: compiling is slow)
 
 ``--fit-json`` adds the Fashion-MNIST run of ``gpu_backprop train --preset fashion --json`` to
@@ -32,12 +33,15 @@ each target as measured/target) is drawn at the end, or later by ``--render``.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
+import ctypes.util
 import io
 import json
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -346,32 +350,139 @@ def _device_seconds(cp: Any, stream: Any, fn: Callable[[], Any], k: int) -> floa
 
 
 def graphs(run: Run) -> dict[str, Any]:
-    """Capture one training step (gather, forward, backward, SGD) in a CUDA graph; replay it against eager steps."""
+    """Capture one training step (gather, forward, backward, SGD) in a CUDA graph; replay it against eager steps.
+
+    Twice for each batch: as the library runs the step (its products through ``cupy.matmul``,
+    whose cuBLAS wrapper refuses to run while a stream is capturing: cupy#6290), and with the
+    products through libcublas called directly on a handle of the capture's own (:class:`CublasDirect`),
+    which tells whether the rest of the step captures and what a replayed step would cost.
+    """
     plan, be = run.plan, run.be
     cp = be.xp
-    result: dict[str, Any] = {"model": plan.small_model, "batches": {}}
+    result: dict[str, Any] = {"model": plan.small_model, "batches": {}, "direct_cublas": {}}
     for batch in (1, 128):
-        step = OurStep(be, plan.small_model, batch)
-        rows = step.order[:batch].copy()
-        labels = step.batches.y[rows]
-
-        def body(step: OurStep = step, rows: Any = rows, labels: Any = labels) -> None:  # the same batch each time
-            step.opt.train_step(step.batches.get(rows), labels)
-
-        stream = cp.cuda.Stream(non_blocking=True)  # a capture needs a stream of its own
-        with stream:
-            body()  # the step's buffers made and its kernels compiled, on this stream, before the capture
-            stream.synchronize()
-            start_state = [a.copy() for a in _state(step)]
-            graph, error = _capture(stream, body)
-            if error is None:
-                entry = {"captured": True, **_replay_against_eager(cp, stream, graph, body, step, start_state,
-                                                                   plan.timed_steps)}
+        for variant in ("batches", "direct_cublas"):
+            stream = cp.cuda.Stream(non_blocking=True)  # a capture needs a stream of its own
+            try:
+                products: Any = contextlib.nullcontext() if variant == "batches" else _products_through(
+                    CublasDirect(_load_cublas(), stream.ptr).matmul)
+            except Exception as exc:  # noqa: BLE001 - no libcublas to call: the finding
+                entry = {"captured": False, "error": one_line(exc), "error_type": type(exc).__name__}
             else:
-                entry = {"captured": False, "error": one_line(error), "error_type": type(error).__name__}
-        result["batches"][str(batch)] = entry
-        print(f"   batch {batch}: {entry}", flush=True)
+                with products:
+                    entry = _capture_a_step(cp, be, stream, plan.small_model, batch, plan.timed_steps)
+            result[variant][str(batch)] = entry
+            print(f"   batch {batch}{'' if variant == 'batches' else ', cuBLAS called directly'}: {entry}",
+                  flush=True)
     return result
+
+
+def _capture_a_step(cp: Any, be: Backend, stream: Any, sizes: list[int], batch: int, k: int) -> dict[str, Any]:
+    """One step on the same batch captured on ``stream``, then replayed ``k`` times against ``k`` eager steps."""
+    step = OurStep(be, sizes, batch)
+    rows = step.order[:batch].copy()
+    labels = step.batches.y[rows]
+
+    def body() -> None:  # the same batch each time
+        step.opt.train_step(step.batches.get(rows), labels)
+
+    with stream:
+        body()  # the step's buffers made and its kernels compiled, on this stream, before the capture
+        stream.synchronize()
+        start = [a.copy() for a in _state(step)]
+        after = [cp.empty_like(a) for a in start]  # made before the capture: the graph's temporaries go back
+        graph, error = _capture(stream, body)      # to the pool after it, and every replay writes them again
+        if error is not None:
+            return {"captured": False, "error": one_line(error), "error_type": type(error).__name__}
+        return {"captured": True, **_replay_against_eager(cp, stream, graph, body, step, start, after, k)}
+
+
+class CublasDirect:
+    """Float32 products through libcublas called as a C library, on a handle of its own bound to one stream.
+
+    CuPy's cuBLAS wrappers set the handle's stream before every call and refuse while that stream is
+    capturing (``cupy_backends/cuda/libs/cublas.pyx``), so a step with a product cannot be captured
+    through CuPy. cuBLAS itself can be captured; ``matmul`` stands in for ``kernels.matmul`` during the
+    graph probe. ``lib``: libcublas as ``ctypes.CDLL`` (:func:`_load_cublas`) or a double with its calls.
+    """
+
+    OP_N, OP_T = 0, 1  # cublasOperation_t
+
+    def __init__(self, lib: Any, stream_ptr: int) -> None:
+        self.lib, self.handle = lib, ctypes.c_void_p()
+        self._check(lib.cublasCreate_v2(ctypes.byref(self.handle)), "cublasCreate")
+        self._check(lib.cublasSetStream_v2(self.handle, ctypes.c_void_p(stream_ptr)), "cublasSetStream")
+
+    @staticmethod
+    def _check(status: int, what: str) -> None:
+        if status != 0:
+            raise RuntimeError(f"{what} returned cuBLAS status {status}")
+
+    def _operand(self, a: Any) -> tuple[int, int, int]:
+        """A row-major matrix as column-major cuBLAS reads it: (pointer, operation, leading dimension)."""
+        if a.flags.c_contiguous:
+            return a.data.ptr, self.OP_N, max(1, a.shape[1])
+        if a.flags.f_contiguous:  # a transposed view, e.g. W.T
+            return a.data.ptr, self.OP_T, max(1, a.shape[0])
+        raise ValueError("CublasDirect multiplies C- or F-contiguous matrices only")
+
+    def matmul(self, a: Any, b: Any, out: Any, alpha: float = 1.0, beta: float = 0.0,
+               batch: int | None = None) -> Any:
+        """``out = alpha · a b + beta · out`` for float32 ``(N, K) (K, M) -> (N, M)``, ``out`` row-major.
+
+        Row-major ``out`` is column-major ``outᵀ = bᵀ aᵀ``: one SGEMM with the operands swapped.
+        """
+        if not (out.dtype == a.dtype == b.dtype == np.float32 and out.flags.c_contiguous):
+            raise TypeError("CublasDirect multiplies float32 matrices into a C-contiguous float32 output")
+        (pa, op_a, lda), (pb, op_b, ldb) = self._operand(a), self._operand(b)
+        n, m = out.shape
+        self._check(self.lib.cublasSgemm_v2(
+            self.handle, op_b, op_a, m, n, a.shape[1], ctypes.pointer(ctypes.c_float(alpha)), ctypes.c_void_p(pb),
+            ldb, ctypes.c_void_p(pa), lda, ctypes.pointer(ctypes.c_float(beta)), ctypes.c_void_p(out.data.ptr),
+            max(1, m)), "cublasSgemm")
+        return out
+
+
+def _load_cublas() -> Any:
+    """libcublas through ctypes: where CuPy's library finder puts it, else by its name (CuPy has loaded it)."""
+    places: list[str] = []
+    try:
+        from cuda.pathfinder import load_nvidia_dynamic_lib
+
+        path = load_nvidia_dynamic_lib("cublas").abs_path
+        places += [path] if path else []
+    except Exception:  # noqa: BLE001 - no pathfinder: the names below
+        pass
+    places += ["libcublas.so.13", "libcublas.so.12", ctypes.util.find_library("cublas") or "libcublas.so"]
+    errors = []
+    for place in places:
+        try:
+            lib = ctypes.CDLL(place)
+            break
+        except OSError as exc:
+            errors.append(str(exc))
+    else:
+        raise OSError(f"libcublas not found: {'; '.join(errors)}")
+    lib.cublasCreate_v2.argtypes = [ctypes.POINTER(ctypes.c_void_p)]
+    lib.cublasSetStream_v2.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+    f = ctypes.POINTER(ctypes.c_float)
+    i = ctypes.c_int
+    lib.cublasSgemm_v2.argtypes = [ctypes.c_void_p, i, i, i, i, i, f, ctypes.c_void_p, i, ctypes.c_void_p, i, f,
+                                   ctypes.c_void_p, i]
+    return lib
+
+
+@contextlib.contextmanager
+def _products_through(matmul: Callable[..., Any]) -> Iterator[None]:
+    """The library's products (``kernels.matmul``, and ``weight_grad`` through it) go to ``matmul`` inside."""
+    from gpu_backprop.kernels import linalg
+
+    saved = kernels.matmul, linalg.matmul
+    kernels.matmul = linalg.matmul = matmul  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        kernels.matmul, linalg.matmul = saved  # type: ignore[assignment]
 
 
 def _capture(stream: Any, body: Callable[[], None]) -> tuple[Any, BaseException | None]:
@@ -398,8 +509,11 @@ def _state(step: OurStep) -> list[Any]:
 
 
 def _replay_against_eager(cp: Any, stream: Any, graph: Any, body: Callable[[], None], step: OurStep,
-                          start: list[Any], k: int) -> dict[str, Any]:
-    """k eager steps and k replays from the same state: the time of each and whether the weights agree."""
+                          start: list[Any], after: list[Any], k: int) -> dict[str, Any]:
+    """k eager steps and k replays from the same ``start``: the time of each and whether the weights agree.
+
+    ``after`` receives the state after the eager steps (buffers like ``start``'s, made before the capture).
+    """
 
     def timed(fn: Callable[[], None]) -> float:
         for a, s in zip(_state(step), start):
@@ -407,9 +521,10 @@ def _replay_against_eager(cp: Any, stream: Any, graph: Any, body: Callable[[], N
         return _device_seconds(cp, stream, fn, k)
 
     eager = timed(body)
-    after_eager = [a.copy() for a in _state(step)]
+    for a, s in zip(after, _state(step)):
+        a[...] = s
     replay = timed(lambda: graph.launch(stream=stream))
-    diff = max(float(cp.abs(a - b).max()) for a, b in zip(_state(step), after_eager))
+    diff = max(float(cp.abs(a - b).max()) for a, b in zip(_state(step), after))
     return {"eager_seconds_per_step": eager, "replay_seconds_per_step": replay, "speedup": eager / replay,
             "steps": k, "max_abs_difference_after": diff}
 
@@ -496,10 +611,12 @@ def verdicts(report: dict[str, Any]) -> list[dict[str, Any]]:
             t["measured"] = (f"{counted['kernels']:g} kernels, {counted['memsets']:g} memsets, "
                              f"{counted['memcpys']:g} copies")
 
-    for batch, g in s.get("graphs", {}).get("batches", {}).items():
-        t = target(f"CUDA graph of a step, batch {batch}", "captures on CuPy 14.2? if so, replay time")
-        t["measured"] = (f"replay {g['speedup']:.2f}× faster than eager" if g.get("captured")
-                         else f"not captured: {g.get('error')}")
+    for variant, how in (("batches", ""), ("direct_cublas", ", cuBLAS called directly")):
+        for batch, g in s.get("graphs", {}).get(variant, {}).items():
+            t = target(f"CUDA graph of a step, batch {batch}{how}", "captures on CuPy 14.2? if so, replay time")
+            t["measured"] = (f"replay {g['speedup']:.2f}× faster than eager ({g['replay_seconds_per_step'] * 1e6:.0f} "
+                             f"µs a step; weights apart by {g['max_abs_difference_after']:.1e})" if g.get("captured")
+                             else f"not captured: {g.get('error')}")
     return out
 
 

@@ -88,8 +88,11 @@ def test_each_kind_of_call_is_timed_on_the_host_and_on_the_device(rehearsal) -> 
 
 
 def test_a_capture_that_fails_is_a_finding_and_the_run_goes_on(rehearsal) -> None:
-    for entry in rehearsal[1]["sections"]["graphs"]["batches"].values():  # the stand-in has no stream capture
+    graphs = rehearsal[1]["sections"]["graphs"]
+    for entry in graphs["batches"].values():  # the stand-in has no stream capture
         assert entry["captured"] is False and "begin_capture" in entry["error"]
+    for entry in graphs["direct_cublas"].values():  # nor libcublas (or, where CUDA is installed, no capture)
+        assert entry["captured"] is False and ("libcublas" in entry["error"] or "begin_capture" in entry["error"])
 
 
 def test_the_markdown_has_a_row_per_target(rehearsal) -> None:
@@ -149,10 +152,15 @@ def test_the_fashion_run_is_judged_on_accuracy_and_training_time() -> None:
 
 def test_render_writes_the_markdown_of_a_saved_run_again(tmp_path: Path) -> None:
     path = tmp_path / "targets.json"
-    path.write_text(json.dumps(_report(graphs={"batches": {"128": {"captured": True, "speedup": 3.5}}})))
+    replayed = {"captured": True, "speedup": 3.5, "replay_seconds_per_step": 4e-5, "max_abs_difference_after": 0.0}
+    refused = {"captured": False, "error": "NotImplementedError: calling cuBLAS API during stream capture"}
+    path.write_text(json.dumps(_report(graphs={"batches": {"128": refused}, "direct_cublas": {"128": replayed}})))
     assert targets.main(["--render", str(path)]) == 0
     md = (tmp_path / "targets.md").read_text()
-    assert "| CUDA graph of a step, batch 128 | captures on CuPy 14.2? if so, replay time | replay 3.50× faster" in md
+    assert ("| CUDA graph of a step, batch 128 | captures on CuPy 14.2? if so, replay time | not captured: "
+            "NotImplementedError: calling cuBLAS") in md
+    assert ("| CUDA graph of a step, batch 128, cuBLAS called directly | captures on CuPy 14.2? if so, replay time "
+            "| replay 3.50× faster than eager (40 µs a step; weights apart by 0.0e+00) |") in md
 
 
 @pytest.mark.parametrize("content", [None, "{not json", '{"facts": {}}', "[1, 2]"])
@@ -239,7 +247,91 @@ def test_a_replay_is_timed_against_eager_steps_from_the_same_state() -> None:
         stream = cp.cuda.Stream(non_blocking=True)
         with stream:
             start = [a.copy() for a in targets._state(step)]
-            out = targets._replay_against_eager(cp, stream, Replay(), body, step, start, 3)
+            out = targets._replay_against_eager(cp, stream, Replay(), body, step, start,
+                                                [cp.empty_like(a) for a in start], 3)
         assert out["max_abs_difference_after"] == 0.0 and out["steps"] == 3
         assert out["eager_seconds_per_step"] > 0 and out["replay_seconds_per_step"] > 0
         assert not any(bool((a == s).all()) for a, s in zip(targets._state(step), start))  # it trained
+
+
+class _ColumnMajorSgemm:
+    """libcublas's calls as CublasDirect makes them, on host memory (the stand-in's device memory is host memory):
+    ``cublasSgemm_v2`` computes ``C = alpha op(A) op(B) + beta C`` on column-major matrices, as cuBLAS does."""
+
+    def __init__(self) -> None:
+        self.streams: list[int] = []
+
+    def cublasCreate_v2(self, handle: Any) -> int:
+        return 0
+
+    def cublasSetStream_v2(self, handle: Any, stream: Any) -> int:
+        self.streams.append(stream.value)
+        return 0
+
+    def cublasSgemm_v2(self, handle: Any, ta: int, tb: int, m: int, n: int, k: int, alpha: Any, A: Any, lda: int,
+                       B: Any, ldb: int, beta: Any, C: Any, ldc: int) -> int:
+        import ctypes
+
+        import numpy as np
+
+        def matrix(ptr: Any, rows: int, cols: int, ld: int) -> Any:  # column-major, ld ≥ rows
+            assert ld >= rows
+            memory = (ctypes.c_float * (ld * cols)).from_address(ptr.value)
+            return np.frombuffer(memory, np.float32).reshape(cols, ld).T[:rows]
+
+        a = matrix(A, *((m, k) if ta == 0 else (k, m)), lda)
+        b = matrix(B, *((k, n) if tb == 0 else (n, k)), ldb)
+        c = matrix(C, m, n, ldc)
+        c[...] = alpha.contents.value * ((a if ta == 0 else a.T) @ (b if tb == 0 else b.T)) + beta.contents.value * c
+        return 0
+
+
+def test_direct_cublas_products_equal_the_librarys_for_every_layout_a_step_uses() -> None:
+    """X W (forward), Xᵀ dZ into the gradient with beta (dW), dZ Wᵀ (dX): row-major arrays, transposed views."""
+    if fakecupy.compiler_problem():
+        pytest.skip(fakecupy.compiler_problem())
+    import numpy as np
+    from _stand_in import stand_in
+
+    from gpu_backprop import kernels
+
+    rng = np.random.default_rng(5)
+    x, w, dz, g = (rng.standard_normal(shape).astype(np.float32) for shape in ((7, 5), (5, 3), (7, 3), (5, 3)))
+    with stand_in() as cp:
+        lib = _ColumnMajorSgemm()
+        direct = targets.CublasDirect(lib, 1234)
+        assert lib.streams == [1234]
+        cases = [((x, w), None, 1.0, 0.0), ((x.T, dz), g, 0.5, 1.0), ((dz, w.T), None, 1.0, 0.0)]
+        for (a, b), start, alpha, beta in cases:
+            expected = np.zeros((a.shape[0], b.shape[1]), np.float32) if start is None else start.copy()
+            kernels.matmul(a, b, expected, alpha, beta)  # the NumPy body
+            out = cp.asarray(expected * 0 + 3 if start is None else start)
+            got = direct.matmul(cp.asarray(a.T).T if a.flags.f_contiguous else cp.asarray(a),
+                                cp.asarray(b.T).T if b.flags.f_contiguous else cp.asarray(b), out, alpha, beta)
+            assert got is out
+            np.testing.assert_allclose(out.get(), expected, rtol=1e-5, atol=1e-6)
+        with pytest.raises(TypeError, match="float32"):
+            direct.matmul(cp.asarray(x.astype(np.float64)), cp.asarray(w), cp.empty((7, 3), np.float32))
+
+
+def test_the_step_s_products_go_through_the_probe_s_gemm_and_come_back() -> None:
+    import numpy as np
+
+    import gpu_backprop as gb
+    from gpu_backprop import kernels
+    from gpu_backprop.kernels import linalg
+
+    calls = []
+
+    def counted(a: Any, b: Any, out: Any, alpha: float = 1.0, beta: float = 0.0, batch: int | None = None) -> Any:
+        calls.append(out.shape)
+        return linalg_matmul(a, b, out, alpha, beta, batch)
+
+    linalg_matmul = linalg.matmul
+    net = gb.MLP([6, 5, 3], backend="numpy", seed=0)
+    opt = gb.SGD(net, lr=0.1, momentum=0.9)
+    X, y = np.random.default_rng(0).standard_normal((4, 6)).astype(np.float32), np.array([0, 1, 2, 0])
+    with targets._products_through(counted):
+        opt.train_step(X, y)
+    assert sorted(calls) == sorted([(4, 5), (4, 3), (6, 5), (5, 3), (4, 5)])  # X W twice, dW twice, one dX
+    assert kernels.matmul is linalg_matmul and linalg.matmul is linalg_matmul
