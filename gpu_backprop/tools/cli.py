@@ -51,7 +51,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "book-crossentropy": {"dataset": "mnist", "hidden": "100", "activation": "sigmoid", "loss": "bce",
                           "optimizer": "sgd", "lr": 0.5, "momentum": 0.0, "l2_lambda": 5.0,
                           "batch_size": "10", "epochs": 30, "init": "lecun_normal"},
-    # the benchmark's network on Fashion-MNIST: ≥ 89% test accuracy
+    # the benchmark's network on Fashion-MNIST: 89.07% test accuracy with seed 0, 88.72-89.17% with seeds 0-3
     "fashion": {"dataset": "fashion-mnist", "hidden": "256,256", "activation": "relu",
                 "loss": "softmax_cross_entropy", "optimizer": "sgd", "lr": 0.05, "momentum": 0.9,
                 "batch_size": "128", "epochs": 10, "schedule": "cosine"},
