@@ -105,13 +105,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=0.4, help="length of each timed block")
     p.add_argument("--suite", action="store_true", help="run each tree's benchmark suite (beside PyTorch) instead")
     p.add_argument("--out", type=Path, default=Path("ab-suite"), help="where --suite writes the reports")
-    p.add_argument("flags", nargs="*", help="after --: the suite's flags (default: " + " ".join(SUITE_FLAGS) + ")")
-    args = p.parse_args(argv)
+    p.epilog = "After --: the suite's flags (default: " + " ".join(SUITE_FLAGS) + ")."
+    argv = sys.argv[1:] if argv is None else list(argv)
+    cut = argv.index("--") if "--" in argv else len(argv)  # argparse gives a second positional nothing after TREE TREE
+    args, flags = p.parse_args(argv[:cut]), argv[cut + 1:]
     for tree in args.trees:
         if not (Path(tree) / "gpu_backprop" / "__init__.py").is_file():
             p.error(f"{tree} holds no gpu_backprop/ package")
     if args.suite:
-        suite(args.trees, args.rounds or 2, args.out, args.flags)
+        suite(args.trees, args.rounds or 2, args.out, flags)
         return 0
     args.rounds = args.rounds or 7
     runs: list[list[dict[str, float]]] = [[], []]

@@ -37,7 +37,6 @@ import argparse
 import contextlib
 import ctypes
 import ctypes.util
-import io
 import json
 import os
 import sys
@@ -60,8 +59,9 @@ from gpu_backprop.devices import set_tf32  # noqa: E402
 from gpu_backprop.experimental import launches  # noqa: E402
 from gpu_backprop.experimental.persample import per_sample_sgd  # noqa: E402
 from gpu_backprop.tools.bench.peers import LR, MOMENTUM, OurStep, ours, random_data, torch_peer  # noqa: E402
+from gpu_backprop.tools.bench.report import save_png  # noqa: E402
 from gpu_backprop.tools.bench.suite import MODELS, machine_facts, run_suite  # noqa: E402
-from gpu_backprop.tools.bench.timing import Quiet, interleaved  # noqa: E402
+from gpu_backprop.tools.bench.timing import Quiet, event_seconds, interleaved  # noqa: E402
 
 SECTIONS = ("suite", "persample", "agreement", "launches", "costs", "graphs", "compile")
 
@@ -165,14 +165,14 @@ def persample(run: Run) -> dict[str, Any]:
             opt = gb.SGD(net, lr=LR, momentum=MOMENTUM)
             per_sample_sgd(net, opt, X, y, order[: min(n, 1000)], scale=1 / 255, method="kernel", blocks=blocks,
                            check=True)  # compiles, plans, and checks the grid's barrier
-            start, stop = cp.cuda.Event(), cp.cuda.Event()
-            start.record()
-            loss_sum, correct = per_sample_sgd(net, opt, X, y, order, scale=1 / 255, method="kernel", blocks=blocks)
-            stop.record()
-            stop.synchronize()
-            seconds = cp.cuda.get_elapsed_time(start, stop) / 1e3
-            entry.update(seconds=seconds, samples_per_second=n / seconds, mean_loss=float(loss_sum) / n,
-                         accuracy=int(correct) / n)
+            sums: list[Any] = []  # the epoch's loss sum and correct count
+
+            def epoch(net: Any = net, opt: Any = opt, blocks: int | None = blocks) -> None:
+                sums[:] = per_sample_sgd(net, opt, X, y, order, scale=1 / 255, method="kernel", blocks=blocks)
+
+            seconds = event_seconds(cp.cuda, epoch, 1)
+            entry.update(seconds=seconds, samples_per_second=n / seconds, mean_loss=float(sums[0]) / n,
+                         accuracy=int(sums[1]) / n)
             print(f"   {entry['blocks']} blocks: {n / seconds:,.0f} samples/s", flush=True)
         except Exception as exc:  # noqa: BLE001 - e.g. more blocks than can be co-resident
             entry["error"] = one_line(exc)
@@ -242,6 +242,8 @@ def launches_per_step(run: Run) -> dict[str, Any]:
         entry: dict[str, Any] = {"budget": budget["launches"], "budget_by_name": budget["by_name"],
                                  "budget_synchronizations": budget["synchronizations"]}
         result["batches"][str(batch)] = entry
+        if "skipped" in result:  # no counter here: the first batch found that out
+            continue
         for _ in range(3):  # compiled, buffers made
             step()
 
@@ -308,7 +310,7 @@ def costs(run: Run) -> dict[str, Any]:
         cp.matmul(big, big, out=big_out)
 
     busy()  # warmed up
-    product = _device_seconds(cp, stream, busy, 3)
+    product = event_seconds(cp.cuda, busy, 3)
     result: dict[str, Any] = {"model": sizes, "product_seconds": product, "calls": {}}
     for name, (fn, fewer) in calls.items():
         k = max(2, plan.cost_calls // fewer)
@@ -339,17 +341,6 @@ def costs(run: Run) -> dict[str, Any]:
     return result
 
 
-def _device_seconds(cp: Any, stream: Any, fn: Callable[[], Any], k: int) -> float:
-    """Seconds per call of ``fn`` on ``stream``, by CUDA events around ``k`` calls in a row."""
-    start, stop = cp.cuda.Event(), cp.cuda.Event()
-    start.record(stream)
-    for _ in range(k):
-        fn()
-    stop.record(stream)
-    stop.synchronize()
-    return float(cp.cuda.get_elapsed_time(start, stop)) / 1e3 / k
-
-
 def graphs(run: Run) -> dict[str, Any]:
     """Capture one training step (gather, forward, backward, SGD) in a CUDA graph; replay it against eager steps.
 
@@ -361,17 +352,18 @@ def graphs(run: Run) -> dict[str, Any]:
     plan, be = run.plan, run.be
     cp = be.xp
     result: dict[str, Any] = {"model": plan.small_model, "batches": {}, "direct_cublas": {}}
+    try:
+        lib, no_lib = _load_cublas(), None
+    except Exception as exc:  # noqa: BLE001 - no libcublas to call: the direct captures' finding
+        lib, no_lib = None, _refused(exc)
     for batch in (1, 128):
         for variant in ("batches", "direct_cublas"):
             stream = cp.cuda.Stream(non_blocking=True)  # a capture needs a stream of its own
-            try:
-                products: Any = contextlib.nullcontext() if variant == "batches" else _products_through(
-                    CublasDirect(_load_cublas(), stream.ptr).matmul)
-            except Exception as exc:  # noqa: BLE001 - no libcublas to call: the finding
-                entry = {"captured": False, "error": one_line(exc), "error_type": type(exc).__name__}
+            if variant == "batches":
+                entry = _capture_a_step(cp, be, stream, plan.small_model, batch, plan.timed_steps)
             else:
-                with products:
-                    entry = _capture_a_step(cp, be, stream, plan.small_model, batch, plan.timed_steps)
+                entry = no_lib or _capture_with_direct_products(cp, be, stream, lib, plan.small_model, batch,
+                                                                plan.timed_steps)
             result[variant][str(batch)] = entry
             print(f"   batch {batch}{'' if variant == 'batches' else ', cuBLAS called directly'}: {entry}",
                   flush=True)
@@ -394,8 +386,27 @@ def _capture_a_step(cp: Any, be: Backend, stream: Any, sizes: list[int], batch: 
         after = [cp.empty_like(a) for a in start]  # made before the capture: the graph's temporaries go back
         graph, error = _capture(stream, body)      # to the pool after it, and every replay writes them again
         if error is not None:
-            return {"captured": False, "error": one_line(error), "error_type": type(error).__name__}
+            return _refused(error)
         return {"captured": True, **_replay_against_eager(cp, stream, graph, body, step, start, after, k)}
+
+
+def _capture_with_direct_products(cp: Any, be: Backend, stream: Any, lib: Any, sizes: list[int], batch: int,
+                                  k: int) -> dict[str, Any]:
+    """:func:`_capture_a_step` with the step's products through :class:`CublasDirect` on ``stream``."""
+    try:
+        direct = CublasDirect(lib, stream.ptr)
+    except Exception as exc:  # noqa: BLE001 - cuBLAS refused a handle: the finding
+        return _refused(exc)
+    try:
+        with _products_through(direct.matmul):
+            return _capture_a_step(cp, be, stream, sizes, batch, k)
+    finally:
+        direct.close()
+
+
+def _refused(error: BaseException) -> dict[str, Any]:
+    """A capture that did not happen, and what stopped it."""
+    return {"captured": False, "error": one_line(error), "error_type": type(error).__name__}
 
 
 class CublasDirect:
@@ -413,6 +424,10 @@ class CublasDirect:
         self.lib, self.handle = lib, ctypes.c_void_p()
         self._check(lib.cublasCreate_v2(ctypes.byref(self.handle)), "cublasCreate")
         self._check(lib.cublasSetStream_v2(self.handle, ctypes.c_void_p(stream_ptr)), "cublasSetStream")
+
+    def close(self) -> None:
+        """Destroy the handle (its status is not checked: after a failed call the context may be gone too)."""
+        self.lib.cublasDestroy_v2(self.handle)
 
     @staticmethod
     def _check(status: int, what: str) -> None:
@@ -446,17 +461,20 @@ class CublasDirect:
 
 def _load_cublas() -> Any:
     """libcublas through ctypes: where CuPy's library finder puts it, else by its name (CuPy has loaded it)."""
-    places: list[str] = []
-    try:
-        from cuda.pathfinder import load_nvidia_dynamic_lib
+    def places() -> Iterator[str]:  # each looked up only when the one before did not load
+        try:
+            from cuda.pathfinder import load_nvidia_dynamic_lib
 
-        path = load_nvidia_dynamic_lib("cublas").abs_path
-        places += [path] if path else []
-    except Exception:  # noqa: BLE001 - no pathfinder: the names below
-        pass
-    places += ["libcublas.so.13", "libcublas.so.12", ctypes.util.find_library("cublas") or "libcublas.so"]
+            path = load_nvidia_dynamic_lib("cublas").abs_path
+            if path:
+                yield path
+        except Exception:  # noqa: BLE001 - no pathfinder: the names below
+            pass
+        yield from ("libcublas.so.13", "libcublas.so.12")
+        yield ctypes.util.find_library("cublas") or "libcublas.so"
+
     errors = []
-    for place in places:
+    for place in places():
         try:
             lib = ctypes.CDLL(place)
             break
@@ -466,6 +484,7 @@ def _load_cublas() -> Any:
         raise OSError(f"libcublas not found: {'; '.join(errors)}")
     lib.cublasCreate_v2.argtypes = [ctypes.POINTER(ctypes.c_void_p)]
     lib.cublasSetStream_v2.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+    lib.cublasDestroy_v2.argtypes = [ctypes.c_void_p]
     f = ctypes.POINTER(ctypes.c_float)
     i = ctypes.c_int
     lib.cublasSgemm_v2.argtypes = [ctypes.c_void_p, i, i, i, i, i, f, ctypes.c_void_p, i, ctypes.c_void_p, i, f,
@@ -519,7 +538,7 @@ def _replay_against_eager(cp: Any, stream: Any, graph: Any, body: Callable[[], N
     def timed(fn: Callable[[], None]) -> float:
         for a, s in zip(_state(step), start):
             a[...] = s
-        return _device_seconds(cp, stream, fn, k)
+        return event_seconds(cp.cuda, fn, k)  # on the current stream: the capture's
 
     eager = timed(body)
     for a, s in zip(after, _state(step)):
@@ -668,10 +687,7 @@ def plot(report: dict[str, Any], path: Path) -> bool:
     ax.set_title(report["facts"].get("gpu", "GPU targets"))
     ax.invert_yaxis()
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_png(fig, path)
     return True
 
 

@@ -39,7 +39,7 @@ from numpy.lib import format as npy_format
 
 from ._io import atomic_write_bytes
 from .backend import Backend, get_backend
-from .checks import DTYPES, is_int
+from .checks import DTYPES, is_int, is_number
 from .layers import LAYER_TYPES, Layer
 from .network import Sequential
 from .optim import Optimizer
@@ -338,10 +338,6 @@ def _check_depth(value: Any, fail: Callable[[str], NoReturn]) -> None:
             stack.extend((x, depth + 1) for x in v)
 
 
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
 def _check_structure(meta: dict[str, Any], fmt: str, fail: Callable[[str], NoReturn]) -> None:
     """Every metadata field this module reads has the type it needs (else ``fail`` with its name)."""
     config = meta.get("config")
@@ -363,7 +359,7 @@ def _check_structure(meta: dict[str, Any], fmt: str, fail: Callable[[str], NoRet
         if not isinstance(opt.get("name"), str) or not (is_int(opt.get("steps")) and opt["steps"] >= 0):
             fail("has an optimizer entry without a name and a step count")
         hyper = opt.get("hyper", {})
-        if not isinstance(hyper, dict) or not all(isinstance(v, bool) or (_is_number(v) and math.isfinite(v))
+        if not isinstance(hyper, dict) or not all(isinstance(v, bool) or (is_number(v) and math.isfinite(v))
                                                   for v in hyper.values()):
             fail("has optimizer hyper-parameters that are not finite numbers or true/false")
     if not isinstance(meta.get("state"), dict):
@@ -552,15 +548,12 @@ def check_resumable(path: Any, saved: dict[str, Any], run: dict[str, Any]) -> No
 
 def _check_history(path: Any, h: Any) -> None:
     """A saved :class:`History` has the types :meth:`History.from_dict` needs."""
-    def number(v: Any) -> bool:
-        return isinstance(v, (int, float)) and not isinstance(v, bool)
-
     ok = (isinstance(h, dict)
           and isinstance(h.get("epochs", []), list)
-          and all(isinstance(e, dict) and all(number(v) for v in e.values()) for e in h.get("epochs", []))
+          and all(isinstance(e, dict) and all(is_number(v) for v in e.values()) for e in h.get("epochs", []))
           and isinstance(h.get("steps", []), list)
-          and all(isinstance(p, list) and len(p) == 2 and all(number(v) for v in p) for p in h.get("steps", []))
+          and all(isinstance(p, list) and len(p) == 2 and all(is_number(v) for v in p) for p in h.get("steps", []))
           and (h.get("stopped_reason") is None or isinstance(h.get("stopped_reason"), str))
-          and (h.get("best_epoch") is None or number(h.get("best_epoch"))))
+          and (h.get("best_epoch") is None or is_number(h.get("best_epoch"))))
     if not ok:
         raise CheckpointError(f"checkpoint {path} holds a training history that fit did not write")

@@ -23,7 +23,7 @@ import numpy as np
 from .backend import Backend, get_array_module, is_cupy_array, to_device
 
 __all__ = ["DTYPES", "as_array", "as_dtype", "as_targets", "check_dtype", "check_int", "check_range",
-           "check_same_device", "check_samples", "check_targets", "is_int"]
+           "check_same_device", "check_samples", "check_targets", "is_int", "is_number"]
 
 Array = Any
 
@@ -157,6 +157,11 @@ def check_dtype(dtype: Any) -> np.dtype:
 def is_int(value: Any) -> TypeGuard[int | np.integer[Any]]:
     """Whether ``value`` is a Python or NumPy integer (a bool is not one)."""
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> TypeGuard[int | float]:
+    """Whether ``value`` is a Python int or float, as JSON gives them back (a bool is not one)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def check_int(name: str, value: Any, lo: int | None = 1, alternative: str = "") -> int:

@@ -67,10 +67,7 @@ class NetworkState:
         training mode) has none again.
         """
         for layer, st in zip(self.layers, states):
-            if st:
-                layer.load_state(copied_state(st))
-            elif isinstance(layer, BatchNorm):
-                layer.running_mean = layer.running_var = None
+            layer.load_state(copied_state(st))
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Every parameter and layer state (running statistics, dropout counters) as NumPy arrays."""
@@ -89,13 +86,13 @@ class NetworkState:
         """
         spec = {name: StateEntry(shape, self.dtype, True) for name, (_, shape) in self.flat.slots.items()}
         for idx, layer in enumerate(self.layers):
-            for k, v in layer.state().items():
-                dtype = v.dtype if hasattr(v, "dtype") else np.asarray(v).dtype
-                required = not isinstance(layer, BatchNorm)
-                spec[f"layers.{idx}.{k}"] = StateEntry(tuple(np.shape(v)), np.dtype(dtype), required)
             if isinstance(layer, BatchNorm):
                 for k in ("running_mean", "running_var"):
                     spec[f"layers.{idx}.{k}"] = StateEntry((layer.num_features,), self.dtype, False)
+                continue
+            for k, v in layer.state().items():
+                dtype = v.dtype if hasattr(v, "dtype") else np.asarray(v).dtype
+                spec[f"layers.{idx}.{k}"] = StateEntry(tuple(np.shape(v)), np.dtype(dtype), True)
         return spec
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -145,9 +142,7 @@ class NetworkState:
             st = {k[len(prefix):]: v for k, v in values.items() if k.startswith(prefix) and k not in self.flat.slots}
             if isinstance(layer, Dropout):
                 layer.load_state({k: int(v) for k, v in st.items()})
-            elif isinstance(layer, BatchNorm) and not st:
-                layer.running_mean = layer.running_var = None  # as saved: before the first forward pass
-            elif st:
+            else:  # (a BatchNorm saved before its first forward pass has no running statistics again)
                 layer.load_state({k: to_device(v, self.backend) for k, v in st.items()})
 
     def config(self) -> dict[str, Any]:
@@ -279,7 +274,7 @@ def unpickled_backend(name: str) -> Backend:
 # --------------------------------------------------------------------------
 # An optimiser's state
 # --------------------------------------------------------------------------
-#: the valid values of each hyper-parameter an optimiser's state may restore: (low, high, low excluded)
+#: the valid values of each hyper-parameter, for the optimisers and the state they restore: (low, high, low excluded)
 HYPER_RANGES: dict[str, tuple[float, float, bool]] = {
     "lr": (0.0, math.inf, True), "momentum": (0.0, 1.0, False), "weight_decay": (0.0, math.inf, False),
     "beta1": (0.0, 1.0, False), "beta2": (0.0, 1.0, False), "eps": (0.0, math.inf, True),

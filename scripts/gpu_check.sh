@@ -272,7 +272,9 @@ if [ "$have_data" = 0 ]; then
   record fit SKIPPED 0 "no Fashion-MNIST IDX files${DATA_DIR:+ in $DATA_DIR} (pass --data-dir DIR)"
 else
   # the preset, then the preset widened ("or better": the wider settings won on held-out training data, CPU)
-  run_phase fit "$BOX_FIT" fit.log bash -c '"$@"; first=$?; "$@" '"$WIDER"'; second=$?; exit $(( first ? first : second ))' \
+  # (the box's SIGINT ends the pair: train exits 130 on it, and bash would otherwise start the second run)
+  pair='trap "exit 130" INT; "$@"; first=$?; "$@" '"$WIDER"'; second=$?; exit $(( first ? first : second ))'
+  run_phase fit "$BOX_FIT" fit.log bash -c "$pair" \
     fit "$PY" -m gpu_backprop train --preset fashion --backend "$BACKEND" --data-dir "$DATA_DIR" --json --no-progress
   if [ "$DRY" != 1 ] && [ -n "${phase_seconds+x}" ]; then
     grep '^{' "$dir/fit.log" > "$dir/fit.json" || rm -f "$dir/fit.json"  # one JSON line a run

@@ -240,9 +240,8 @@ _KERNEL_LAUNCHES: dict[str, Callable[..., tuple[list[str], int]]] = {
     "bias_activation": _bias_activation,
     "activation_forward": _bias_activation,
     "activation_backward": lambda d, a, kind, alpha=0.01: ([] if kind == "identity" else [f"{kind}_bwd"], 0),
-    # one row-wise kernel; CuPy's branch allocates a placeholder for absent labels, and dz's scratch when absent
-    "softmax_cross_entropy": lambda z, labels, targets, dz, rows: (
-        ["softmax_xent"], (labels is None) + (dz is None)),
+    # one row-wise kernel; CuPy's branch allocates dz's scratch when dz is absent
+    "softmax_cross_entropy": lambda z, labels, targets, dz, rows: (["softmax_xent"], int(dz is None)),
     "softmax": lambda z: (["reduce:max", "elementwise:subtract", "elementwise:exp", "reduce:sum",
                            "elementwise:true_divide"], 3),
     "column_sum": lambda d, out: (["reduce:sum"], 0),
@@ -402,16 +401,7 @@ def count_gpu_launches(fn: Callable[[], Any]) -> dict[str, Any]:
     try:
         from cupti import cupti  # type: ignore[import-not-found]
     except ImportError:
-        cupti = None
-    if cupti is None:
-        try:
-            import torch
-        except ImportError:
-            torch = None
-        if torch is None or not torch.cuda.is_available():
-            raise BackendError("counting GPU launches needs cupti-python (pip install cupti-python) or a CUDA build "
-                               "of PyTorch; or run under `nsys profile --stats=true`") from None
-        return _count_with_torch(torch, fn, cp.cuda.get_current_stream().synchronize)
+        return _count_with_torch(fn, cp.cuda.get_current_stream().synchronize)
     names: Counter[str] = Counter()
     kinds: Counter[int] = Counter()
 
@@ -440,8 +430,15 @@ def count_gpu_launches(fn: Callable[[], Any]) -> dict[str, Any]:
             "by_name": dict(names), "counter": "cupti-python"}
 
 
-def _count_with_torch(torch: Any, fn: Callable[[], Any], sync: Callable[[], None]) -> dict[str, Any]:
+def _count_with_torch(fn: Callable[[], Any], sync: Callable[[], None]) -> dict[str, Any]:
     """:func:`count_gpu_launches` through ``torch.profiler`` (device activity only)."""
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    if torch is None or not torch.cuda.is_available():
+        raise BackendError("counting GPU launches needs cupti-python (pip install cupti-python) or a CUDA build "
+                           "of PyTorch; or run under `nsys profile --stats=true`")
     from torch.profiler import ProfilerActivity, profile
 
     sync()
@@ -454,7 +451,7 @@ def _count_with_torch(torch: Any, fn: Callable[[], Any], sync: Callable[[], None
 
 def tally_device_events(names: Iterable[str]) -> dict[str, Any]:
     """Kernels, memsets and copies among a profiler's device events, by name (``Memcpy …``, ``Memset …``)."""
-    kernels: Counter[str] = Counter()
+    by_name: Counter[str] = Counter()
     memsets = memcpys = 0
     for name in names:
         if name.startswith("Memset"):
@@ -462,5 +459,5 @@ def tally_device_events(names: Iterable[str]) -> dict[str, Any]:
         elif name.startswith("Memcpy"):
             memcpys += 1
         else:
-            kernels[name] += 1
-    return {"kernels": sum(kernels.values()), "memsets": memsets, "memcpys": memcpys, "by_name": dict(kernels)}
+            by_name[name] += 1
+    return {"kernels": sum(by_name.values()), "memsets": memsets, "memcpys": memcpys, "by_name": dict(by_name)}

@@ -427,7 +427,7 @@ def _general(net: Sequential, opt: SGD, X: Array, y: Array, order: Array, scale:
             kernels.gather_scale(X, rows, scale, xb, staging)
             yb = y[rows]
             loss_sum += opt.train_step(xb, yb)
-            correct += (net.last_output.argmax(axis=1) == yb).sum()
+            kernels.count_correct(net.last_output, yb, correct)
     finally:
         opt.lr = saved
     return loss_sum, correct

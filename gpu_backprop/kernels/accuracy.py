@@ -43,9 +43,12 @@ def count_correct(out: Array, labels: Array, into: Array) -> Array:
     """Add to ``into`` the rows of ``out`` ``(N, C)`` whose prediction is their integer label.
 
     ``into`` is a 0-d int64 array on the same device, added to in place (no host
-    synchronisation, no allocation on a GPU). Kernel: ``count_correct`` (one launch
-    for the argmax, the comparison and the sum). Returns ``into``.
+    synchronisation; on a GPU no allocation where ``labels`` are contiguous int64, as
+    the trainer's are). Kernel: ``count_correct`` (one launch for the argmax, the
+    comparison and the sum). Returns ``into``.
     """
+    if into.shape != () or into.dtype != np.int64:  # the kernel adds 8 bytes where into points
+        raise TypeError(f"count_correct adds into a 0-d int64 array, got shape {into.shape} of {into.dtype}")
     n, c = out.shape
     if n == 0:
         return into

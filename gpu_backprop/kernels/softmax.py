@@ -67,9 +67,9 @@ def softmax_cross_entropy(
         # The kernel reads and writes row-major T arrays and int64 labels through raw pointers: whatever
         # it is given is made so here (no copy, no launch, when it already is; no wait for the device).
         z = cp.ascontiguousarray(z)
-        # the pointer the kernel does not read (labels or targets) is a placeholder: z itself, or one int64
-        lab = cp.ascontiguousarray(labels, dtype=cp.int64) if labels is not None else cp.empty(1, dtype=cp.int64)
-        tgt = cp.ascontiguousarray(targets, dtype=z.dtype) if targets is not None else z
+        # the pointer the kernel does not read (labels or targets) is NULL: CuPy passes None so
+        lab = cp.ascontiguousarray(labels, dtype=cp.int64) if labels is not None else None
+        tgt = cp.ascontiguousarray(targets, dtype=z.dtype) if targets is not None else None
         # the scratch row exps need somewhere to go even when no gradient is wanted
         out = dz if dz is not None and _row_major(dz, z.dtype) else cp.empty_like(z)
         rows = loss_rows if _row_major(loss_rows, z.dtype) else cp.empty(n, dtype=z.dtype)

@@ -99,10 +99,8 @@ class BatchNorm(Layer):
             return {}
         return {"running_mean": self.running_mean, "running_var": self.running_var}
 
-    def load_state(self, state: dict[str, Any]) -> None:
-        if "running_mean" in state:
-            self.running_mean = state["running_mean"]
-            self.running_var = state["running_var"]
+    def load_state(self, state: dict[str, Any]) -> None:  # {}: before the first forward pass, as saved
+        self.running_mean, self.running_var = state.get("running_mean"), state.get("running_var")
 
     def equations(self, n: int, in_dim: int) -> list[str]:
         return [

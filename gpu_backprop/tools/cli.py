@@ -620,10 +620,10 @@ def _saved_settings(meta: dict[str, Any]) -> dict[str, Any]:
 
 def _valid(key: str, v: Any) -> bool:
     """Whether ``v`` is a valid value of the setting ``key`` (as read from a checkpoint)."""
-    from ..checks import is_int
+    from ..checks import is_int, is_number
 
     def number(x: Any) -> bool:
-        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+        return is_number(x) and math.isfinite(x)
 
     if key in ("seed", "batch_size", "epochs"):
         return is_int(v) and bool(v >= (0 if key == "seed" else 1))

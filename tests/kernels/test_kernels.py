@@ -332,3 +332,10 @@ def test_large_adam_updates_split_across_threads_match_one_pass(rng) -> None:
                         decoupled=True, step=2, n_decay=n // 2 + 3)
     np.testing.assert_array_equal(p, ref[0])
     np.testing.assert_array_equal(m, ref[2])
+
+
+def test_count_correct_takes_only_a_0d_int64_accumulator() -> None:
+    out, labels = np.eye(3, dtype=np.float32), np.arange(3)
+    for into in (np.zeros((), np.int32), np.zeros(1, np.int64), np.zeros((), np.float64)):
+        with pytest.raises(TypeError, match="0-d int64"):
+            kernels.count_correct(out, labels, into)

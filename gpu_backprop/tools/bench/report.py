@@ -273,10 +273,18 @@ def plot(report: dict[str, Any], path: Path) -> bool:
     fig = figure(report)
     if fig is None:
         return False
+    save_png(fig, path)
+    return True
+
+
+def save_png(fig: Any, path: Path) -> None:
+    """A matplotlib figure written to ``path`` as a PNG, atomically, and closed."""
+    import matplotlib.pyplot as plt
+
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
-    return True
 
 
 def write(report: dict[str, Any], out: Path, stem: str, final: bool = False) -> list[Path]:

@@ -18,6 +18,21 @@ from ...backend import Backend
 PAUSE = 0.2  # seconds between two timed blocks: the previous framework's BLAS threads stop spinning
 
 
+def event_seconds(events: Any, fn: Callable[[], Any], calls: int) -> float:
+    """Device seconds per call of ``fn``, by two events on the current stream around ``calls`` calls in a row.
+
+    ``events`` has CuPy's interface: ``Event()`` and ``get_elapsed_time(start, stop)`` in milliseconds
+    (``cupy.cuda``, or :class:`~gpu_backprop.tools.bench.peers.TorchCudaEvents`).
+    """
+    start, stop = events.Event(), events.Event()
+    start.record()
+    for _ in range(calls):
+        fn()
+    stop.record()
+    stop.synchronize()
+    return float(events.get_elapsed_time(start, stop)) / 1e3 / calls
+
+
 def machine_busy_seconds() -> float | None:
     """CPU seconds the whole machine has been busy, all cores, hypervisor steal included (Linux)."""
     try:
@@ -104,13 +119,7 @@ class Runner:
 
     def _timed_block(self) -> float:
         if self.events is not None:
-            start, stop = self.events.Event(), self.events.Event()
-            start.record()
-            for _ in range(self.calls):
-                self.step()
-            stop.record()
-            stop.synchronize()
-            return self.events.get_elapsed_time(start, stop) / 1e3 / self.calls
+            return event_seconds(self.events, self.step, self.calls)
         self.sync()
         t0 = time.perf_counter()
         for _ in range(self.calls):
