@@ -71,7 +71,8 @@ class NetworkState:
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Every parameter and layer state (running statistics, dropout counters) as NumPy arrays."""
-        d: dict[str, np.ndarray] = {k: to_numpy(v).copy() for k, v in self.params.items()}
+        host = to_numpy(self.flat.flat_params)  # one copy from the device, not one per parameter
+        d: dict[str, np.ndarray] = {k: self.flat.view(host, k).copy() for k in self.params}
         for idx, layer in enumerate(self.layers):
             for k, v in layer.state().items():
                 d[f"layers.{idx}.{k}"] = np.array(to_numpy(v), copy=True)
@@ -194,10 +195,10 @@ class NetworkState:
         """
         from .network import Sequential  # the class this is mixed into (it imports this module)
 
-        layers = [unpickled_layer(entry) for entry in saved["layers"]]
-        Sequential.__init__(cast(Sequential, self), layers, loss=saved["loss"](),
-                            backend=unpickled_backend(saved["backend"]), dtype=saved["dtype"], seed=saved["seed"],
-                            input_dim=saved["input_dim"])
+        backend = unpickled_backend(saved["backend"])
+        layers = [unpickled_layer(entry, backend) for entry in saved["layers"]]
+        Sequential.__init__(cast(Sequential, self), layers, loss=saved["loss"](), backend=backend,
+                            dtype=saved["dtype"], seed=saved["seed"], input_dim=saved["input_dim"])
         self.load_state_dict(saved["state"])
         self.__dict__.update(saved["extra"])
 
@@ -243,22 +244,36 @@ def _converted(what: str, a: np.ndarray, dtype: np.dtype) -> np.ndarray:
 # --------------------------------------------------------------------------
 # Pickling a network: layers as constructor arguments, the backend by name
 # --------------------------------------------------------------------------
-def pickled_layer(layer: Layer) -> tuple[type[Layer], dict[str, Any]] | Layer:
-    """A built-in layer as ``(class, constructor arguments)``; another one as a copy without its arrays."""
+def pickled_layer(layer: Layer) -> tuple[type[Layer], dict[str, Any]] | tuple[Layer, list[str]]:
+    """A built-in layer as ``(class, constructor arguments)``; another one as ``(copy, names)``.
+
+    The copy of a layer of another class (a subclass of Dense, say) has no
+    parameter views (rebuilt on unpickling), no buffers and not the last batch
+    (its :attr:`~gpu_backprop.layers.Layer.per_batch` attributes): both come back
+    on the next step. Its other device arrays are on the host, and ``names``
+    says which go back to the device.
+    """
     if type(layer) in (Dense, BatchNorm, Dropout, LeakyReLU) or (isinstance(layer, Activation)
                                                                  and type(layer).__init__ is Layer.__init__):
         return type(layer), layer.init_args()
-    bare = copy.copy(layer)  # its parameter views are rebuilt on unpickling, its buffers on the next step
+    bare = copy.copy(layer)
     bare.params, bare.grads, bare.buffers = {}, {}, Buffers()
-    return bare
+    for name in layer.per_batch:
+        bare.__dict__.pop(name, None)
+    on_device = [k for k, v in vars(bare).items() if is_cupy_array(v)]
+    for k in on_device:
+        setattr(bare, k, to_numpy(getattr(bare, k)))
+    return bare, on_device
 
 
-def unpickled_layer(entry: tuple[type[Layer], dict[str, Any]] | Layer) -> Layer:
-    """The layer that :func:`pickled_layer` described."""
-    if isinstance(entry, Layer):
-        return entry
-    cls, args = entry
-    return cls(**args)
+def unpickled_layer(entry: tuple[Any, Any], backend: Backend) -> Layer:
+    """The layer that :func:`pickled_layer` described, its device arrays on ``backend``."""
+    first, rest = entry
+    if not isinstance(first, Layer):
+        return first(**rest)
+    for k in rest:
+        setattr(first, k, to_device(getattr(first, k), backend))
+    return first
 
 
 def unpickled_backend(name: str) -> Backend:
@@ -284,7 +299,8 @@ HYPER_RANGES: dict[str, tuple[float, float, bool]] = {
 class OptimizerState:
     """What an :class:`~gpu_backprop.optim.Optimizer` saves, restores and pickles (mixed into it).
 
-    It uses the optimiser's ``name``, ``net``, ``steps``, :meth:`hyper` and :meth:`state_buffers`.
+    It uses the optimiser's ``name``, ``net``, ``steps``, :meth:`hyper` and :meth:`state_buffers`,
+    and remakes its work buffer ``_scratch`` on unpickling rather than store it.
     """
 
     name: str
@@ -341,8 +357,8 @@ class OptimizerState:
         self.steps = steps
 
     def __getstate__(self) -> dict[str, Any]:
-        """What :mod:`pickle` stores: the attributes, with device arrays copied to the host."""
-        saved = dict(vars(self))
+        """What :mod:`pickle` stores: the attributes but the work buffer, with device arrays copied to the host."""
+        saved = {k: v for k, v in vars(self).items() if k != "_scratch"}
         on_device = [k for k, v in saved.items() if is_cupy_array(v)]
         saved.update({k: to_numpy(saved[k]) for k in on_device})
         saved["__on_device__"] = on_device
@@ -355,6 +371,7 @@ class OptimizerState:
         self.__dict__.update(saved)
         for k in on_device:
             setattr(self, k, to_device(saved[k], self.net.backend))
+        self._scratch = self.net.xp.empty_like(self.net.flat_params)
 
 
 def _checked_hyper(saved: Any, current: dict[str, Any]) -> dict[str, Any]:

@@ -540,6 +540,7 @@ def test_a_network_and_its_optimizer_pickle_and_train_on_alike(kw: dict[str, Any
     net2, opt2 = pickle.loads(pickle.dumps((net, opt)))
     assert type(net2) is gb.MLP and net2.sizes == net.sizes and opt2.net is net2
     assert net2.flat_params is not net.flat_params
+    assert "_scratch" not in opt.__getstate__()  # the update's work buffer is made again, not stored
     assert np.shares_memory(net2.params["layers.0.W"], net2.flat_params)  # the views are rebuilt
     X, y = _toy()
     np.testing.assert_array_equal(net2.predict(X), net.predict(X))
@@ -549,6 +550,43 @@ def test_a_network_and_its_optimizer_pickle_and_train_on_alike(kw: dict[str, Any
     np.testing.assert_array_equal(net2.flat_params, net.flat_params)
     clone = copy.deepcopy(net)
     np.testing.assert_array_equal(clone.predict(X), net.predict(X))
+
+
+class _Shifted(gb.Dense):
+    """A layer of the user's own: a Dense layer that adds a constant vector it keeps (``shift``) to its output."""
+
+    def forward(self, x: Any, train: bool = False) -> Any:
+        z = super().forward(x, train)
+        z += self.shift
+        return z
+
+
+def test_a_pickled_layer_of_the_users_own_keeps_its_arrays_but_not_the_last_batch() -> None:
+    X, y = _toy(n=2000)
+    nets = [gb.Sequential([gb.Dense(6, 8), gb.ReLU(), last], backend="numpy", seed=2)
+            for last in (gb.Dense(8, 3), _Shifted(8, 3))]
+    nets[1].layers[2].shift = np.linspace(-1, 1, 3, dtype=np.float32)
+    nets[1].load_state_dict(nets[0].state_dict())
+    for net in nets:
+        net.predict(X)  # a batch of 2,000 rows: what the layers keep for backward is 64 kB
+    plain, own = (pickle.dumps(net) for net in nets)
+    assert len(own) < len(plain) + 1_000  # the layer's class, its name and shift, not the batch
+    twin = pickle.loads(own)
+    assert not any(hasattr(twin.layers[2], name) for name in gb.Dense.per_batch)
+    np.testing.assert_array_equal(twin.layers[2].shift, nets[1].layers[2].shift)
+    np.testing.assert_array_equal(twin.predict(X), nets[1].predict(X))
+    assert not np.array_equal(twin.predict(X), nets[0].predict(X))  # the shift is in it
+
+
+def test_every_built_in_layer_names_what_it_keeps_for_backward() -> None:
+    layers = [gb.Dense(6, 8), gb.Tanh(), gb.BatchNorm(8), gb.ReLU(), gb.Dropout(0.2), gb.Dense(8, 3)]
+    net = gb.Sequential(layers, backend="numpy")
+    before = [set(vars(layer)) for layer in layers]
+    X, y = _toy(n=5)
+    net.train_step_grads(X, y)
+    for layer, names in zip(layers, before):
+        kept = set(vars(layer)) - names
+        assert kept == (set(layer.per_batch) if layer in net.steps else set()), type(layer).__name__
 
 
 def _predict_in_child(blob: bytes, X: np.ndarray) -> np.ndarray:

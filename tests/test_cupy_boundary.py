@@ -21,7 +21,9 @@ The defects these tests were written for (each test fails on the code before its
 
 from __future__ import annotations
 
+import io
 import json
+import pickle
 import re
 import subprocess
 from pathlib import Path
@@ -149,6 +151,51 @@ def test_predict_and_loss_and_grads_on_cupy_equal_numpy(cp) -> None:
     np.testing.assert_array_equal(a.predict_classes(images), b.predict_classes(cp.asarray(images)).get())
     with pytest.raises(TypeError, match=r"mixed devices: .* X is a NumPy array \(CPU\)"):
         b.loss_and_grads(X, y)  # the low-level entry point does not move a batch behind the caller's back
+
+
+class _Shifted(gb.Dense):
+    """A layer of the user's own: a Dense layer that adds a constant vector it keeps (``shift``) to its output."""
+
+    def forward(self, x: Any, train: bool = False) -> Any:
+        z = super().forward(x, train)
+        z += self.shift
+        return z
+
+
+class _HostOnly(pickle.Unpickler):
+    """Unpickles what needs no CuPy: a pickle that holds a device array fails here."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        assert module.split(".")[0] not in ("cupy", "cupyx", "cupy_backends", "fakecupy"), f"{module}.{name}"
+        return super().find_class(module, name)
+
+
+def test_a_network_and_optimizer_pickled_on_cupy_hold_no_device_array_and_come_back_on_it(cp) -> None:
+    X, y = _data(n=50, kind="float32")
+    net = gb.Sequential([gb.Dense(20, 16), gb.ReLU(), _Shifted(16, 4)], backend="cupy", seed=3)
+    net.layers[2].shift = cp.asarray(np.linspace(-1, 1, 4, dtype=np.float32))
+    opt = gb.SGD(net, lr=0.05, momentum=0.9)
+    gb.fit(net, opt, X, y, epochs=1, batch_size=16, progress=False)
+    blob = pickle.dumps((net, opt))
+    twin, twin_opt = _HostOnly(io.BytesIO(blob)).load()  # the device arrays are remade from host arrays
+    np.testing.assert_array_equal(twin.layers[2].shift.get(), net.layers[2].shift.get())
+    assert twin.backend.name == "cupy" and cp.get_array_module(twin.layers[2].shift) is cp
+    assert not any(hasattr(twin.layers[2], name) for name in gb.Dense.per_batch)
+    np.testing.assert_array_equal(twin.predict(X).get(), net.predict(X).get())
+    for n, o in ((net, opt), (twin, twin_opt)):
+        o.train_step(cp.asarray(X), cp.asarray(y))
+    np.testing.assert_array_equal(twin.flat_params.get(), net.flat_params.get())
+
+
+def test_state_dict_copies_the_parameters_from_the_device_at_once(cp) -> None:
+    net = gb.MLP([20, 16, 16, 4], backend="cupy", seed=3)
+    cp._fake.reset_counts()
+    state = net.state_dict()
+    assert cp._fake.syncs == 1  # one wait for six parameters
+    host = net.flat_params.get()
+    for name, value in state.items():
+        np.testing.assert_array_equal(value, net.flat.view(host, name))
+        assert value.base is None  # its own array, not a view that keeps the whole buffer alive
 
 
 # --------------------------------------------------------------------------

@@ -30,6 +30,7 @@ class Activation(Layer):
 
     kind = "identity"
     alpha = 0.0  # the slope of LeakyReLU's negative side; unused by the others
+    per_batch = ("_a",)
 
     def forward(self, x: Array, train: bool = False) -> Array:
         a = self.buffers.get("A", x.shape, x)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -45,6 +45,8 @@ class Layer:
     #: parameter and gradient views into the network's flat buffers (set by the network)
     params: dict[str, Array]
     grads: dict[str, Array]
+    #: the attributes ``forward`` sets for ``backward`` (the last batch's arrays); a pickle leaves them out
+    per_batch: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self) -> None:
         self.params = {}

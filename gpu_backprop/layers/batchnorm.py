@@ -31,6 +31,8 @@ class BatchNorm(Layer):
     In eval mode the layer is affine: ``dX = dY γ / √(σ_run² + ε)``.
     """
 
+    per_batch = ("_xhat", "_inv_std", "_train")
+
     def __init__(self, num_features: int, momentum: float = 0.1, eps: float = 1e-5) -> None:
         super().__init__()
         if not 0.0 < momentum <= 1.0:

@@ -36,6 +36,8 @@ class Dense(Layer):
         (He for ReLU-like activations, Glorot otherwise).
     """
 
+    per_batch = ("_x", "_z", "_dz")
+
     def __init__(self, in_features: int, out_features: int, init: str = "auto") -> None:
         super().__init__()
         self.in_features = check_int("Dense in_features", in_features)

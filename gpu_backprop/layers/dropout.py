@@ -19,6 +19,8 @@ class Dropout(Layer):
     and CuPy, and a checkpoint restores the stream exactly (it is two integers).
     """
 
+    per_batch = ("_masked", "_mask")
+
     def __init__(self, p: float = 0.5, seed: int = 0) -> None:
         super().__init__()
         if not 0.0 <= p < 1.0:
