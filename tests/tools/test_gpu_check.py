@@ -37,7 +37,7 @@ def _run(tmp_path: Path, *args: str, **env: str) -> tuple[subprocess.CompletedPr
 def _tiny_fashion(directory: Path) -> Path:
     rng = np.random.default_rng(0)
     directory.mkdir()
-    for split, n in (("train", 300), ("t10k", 50)):  # 270 to train on: the wider run takes batches of 256
+    for split, n in (("train", 1200), ("t10k", 50)):  # 1,080 to train on: the third run takes batches of 1,024
         write_idx(directory / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
         write_idx(directory / f"{split}-labels-idx1-ubyte", rng.integers(0, 10, n).astype(np.uint8))
     return directory
@@ -68,7 +68,7 @@ def test_a_dry_run_plans_every_phase_in_its_box(tmp_path: Path) -> None:
 
 
 def test_a_phase_that_outruns_its_box_is_stopped_and_the_next_one_runs(tmp_path: Path) -> None:
-    # a rehearsal on NumPy: the GPU tests cannot end in 1 s; the fits of a 300-image set can, and the targets'
+    # a rehearsal on NumPy: the GPU tests cannot end in 1 s; the fits of a 1,200-image set can, and the targets'
     # suite cannot end in 3 s, but what they saved before is summed up
     proc, summary = _run(tmp_path, "--backend", "numpy", "--data-dir", str(_tiny_fashion(tmp_path / "d")),
                          BOX_DOCTOR="1", BOX_TESTS="1", BOX_FIT="120", BOX_TARGETS="3")
@@ -79,10 +79,11 @@ def test_a_phase_that_outruns_its_box_is_stopped_and_the_next_one_runs(tmp_path:
     assert summary["targets"][0] == "TIMEOUT" and summary["targets"][2].endswith("(exit 124)")
     out = tmp_path / "out"
     assert (out / "targets.log").exists() and (out / "gpu-tests.log").exists()
-    runs = [json.loads(line) for line in (out / "fit.json").read_text().splitlines()]  # the preset, then wider
-    assert [r["sizes"] for r in runs] == [[784, 256, 256, 10], [784, 512, 512, 10]]
-    assert [r["batch_size"] for r in runs] == [128, 256] and [r["epochs"] for r in runs] == [10, 20]
+    runs = [json.loads(line) for line in (out / "fit.json").read_text().splitlines()]  # the preset, wider, fewer
+    assert [r["sizes"] for r in runs] == [[784, 256, 256, 10], [784, 512, 512, 10], [784, 512, 512, 10]]
+    assert [r["batch_size"] for r in runs] == [128, 256, 1024] and [r["epochs"] for r in runs] == [10, 20, 30]
     assert "; 784-512-512-10, batch 256: test accuracy " in summary["fit"][2]
+    assert "; 784-512-512-10, batch 1024: test accuracy " in summary["fit"][2]
     assert len(os.listdir(out)) <= 8  # what the device tool brings back
 
 
