@@ -7,6 +7,7 @@ from .. import _fake
 #: the CUDA runtime cupy-cuda13x 14.2.0 was built with (runtimeGetVersion); FAKECUPY_CUDA_VERSION=12080 plays cupy-cuda12x
 CUDA_VERSION = int(_fake.setting("CUDA_VERSION", "13020"))
 DRIVER_VERSION = 13000
+is_hip = False  #: a CUDA build, as cupy-cuda13x is (the doctor refuses a ROCm one)
 
 cudaErrorInvalidDevice = 101
 _current = 0
