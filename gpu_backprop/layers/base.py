@@ -45,7 +45,7 @@ class Layer:
     #: parameter and gradient views into the network's flat buffers (set by the network)
     params: dict[str, Array]
     grads: dict[str, Array]
-    #: the attributes ``forward`` sets for ``backward`` (the last batch's arrays); a pickle leaves them out
+    #: the attributes ``forward`` sets for ``backward`` (what it keeps of the last batch); a pickle leaves them out
     per_batch: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self) -> None:
