@@ -57,13 +57,11 @@ from gpu_backprop._io import atomic_write_bytes, strict_json  # noqa: E402
 from gpu_backprop.backend import Backend, BackendError, cupy_available, get_backend, one_line  # noqa: E402
 from gpu_backprop.devices import set_tf32  # noqa: E402
 from gpu_backprop.experimental import launches  # noqa: E402
-from gpu_backprop.experimental.persample import per_sample_sgd  # noqa: E402
-from gpu_backprop.tools.bench.peers import LR, MOMENTUM, OurStep, ours, random_data, torch_peer  # noqa: E402
+from gpu_backprop.experimental.persample import fused_grid, per_sample_sgd  # noqa: E402
+from gpu_backprop.tools.bench.peers import LR, MOMENTUM, N_TRAIN, OurStep, ours, random_data, torch_peer  # noqa: E402
 from gpu_backprop.tools.bench.report import save_png  # noqa: E402
 from gpu_backprop.tools.bench.suite import MODELS, machine_facts, run_suite  # noqa: E402
 from gpu_backprop.tools.bench.timing import Quiet, event_seconds, interleaved  # noqa: E402
-
-SECTIONS = ("suite", "persample", "agreement", "launches", "costs", "graphs", "compile")
 
 
 @dataclass(frozen=True)
@@ -165,6 +163,7 @@ def persample(run: Run) -> dict[str, Any]:
             opt = gb.SGD(net, lr=LR, momentum=MOMENTUM)
             per_sample_sgd(net, opt, X, y, order[: min(n, 1000)], scale=1 / 255, method="kernel", blocks=blocks,
                            check=True)  # compiles, plans, and checks the grid's barrier
+            entry["blocks"] = fused_grid(net, X.dtype, blocks)  # what it launches: at most what fits at once
             sums: list[Any] = []  # the epoch's loss sum and correct count
 
             def epoch(net: Any = net, opt: Any = opt, blocks: int | None = blocks) -> None:
@@ -288,7 +287,7 @@ def costs(run: Run) -> dict[str, Any]:
     x, w, z, logits = rand(n, d), rand(d, m), rand(n, m), rand(n, c)
     b, db, v, losses = rand(m), rand(m), rand(m), rand(n)
     labels, acc = cp.asarray(rng.integers(0, c, n)), cp.zeros((), cp.int64)
-    y, rows = cp.asarray(rng.integers(0, c, 60_000)), cp.asarray(rng.permutation(60_000)[:n])
+    y, rows = cp.asarray(rng.integers(0, c, N_TRAIN)), cp.asarray(rng.permutation(N_TRAIN)[:n])
     steps = {batch: OurStep(be, sizes, batch) for batch in (1, 128)}
     calls: dict[str, tuple[Callable[[], Any], int]] = {
         f"GEMM {n}×{d} by {d}×{m} (cupy.matmul)": (lambda: kernels.matmul(x, w, z), 1),
@@ -565,6 +564,7 @@ def compiled_peer(run: Run) -> dict[str, Any]:
 BODIES: dict[str, Callable[[Run], dict[str, Any]]] = {
     "suite": suite, "persample": persample, "agreement": agreement, "launches": launches_per_step,
     "costs": costs, "graphs": graphs, "compile": compiled_peer}
+SECTIONS = tuple(BODIES)  # in the order they run
 
 
 # --------------------------------------------------------------------------
@@ -617,6 +617,8 @@ def verdicts(report: dict[str, Any]) -> list[dict[str, Any]]:
                  met=any(f["test_accuracy"] >= 0.89 and f["train_seconds"] < 1.0 for f in fits),
                  ratio_to_target=max(min(f["test_accuracy"] / 0.89, 1.0 / max(f["train_seconds"], 1e-9))
                                      for f in fits))
+    elif report.get("fit_error"):
+        t.update(measured=f"--fit-json could not be read: {report['fit_error']}")
 
     t = target("NumPy and CuPy agree (one epoch, batch 128)",
                "CuPy's float32 as close to float64 as NumPy's, within 2×")
@@ -671,14 +673,12 @@ def to_markdown(report: dict[str, Any]) -> str:
 def plot(report: dict[str, Any], path: Path) -> bool:
     """Each measured target as measured/target (1 = met), as bars; False without matplotlib."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure
     except ImportError:
         return False
     rows = [t for t in report["targets"] if t["ratio_to_target"] is not None]
-    fig, ax = plt.subplots(figsize=(8, 1.5 + 0.45 * len(rows)))
+    fig = Figure(figsize=(8, 1.5 + 0.45 * len(rows)))
+    ax = fig.subplots()
     ax.barh([t["case"] for t in rows], [t["ratio_to_target"] for t in rows],
             color=["tab:green" if t["met"] else "tab:red" for t in rows])
     ax.axvline(1.0, color="black", lw=1)

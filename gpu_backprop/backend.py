@@ -59,7 +59,7 @@ def _probe_cupy() -> None:
         )
         return
     except Exception as exc:  # a broken install raises all sorts of things
-        _cupy_problem = f"CuPy failed to import ({type(exc).__name__}: {exc}); reinstall it or use backend='numpy'"
+        _cupy_problem = f"CuPy failed to import ({one_line(exc)}); reinstall it or use backend='numpy'"
         return
     try:
         count = cupy.cuda.runtime.getDeviceCount()

@@ -67,7 +67,8 @@ class NetworkState:
         training mode) has none again.
         """
         for layer, st in zip(self.layers, states):
-            layer.load_state(copied_state(st))
+            if st or layer.state():  # (a layer with no state is not asked to load an empty one)
+                layer.load_state(copied_state(st))
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Every parameter and layer state (running statistics, dropout counters) as NumPy arrays."""
@@ -143,7 +144,7 @@ class NetworkState:
             st = {k[len(prefix):]: v for k, v in values.items() if k.startswith(prefix) and k not in self.flat.slots}
             if isinstance(layer, Dropout):
                 layer.load_state({k: int(v) for k, v in st.items()})
-            else:  # (a BatchNorm saved before its first forward pass has no running statistics again)
+            elif st or layer.state():  # (a BatchNorm saved before its first forward pass has no statistics again)
                 layer.load_state({k: to_device(v, self.backend) for k, v in st.items()})
 
     def config(self) -> dict[str, Any]:
@@ -258,22 +259,33 @@ def pickled_layer(layer: Layer) -> tuple[type[Layer], dict[str, Any]] | tuple[La
         return type(layer), layer.init_args()
     bare = copy.copy(layer)
     bare.params, bare.grads, bare.buffers = {}, {}, Buffers()
-    for name in layer.per_batch:
-        bare.__dict__.pop(name, None)
-    on_device = [k for k, v in vars(bare).items() if is_cupy_array(v)]
-    for k in on_device:
-        setattr(bare, k, to_numpy(getattr(bare, k)))
+    Layer.release_buffers(bare)  # the last batch
+    attrs, on_device = on_host(vars(bare))
+    vars(bare).update(attrs)
     return bare, on_device
 
 
-def unpickled_layer(entry: tuple[Any, Any], backend: Backend) -> Layer:
+def unpickled_layer(entry: Any, backend: Backend) -> Layer:
     """The layer that :func:`pickled_layer` described, its device arrays on ``backend``."""
+    if isinstance(entry, Layer):  # a pickle from before the device arrays were named
+        return entry
     first, rest = entry
     if not isinstance(first, Layer):
         return first(**rest)
-    for k in rest:
-        setattr(first, k, to_device(getattr(first, k), backend))
+    back_on_device(first, rest, backend)
     return first
+
+
+def on_host(attrs: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """``attrs`` with each CuPy array copied to the host, and the names of those (for :func:`back_on_device`)."""
+    on_device = [k for k, v in attrs.items() if is_cupy_array(v)]
+    return {**attrs, **{k: to_numpy(attrs[k]) for k in on_device}}, on_device
+
+
+def back_on_device(obj: Any, names: Sequence[str], backend: Backend) -> None:
+    """Put ``obj``'s attributes ``names`` (what :func:`on_host` moved) on ``backend``'s device."""
+    for k in names:
+        setattr(obj, k, to_device(getattr(obj, k), backend))
 
 
 def unpickled_backend(name: str) -> Backend:
@@ -358,9 +370,7 @@ class OptimizerState:
 
     def __getstate__(self) -> dict[str, Any]:
         """What :mod:`pickle` stores: the attributes but the work buffer, with device arrays copied to the host."""
-        saved = {k: v for k, v in vars(self).items() if k != "_scratch"}
-        on_device = [k for k, v in saved.items() if is_cupy_array(v)]
-        saved.update({k: to_numpy(saved[k]) for k in on_device})
+        saved, on_device = on_host({k: v for k, v in vars(self).items() if k != "_scratch"})
         saved["__on_device__"] = on_device
         return saved
 
@@ -369,8 +379,7 @@ class OptimizerState:
         saved = dict(saved)
         on_device = saved.pop("__on_device__", [])
         self.__dict__.update(saved)
-        for k in on_device:
-            setattr(self, k, to_device(saved[k], self.net.backend))
+        back_on_device(self, on_device, self.net.backend)
         self._scratch = self.net.xp.empty_like(self.net.flat_params)
 
 

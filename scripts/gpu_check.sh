@@ -277,8 +277,8 @@ else
   # the preset, then the preset widened, then widened in fewer steps ("or better": the other settings won on
   # held-out training data, CPU); the exit status is the first run's that failed
   # (the box's SIGINT ends them all: train exits 130 on it, and bash would otherwise start the next run)
-  runs='trap "exit 130" INT; rc=0; for extra in "" '"'$WIDER' '$FEWER'"'; do "$@" $extra; r=$?; [ "$rc" = 0 ] && rc=$r; done; exit "$rc"'
-  run_phase fit "$BOX_FIT" fit.log bash -c "$runs" \
+  runs='trap "exit 130" INT; rc=0; for extra in "" "$WIDER" "$FEWER"; do "$@" $extra; r=$?; [ "$rc" = 0 ] && rc=$r; done; exit "$rc"'
+  run_phase fit "$BOX_FIT" fit.log env WIDER="$WIDER" FEWER="$FEWER" bash -c "$runs" \
     fit "$PY" -m gpu_backprop train --preset fashion --backend "$BACKEND" --data-dir "$DATA_DIR" --json --no-progress
   if [ "$DRY" != 1 ] && [ -n "${phase_seconds+x}" ]; then
     grep '^{' "$dir/fit.log" > "$dir/fit.json" || rm -f "$dir/fit.json"  # one JSON line a run

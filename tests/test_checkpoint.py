@@ -578,6 +578,40 @@ def test_a_pickled_layer_of_the_users_own_keeps_its_arrays_but_not_the_last_batc
     assert not np.array_equal(twin.predict(X), nets[0].predict(X))  # the shift is in it
 
 
+class _Counted(gb.Layer):
+    """A layer of the user's own with a state only after its first forward pass, which its load_state reads."""
+
+    def forward(self, x: Any, train: bool = False) -> Any:
+        self.seen = getattr(self, "seen", 0) + len(x)
+        return x
+
+    def backward(self, dy: Any, need_dx: bool = True, need_dw: bool = True) -> Any:
+        return dy
+
+    def state(self) -> dict[str, Any]:
+        return {"seen": self.seen} if hasattr(self, "seen") else {}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.seen = int(state["seen"])
+
+
+def test_a_layer_with_no_state_yet_is_not_asked_to_load_an_empty_one() -> None:
+    net = gb.Sequential([_Counted(), gb.Dense(6, 3)], backend="numpy", input_dim=6)
+    net.restore_layer_states(net.layer_states())  # nothing to put back
+    twin = pickle.loads(pickle.dumps(net))  # (unpickling loads the state dict)
+    twin.load_state_dict(net.state_dict())
+    assert not hasattr(twin.layers[0], "seen") and not hasattr(net.layers[0], "seen")
+
+
+def test_releasing_the_buffers_lets_go_of_the_last_batch() -> None:
+    net = gb.MLP([6, 8, 3], backend="numpy", seed=2)
+    X, y = _toy(n=500)
+    net.train_step_grads(X, y)
+    for layer in net.layers:
+        layer.release_buffers()
+        assert not any(hasattr(layer, name) for name in layer.per_batch), type(layer).__name__
+
+
 def test_every_built_in_layer_names_what_it_keeps_for_backward() -> None:
     layers = [gb.Dense(6, 8), gb.Tanh(), gb.BatchNorm(8), gb.ReLU(), gb.Dropout(0.2), gb.Dense(8, 3)]
     net = gb.Sequential(layers, backend="numpy")

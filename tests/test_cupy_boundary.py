@@ -225,6 +225,13 @@ def test_softmax_kernel_takes_int32_and_strided_labels_strided_logits_and_other_
     assert got == pytest.approx(expect, rel=1e-5)
 
 
+def test_count_correct_refuses_an_accumulator_on_the_other_device(cp) -> None:
+    out, labels = cp.asarray(np.eye(3, dtype=np.float32)), cp.arange(3)
+    with pytest.raises(TypeError, match="0-d int64 array on the outputs' device, got shape \\(\\) of int64 on the CPU"):
+        kernels.count_correct(out, labels, np.zeros((), np.int64))  # its kernel would add at a host address
+    assert int(kernels.count_correct(out, labels, cp.zeros((), np.int64))) == 3
+
+
 def test_gather_kernel_takes_int32_rows(cp) -> None:
     X, _ = _data(n=50)
     rows = np.array([3, 0, 49, 7], np.int32)
@@ -334,6 +341,14 @@ def test_fit_batch_1_falls_back_to_the_general_path_and_equals_numpy(cp, case: s
     gb.fit(b, ob, X, y, epochs=1, batch_size=1, progress=False, **fit_kw)
     assert cp._fake.launches["per_sample_sgd"] == 0 and cp._fake.launches["gemm"] > 0
     _close(a.flat_params, b.flat_params, 1e-4)
+
+
+def test_the_fused_grid_is_one_block_per_sm_and_never_more_than_fit_at_once(cp) -> None:
+    cp._fake.SMS = 3
+    net = gb.MLP([12, 8, 3], backend="cupy")
+    assert persample.fused_grid(net, np.uint8) == 3
+    assert persample.fused_grid(net, np.uint8, 5) == 5
+    assert persample.fused_grid(net, np.uint8, 10_000) == 3 * 8  # 8 blocks of 256 threads fit on an SM at once
 
 
 def test_fused_batch_1_divergence_stops_and_keeps_finite_weights(cp) -> None:

@@ -71,6 +71,7 @@ __all__ = [
     "LayerSpec",
     "PerSampleUnsupported",
     "can_fuse",
+    "fused_grid",
     "fuses",
     "kernel_source",
     "layer_specs",
@@ -309,6 +310,11 @@ class _Plan:
 
 
 _plans: weakref.WeakKeyDictionary[Sequential, dict[tuple[str, int | None, bool], _Plan]] = weakref.WeakKeyDictionary()
+
+
+def fused_grid(net: Sequential, x_dtype: Any, blocks: int | None = None, cooperative: bool = True) -> int:
+    """The blocks the fused kernel launches for ``blocks=`` (one per SM for None; never more than fit at once)."""
+    return _plan(net, np.dtype(x_dtype), blocks, cooperative).blocks
 
 
 def _plan(net: Sequential, x_dtype: np.dtype, blocks: int | None, cooperative: bool) -> _Plan:

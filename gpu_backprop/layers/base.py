@@ -101,8 +101,10 @@ class Layer:
         return {}
 
     def release_buffers(self) -> None:
-        """Drop the cached buffers (they come back on the next forward)."""
+        """Drop the cached buffers and the last batch (they come back on the next forward)."""
         self.buffers.clear()
+        for name in self.per_batch:
+            self.__dict__.pop(name, None)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.spec().items() if k != "type")

@@ -160,6 +160,11 @@ def test_the_fashion_runs_are_judged_on_accuracy_and_training_time() -> None:
     report["fit"] = [{**preset, "test_accuracy": 0.8899}, {**wider, "train_seconds": 0.9}]  # the wider one meets it
     v = _verdict(report, case)
     assert v["met"] is True and v["ratio_to_target"] == pytest.approx(0.8951 / 0.89)
+    del report["fit"]
+    report["fit_error"] = "JSONDecodeError: Expecting value: line 1 column 1 (char 0)"  # a fit.json cut short
+    v = _verdict(report, case)
+    assert v["met"] is None and v["measured"] == ("--fit-json could not be read: JSONDecodeError: Expecting value: "
+                                                  "line 1 column 1 (char 0)")
 
 
 def test_render_writes_the_markdown_of_a_saved_run_again(tmp_path: Path) -> None:

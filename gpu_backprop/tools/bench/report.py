@@ -278,12 +278,9 @@ def plot(report: dict[str, Any], path: Path) -> bool:
 
 
 def save_png(fig: Any, path: Path) -> None:
-    """A matplotlib figure written to ``path`` as a PNG, atomically, and closed."""
-    import matplotlib.pyplot as plt
-
+    """A matplotlib figure (made without pyplot, so nothing to close) written to ``path`` as a PNG, atomically."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
 
 

@@ -255,14 +255,15 @@ def cpu_model() -> str:
 # The suite
 # --------------------------------------------------------------------------
 def run_suite(models: dict[str, list[int]], batches: list[int | str], backends: list[Backend], *,
-              budget: float, repeats: int, gemm_n: int, gpu_gemm_n: int = 8192, peers: bool, sklearn: bool = True,
-              tta: bool, breakdown_batches: Sequence[int | str] = (), quiet: Quiet | None = None,
+              budget: float, repeats: int, gemm_n: int, gpu_gemm_n: int | None = None, peers: bool,
+              sklearn: bool = True, tta: bool, breakdown_batches: Sequence[int | str] = (), quiet: Quiet | None = None,
               log: Callable[[str], None] = print, facts: dict[str, Any] | None = None,
               progress: Callable[[dict[str, Any]], None] | None = None,
               limits: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Run every (backend, model, batch) and return the report as a dict.
 
-    The limit is the float32 GEMM rate at ``gemm_n``³ on a CPU and ``gpu_gemm_n``³ on a GPU, measured
+    The limit is the float32 GEMM rate at ``gemm_n``³ on a CPU and ``gpu_gemm_n``³ on a GPU (default:
+    ``gemm_n``, at least 8192: a GPU's rate needs a large product), measured
     here unless ``limits`` (an earlier report's ``limits``) has it for the backend; on a GPU, the FP32
     or the TF32 rate, whichever the run uses.
     ``facts``: the machine's (default: :func:`machine_facts` now). ``progress(report)`` is called
@@ -286,7 +287,7 @@ def run_suite(models: dict[str, list[int]], batches: list[int | str], backends: 
             progress(report)
 
     for be in backends:
-        n = gemm_n if be.name == "numpy" else gpu_gemm_n
+        n = gemm_n if be.name == "numpy" else gpu_gemm_n or max(gemm_n, 8192)
         if limits and be.name in limits:  # measured by an earlier run on this device
             lim: dict[str, Any] = dict(limits[be.name])
         elif be.name == "cupy":  # FP32 and TF32 both measured; the limit is the one the run uses (below)
