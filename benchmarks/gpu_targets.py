@@ -12,7 +12,8 @@ The sections, in order:
                mlp-256 at batch 1 and 128, mlp-1024 at full batch in FP32 and again in TF32,
                each against the FP32 or TF32 GEMM rate (8192³) measured in the same run
 ``persample``  mlp-256 at batch 1 through the fused per-sample kernel: one epoch of 60,000
-               samples for each grid size (one block per SM, then 66, 132 and 264 blocks)
+               samples for each grid size (one block per SM, then 66, 132 and 264 blocks; a grid
+               launched already, such as 132 on a 132-SM card, is not timed again)
 ``agreement``  NumPy and CuPy from the same initial weights over the same batches for an epoch
                (Fashion-MNIST with ``--data-dir``, else random bytes), float64 beside them
 ``launches``   kernels per training step, counted by CUPTI, against ``launches.launch_budget``
@@ -82,7 +83,7 @@ class Plan:
 
 FULL = Plan(MODELS["mlp-256"], MODELS["mlp-1024"])
 SMALL = Plan([784, 32, 32, 10], [784, 64, 64, 10], gemm_n=256, budget=0.05, repeats=1,
-             persample_samples=8, agreement_rows=256, grids=(None, 4), timed_steps=5,
+             persample_samples=8, agreement_rows=256, grids=(None, 4, 2), timed_steps=5,
              cost_calls=8)
 
 
@@ -156,14 +157,19 @@ def persample(run: Run) -> dict[str, Any]:
     order = cp.asarray(np.random.default_rng(0).permutation(n).astype(np.int64))
     sms = cp.cuda.Device().attributes["MultiProcessorCount"]
     result: dict[str, Any] = {"model": plan.small_model, "samples": n, "multiprocessors": sms, "runs": []}
+    timed: set[int] = set()  # grids launched so far (on a 132-SM card, one per SM is 132 blocks)
     for blocks in plan.grids:
         entry: dict[str, Any] = {"blocks": blocks or sms}
         try:
             net = gb.MLP(plan.small_model, backend=be, seed=0)
             opt = gb.SGD(net, lr=LR, momentum=MOMENTUM)
+            entry["blocks"] = fused_grid(net, X.dtype, blocks)  # what it launches: at most what fits at once
+            if entry["blocks"] in timed:
+                print(f"   {entry['blocks']} blocks: timed already", flush=True)
+                continue
+            timed.add(entry["blocks"])
             per_sample_sgd(net, opt, X, y, order[: min(n, 1000)], scale=1 / 255, method="kernel", blocks=blocks,
                            check=True)  # compiles, plans, and checks the grid's barrier
-            entry["blocks"] = fused_grid(net, X.dtype, blocks)  # what it launches: at most what fits at once
             sums: list[Any] = []  # the epoch's loss sum and correct count
 
             def epoch(net: Any = net, opt: Any = opt, blocks: int | None = blocks) -> None:

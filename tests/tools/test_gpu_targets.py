@@ -59,6 +59,7 @@ def test_a_rehearsal_runs_every_section_and_saves_the_report(rehearsal) -> None:
     assert suite["mlp-1024-tf32"]["results"][0]["precision"] == "tf32"
     runs = report["sections"]["persample"]["runs"]
     assert runs and all(r["samples_per_second"] > 0 for r in runs)
+    assert [r["blocks"] for r in runs] == [2, 4]  # the stand-in's 2 SMs, then 4; a grid of 2 again is not rerun
     plot = ["targets.png"] if importlib.util.find_spec("matplotlib") else []  # drawn where matplotlib is installed
     assert sorted(os.listdir(out)) == ["targets.json", "targets.md", *plot]
 
