@@ -10,7 +10,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import gpu_backprop as gb  # noqa: E402
+import gpu_backprop as gb
 
 
 def main() -> None:

@@ -37,9 +37,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import gpu_backprop as gb  # noqa: E402
-from gpu_backprop import kernels  # noqa: E402
-from gpu_backprop.distributed import Communicator, init_distributed  # noqa: E402
+import gpu_backprop as gb
+from gpu_backprop import kernels
+from gpu_backprop.distributed import Communicator, init_distributed
 
 
 def toy(n: int = 96, d: int = 10, c: int = 3) -> tuple[np.ndarray, np.ndarray]:
