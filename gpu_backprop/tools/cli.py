@@ -503,6 +503,7 @@ def _train(args: argparse.Namespace) -> int:
     if cfg["json"]:
         print(strict_json({
             "test_accuracy": test_acc, "test_loss": test_loss, "train_seconds": train_seconds,
+            "epoch_seconds": [e["seconds"] for e in trained],  # the first holds start-up costs (cuBLAS, kernels)
             "wall_seconds": seconds, "samples_per_second": samples / max(train_seconds, 1e-9),
             "epochs": epochs, "backend": backend.name, "device": backend.device,
             "dataset": ds.name, "preset": cfg["preset"], "sizes": sizes, "batch_size": batch_size,

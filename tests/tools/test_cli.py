@@ -44,6 +44,8 @@ def test_json_is_all_of_stdout_and_the_lines_for_people_go_to_stderr(capsys, tmp
     for key in ("test_accuracy", "test_loss", "train_seconds", "samples_per_second", "backend", "device"):
         assert key in metrics
     assert 0.5 < metrics["test_accuracy"] <= 1 and metrics["samples_per_second"] > 0
+    assert len(metrics["epoch_seconds"]) == metrics["epochs"] and sum(metrics["epoch_seconds"]) == pytest.approx(
+        metrics["train_seconds"])
     lines = err.strip().splitlines()
     assert lines[0].startswith("gpu_backprop") and "mnist-sample" in lines[0]
     assert lines[1].startswith("backend numpy")

@@ -161,6 +161,9 @@ def test_the_fashion_runs_are_judged_on_accuracy_and_training_time() -> None:
     report["fit"] = [{**preset, "test_accuracy": 0.8899}, {**wider, "train_seconds": 0.9}]  # the wider one meets it
     v = _verdict(report, case)
     assert v["met"] is True and v["ratio_to_target"] == pytest.approx(0.8951 / 0.89)
+    report["fit"] = [{**preset, "epoch_seconds": [0.3] + [0.06] * 9}]  # the first epoch's start-up shown
+    assert _verdict(report, case)["measured"] == ("784-256-256-10, batch 128: 89.31% after 10 epochs, 0.84 s of "
+                                                  "training (first epoch 0.30 s, 6.1 s wall)")
     del report["fit"]
     report["fit_error"] = "JSONDecodeError: Expecting value: line 1 column 1 (char 0)"  # a fit.json cut short
     v = _verdict(report, case)
