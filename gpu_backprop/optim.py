@@ -14,9 +14,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import kernels
-from .checks import check_range
 from .network import Sequential
-from .state import HYPER_RANGES, OptimizerState
+from .state import OptimizerState, check_hyper
 
 __all__ = ["OPTIMIZERS", "SGD", "Adam", "AdamW", "Optimizer", "make_optimizer"]
 
@@ -28,6 +27,8 @@ class Optimizer(OptimizerState):
     """
 
     name = "optimizer"
+    work_space = ("_scratch",)  # the update's work buffer
+    _scratch: Any
 
     def __init__(self, net: Sequential, lr: float) -> None:
         if not isinstance(net, Sequential):
@@ -35,7 +36,7 @@ class Optimizer(OptimizerState):
         self.net = net
         self.lr = lr
         self.steps = 0
-        self._scratch = net.xp.empty_like(net.flat_params)
+        self.make_work_space()
 
     @property
     def lr(self) -> float:
@@ -43,7 +44,7 @@ class Optimizer(OptimizerState):
 
     @lr.setter
     def lr(self, value: float) -> None:
-        self._lr = check_range("learning rate", value, *HYPER_RANGES["lr"])
+        self._lr = check_hyper("lr", value, "learning rate")
 
     def step(self) -> None:
         """Apply one update from the gradients now in ``net.flat_grads``."""
@@ -83,8 +84,8 @@ class SGD(Optimizer):
     def __init__(self, net: Sequential, lr: float = 0.01, momentum: float = 0.0,
                  nesterov: bool = False, weight_decay: float = 0.0) -> None:
         super().__init__(net, lr)
-        self.momentum = check_range("momentum", momentum, *HYPER_RANGES["momentum"])
-        self.weight_decay = check_range("weight_decay", weight_decay, *HYPER_RANGES["weight_decay"])
+        self.momentum = check_hyper("momentum", momentum)
+        self.weight_decay = check_hyper("weight_decay", weight_decay)
         if nesterov and self.momentum == 0.0:
             raise ValueError("Nesterov momentum needs momentum > 0")
         self.nesterov = bool(nesterov)
@@ -142,10 +143,10 @@ class Adam(Optimizer):
     def __init__(self, net: Sequential, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0) -> None:
         super().__init__(net, lr)
-        self.beta1 = check_range("beta1", betas[0], *HYPER_RANGES["beta1"])
-        self.beta2 = check_range("beta2", betas[1], *HYPER_RANGES["beta2"])
-        self.eps = check_range("eps", eps, *HYPER_RANGES["eps"])
-        self.weight_decay = check_range("weight_decay", weight_decay, *HYPER_RANGES["weight_decay"])
+        self.beta1 = check_hyper("beta1", betas[0])
+        self.beta2 = check_hyper("beta2", betas[1])
+        self.eps = check_hyper("eps", eps)
+        self.weight_decay = check_hyper("weight_decay", weight_decay)
         self.m = net.xp.zeros_like(net.flat_params)
         self.v = net.xp.zeros_like(net.flat_params)
 

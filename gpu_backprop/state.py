@@ -17,7 +17,7 @@ import copy
 import math
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple, cast
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, cast
 
 import numpy as np
 
@@ -29,7 +29,8 @@ from .layers.base import Buffers
 if TYPE_CHECKING:
     from .network import Sequential
 
-__all__ = ["BUILT_ATTRIBUTES", "HYPER_RANGES", "NetworkState", "OptimizerState", "StateEntry", "copied_state"]
+__all__ = ["BUILT_ATTRIBUTES", "HYPER_RANGES", "NetworkState", "OptimizerState", "StateEntry", "check_hyper",
+           "copied_state"]
 
 
 # --------------------------------------------------------------------------
@@ -67,8 +68,7 @@ class NetworkState:
         training mode) has none again.
         """
         for layer, st in zip(self.layers, states):
-            if st or layer.state():  # (a layer with no state is not asked to load an empty one)
-                layer.load_state(copied_state(st))
+            _load_layer_state(layer, copied_state(st))
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Every parameter and layer state (running statistics, dropout counters) as NumPy arrays."""
@@ -143,9 +143,9 @@ class NetworkState:
             prefix = f"layers.{idx}."
             st = {k[len(prefix):]: v for k, v in values.items() if k.startswith(prefix) and k not in self.flat.slots}
             if isinstance(layer, Dropout):
-                layer.load_state({k: int(v) for k, v in st.items()})
-            elif st or layer.state():  # (a BatchNorm saved before its first forward pass has no statistics again)
-                layer.load_state({k: to_device(v, self.backend) for k, v in st.items()})
+                _load_layer_state(layer, {k: int(v) for k, v in st.items()})
+            else:  # (a BatchNorm saved before its first forward pass has no statistics again)
+                _load_layer_state(layer, {k: to_device(v, self.backend) for k, v in st.items()})
 
     def config(self) -> dict[str, Any]:
         """A JSON-able description of the architecture (checked when a checkpoint is loaded)."""
@@ -298,6 +298,12 @@ def unpickled_backend(name: str) -> Backend:
         return get_backend("numpy")
 
 
+def _load_layer_state(layer: Layer, state: dict[str, Any]) -> None:
+    """``layer.load_state(state)``; a layer with no state is not asked to load an empty one."""
+    if state or layer.state():
+        layer.load_state(state)
+
+
 # --------------------------------------------------------------------------
 # An optimiser's state
 # --------------------------------------------------------------------------
@@ -308,16 +314,27 @@ HYPER_RANGES: dict[str, tuple[float, float, bool]] = {
 }
 
 
+def check_hyper(key: str, value: Any, what: str | None = None) -> float:
+    """``value`` as a float if it is in ``HYPER_RANGES[key]`` (any number for another key), else one sentence."""
+    return check_range(what or key, value, *HYPER_RANGES.get(key, (-math.inf, math.inf, False)))
+
+
 class OptimizerState:
     """What an :class:`~gpu_backprop.optim.Optimizer` saves, restores and pickles (mixed into it).
 
-    It uses the optimiser's ``name``, ``net``, ``steps``, :meth:`hyper` and :meth:`state_buffers`,
-    and remakes its work buffer ``_scratch`` on unpickling rather than store it.
+    It uses the optimiser's ``name``, ``net``, ``steps``, :meth:`hyper` and :meth:`state_buffers`.
+    The buffers named in ``work_space`` are not pickled: :meth:`make_work_space` makes them again.
     """
 
     name: str
     net: Any
     steps: int
+    work_space: ClassVar[tuple[str, ...]] = ()  #: work buffers, not state: left out of a pickle
+
+    def make_work_space(self) -> None:
+        """Make each ``work_space`` buffer, laid out like the parameters (at the start, and after unpickling)."""
+        for name in self.work_space:
+            setattr(self, name, self.net.xp.empty_like(self.net.flat_params))
 
     def hyper(self) -> dict[str, Any]:
         raise NotImplementedError
@@ -359,8 +376,7 @@ class OptimizerState:
             if v.shape != buf.shape:
                 raise ValueError(f"optimizer state {k} has shape {v.shape}, the network needs {buf.shape}")
             values[k] = _converted(f"optimizer state {k}", v, np.dtype(buf.dtype))
-        steps = state.get("steps")
-        steps = check_int("optimizer state steps", steps, lo=0)
+        steps = check_int("optimizer state steps", state.get("steps"), lo=0)
         hyper = _checked_hyper(state.get("hyper", {}), self.hyper())
         for k, v in values.items():
             buffers[k][...] = to_device(v, self.net.backend)
@@ -369,8 +385,8 @@ class OptimizerState:
         self.steps = steps
 
     def __getstate__(self) -> dict[str, Any]:
-        """What :mod:`pickle` stores: the attributes but the work buffer, with device arrays copied to the host."""
-        saved, on_device = on_host({k: v for k, v in vars(self).items() if k != "_scratch"})
+        """What :mod:`pickle` stores: the attributes but the work space, with device arrays copied to the host."""
+        saved, on_device = on_host({k: v for k, v in vars(self).items() if k not in self.work_space})
         saved["__on_device__"] = on_device
         return saved
 
@@ -380,7 +396,7 @@ class OptimizerState:
         on_device = saved.pop("__on_device__", [])
         self.__dict__.update(saved)
         back_on_device(self, on_device, self.net.backend)
-        self._scratch = self.net.xp.empty_like(self.net.flat_params)
+        self.make_work_space()
 
 
 def _checked_hyper(saved: Any, current: dict[str, Any]) -> dict[str, Any]:
@@ -399,8 +415,7 @@ def _checked_hyper(saved: Any, current: dict[str, Any]) -> dict[str, Any]:
             continue
         if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
             raise TypeError(f"optimizer state hyper-parameter {k} must be a number, got {v!r}")
-        lo, hi, lo_open = HYPER_RANGES.get(k, (-math.inf, math.inf, False))
-        out[k] = check_range(f"optimizer state hyper-parameter {k}", float(v), lo, hi, lo_open)
+        out[k] = check_hyper(k, float(v), f"optimizer state hyper-parameter {k}")
     if out.get("nesterov", current.get("nesterov")) and out.get("momentum", current.get("momentum", 1.0)) == 0.0:
         raise ValueError("optimizer state has Nesterov momentum with momentum 0")
     return out
