@@ -209,7 +209,6 @@ def agreement(run: Run) -> dict[str, Any]:
     opts = {k: gb.SGD(net, lr=LR, momentum=MOMENTUM) for k, net in nets.items()}
     losses: dict[str, list[float]] = {k: [] for k in nets}
     order = np.random.default_rng(0).permutation(len(X))
-    set_tf32(False)
     for i in range(0, len(X) - batch + 1, batch):
         rows = order[i:i + batch]
         xb, yb = X[rows].astype(np.float32) / np.float32(255), y[rows]
@@ -309,7 +308,6 @@ def costs(run: Run) -> dict[str, Any]:
     big = cp.asarray(rng.standard_normal((2048, 2048)).astype(np.float32))
     big_out = cp.empty_like(big)
     stream = cp.cuda.get_current_stream()
-    set_tf32(False)
 
     def busy() -> None:  # one large product: the device's work while the calls are queued behind it
         cp.matmul(big, big, out=big_out)
@@ -732,6 +730,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.out.is_dir() or not os.access(args.out, os.W_OK):
         p.error(f"--out {args.out}: not a folder this user can write to")
     run = Run(args.out, SMALL if args.small else FULL, get_backend("cupy"), not args.no_peers, args.data_dir)
+    set_tf32(False)  # every section in FP32 (CUPY_TF32 aside); the suite's TF32 run switches it on for itself
     run.report["facts"] = {**machine_facts([run.be]),
                            "command": "python benchmarks/gpu_targets.py " + " ".join(argv or sys.argv[1:])}
     if args.fit_json:  # one JSON line a run

@@ -12,7 +12,7 @@
 #              training data) and with $FEWER (784-512-512-10, batch 1024, 30 epochs: nearly as good
 #              on it in 38% of the steps) (Fashion-MNIST: only when DIR holds its four IDX files)
 #                                                                             at most 90 s
-#   targets    python3 benchmarks/gpu_targets.py --out OUT [--data-dir DIR] --fit-json fit.json:
+#   targets    python3 benchmarks/gpu_targets.py --out OUT --no-plot [--data-dir DIR --fit-json fit.json]:
 #              every figure of the GPU targets (the suite beside PyTorch on the same GPU, the
 #              fused per-sample kernel, NumPy-CuPy agreement, launches per step, the host's and
 #              the device's time per call, CUDA graphs, torch.compile), saved section by section
@@ -95,6 +95,15 @@ finish() {  # the summary, then exit with $1
   exit "$1"
 }
 
+stop_after() {  # PHASE REASON: every phase after PHASE is SKIPPED for REASON; then the summary, exit 2
+  local p later=0
+  for p in preflight doctor gpu-tests fit targets; do
+    [ "$later" = 1 ] && record "$p" SKIPPED 0 "$2"
+    [ "$p" = "$1" ] && later=1
+  done
+  finish 2
+}
+
 box() {  # the time box of a phase: its own, cut to what is left before the deadline
   local left=$(( DEADLINE - SECONDS - GRACE ))
   if [ "$1" -lt "$left" ]; then echo "$1"; elif [ "$left" -gt 0 ]; then echo "$left"; else echo 0; fi
@@ -141,8 +150,7 @@ pre=$dir/preflight.log
 if ! command -v "$PY" >/dev/null; then
   echo "MISSING $PY: install Python 3 or name the interpreter with PYTHON=..." | tee -a "$pre"
   record preflight FAILED "$SECONDS" "no $PY (set PYTHON=...)"
-  for p in doctor gpu-tests fit targets; do record "$p" SKIPPED 0 "the preflight stopped the run"; done
-  finish 2
+  stop_after preflight "the preflight stopped the run"
 fi
 "$PY" - "$BACKEND" <<'PY' 2>&1 | tee -a "$pre"
 import importlib
@@ -183,8 +191,7 @@ PY
 imports_rc=${PIPESTATUS[0]}
 if [ "$imports_rc" -ne 0 ]; then
   record preflight FAILED "$SECONDS" "$(grep '^stop: ' "$pre" | tail -1 | sed 's/^stop: //') (see preflight.log)"
-  for p in doctor gpu-tests fit targets; do record "$p" SKIPPED 0 "the preflight stopped the run"; done
-  finish 2
+  stop_after preflight "the preflight stopped the run"
 fi
 
 ignores=()
@@ -212,8 +219,7 @@ if [ "$device_ok" = 0 ]; then
   reason=$(grep '^MISSING device: ' "$pre" | tail -1 | sed 's/^MISSING device: //')
   record preflight FAILED "$SECONDS" "${reason:-no CUDA device answers (see preflight.log)}"
   if [ "$DRY" != 1 ]; then
-    for p in doctor gpu-tests fit targets; do record "$p" SKIPPED 0 "the preflight stopped the run"; done
-    finish 2
+    stop_after preflight "the preflight stopped the run"
   fi
 else
   found=$(grep '^found ' "$pre" | tail -1 | sed 's/^found *//')
@@ -240,8 +246,7 @@ else
     why=$(grep '^error: ' "$pre" | tail -1 | sed 's/^error: //')
     if [ "$BACKEND" = cupy ]; then
       record doctor FAILED $(( SECONDS - t0 )) "${why:-exit 2} (nothing can be compiled: the run stops)"
-      for p in gpu-tests fit targets; do record "$p" SKIPPED 0 "the doctor found no compiler"; done
-      finish 2
+      stop_after doctor "the doctor found no compiler"
     fi
     record doctor SKIPPED $(( SECONDS - t0 )) "${why:-exit 2}"
   else

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _custom_layers import Shifted
 
 import gpu_backprop as gb
 from gpu_backprop import backend, data
@@ -552,19 +553,10 @@ def test_a_network_and_its_optimizer_pickle_and_train_on_alike(kw: dict[str, Any
     np.testing.assert_array_equal(clone.predict(X), net.predict(X))
 
 
-class _Shifted(gb.Dense):
-    """A layer of the user's own: a Dense layer that adds a constant vector it keeps (``shift``) to its output."""
-
-    def forward(self, x: Any, train: bool = False) -> Any:
-        z = super().forward(x, train)
-        z += self.shift
-        return z
-
-
 def test_a_pickled_layer_of_the_users_own_keeps_its_arrays_but_not_the_last_batch() -> None:
     X, y = _toy(n=2000)
     nets = [gb.Sequential([gb.Dense(6, 8), gb.ReLU(), last], backend="numpy", seed=2)
-            for last in (gb.Dense(8, 3), _Shifted(8, 3))]
+            for last in (gb.Dense(8, 3), Shifted(8, 3))]
     nets[1].layers[2].shift = np.linspace(-1, 1, 3, dtype=np.float32)
     nets[1].load_state_dict(nets[0].state_dict())
     for net in nets:

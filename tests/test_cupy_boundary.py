@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _custom_layers import Shifted
 from _stand_in import (
     COMPILER_PROBLEM,
     ROOT,
@@ -153,15 +154,6 @@ def test_predict_and_loss_and_grads_on_cupy_equal_numpy(cp) -> None:
         b.loss_and_grads(X, y)  # the low-level entry point does not move a batch behind the caller's back
 
 
-class _Shifted(gb.Dense):
-    """A layer of the user's own: a Dense layer that adds a constant vector it keeps (``shift``) to its output."""
-
-    def forward(self, x: Any, train: bool = False) -> Any:
-        z = super().forward(x, train)
-        z += self.shift
-        return z
-
-
 class _HostOnly(pickle.Unpickler):
     """Unpickles what needs no CuPy: a pickle that holds a device array fails here."""
 
@@ -172,7 +164,7 @@ class _HostOnly(pickle.Unpickler):
 
 def test_a_network_and_optimizer_pickled_on_cupy_hold_no_device_array_and_come_back_on_it(cp) -> None:
     X, y = _data(n=50, kind="float32")
-    net = gb.Sequential([gb.Dense(20, 16), gb.ReLU(), _Shifted(16, 4)], backend="cupy", seed=3)
+    net = gb.Sequential([gb.Dense(20, 16), gb.ReLU(), Shifted(16, 4)], backend="cupy", seed=3)
     net.layers[2].shift = cp.asarray(np.linspace(-1, 1, 4, dtype=np.float32))
     opt = gb.SGD(net, lr=0.05, momentum=0.9)
     gb.fit(net, opt, X, y, epochs=1, batch_size=16, progress=False)
@@ -182,7 +174,7 @@ def test_a_network_and_optimizer_pickled_on_cupy_hold_no_device_array_and_come_b
     assert twin.backend.name == "cupy" and cp.get_array_module(twin.layers[2].shift) is cp
     assert not any(hasattr(twin.layers[2], name) for name in gb.Dense.per_batch)
     np.testing.assert_array_equal(twin.predict(X).get(), net.predict(X).get())
-    for n, o in ((net, opt), (twin, twin_opt)):
+    for o in (opt, twin_opt):
         o.train_step(cp.asarray(X), cp.asarray(y))
     np.testing.assert_array_equal(twin.flat_params.get(), net.flat_params.get())
 

@@ -397,11 +397,11 @@ def count_gpu_launches(fn: Callable[[], Any]) -> dict[str, Any]:
     """
     from ..backend import cupy_module
 
-    cp = cupy_module()
+    sync = cupy_module().cuda.get_current_stream().synchronize
     try:
-        from cupti import cupti  # type: ignore[import-not-found]
+        from cupti import cupti
     except ImportError:
-        return _count_with_torch(fn, cp.cuda.get_current_stream().synchronize)
+        return _count_with_torch(fn, sync)
     names: Counter[str] = Counter()
     kinds: Counter[int] = Counter()
 
@@ -415,13 +415,13 @@ def count_gpu_launches(fn: Callable[[], Any]) -> dict[str, Any]:
                 names[str(a.name)] += 1
 
     wanted = (cupti.ActivityKind.CONCURRENT_KERNEL, cupti.ActivityKind.MEMSET, cupti.ActivityKind.MEMCPY)
-    cp.cuda.get_current_stream().synchronize()
+    sync()
     cupti.activity_register_callbacks(requested, completed)
     for kind in wanted:
         cupti.activity_enable(kind)
     try:
         fn()
-        cp.cuda.get_current_stream().synchronize()
+        sync()
     finally:
         cupti.activity_flush_all(1)
         for kind in wanted:

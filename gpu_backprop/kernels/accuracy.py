@@ -47,13 +47,14 @@ def count_correct(out: Array, labels: Array, into: Array) -> Array:
     the trainer's are). Kernel: ``count_correct`` (one launch for the argmax, the
     comparison and the sum). Returns ``into``.
     """
-    if into.shape != () or into.dtype != np.int64 or on_gpu(into) != on_gpu(out):  # the kernel adds 8 bytes there
+    gpu = on_gpu(out)
+    if into.shape != () or into.dtype != np.int64 or on_gpu(into) != gpu:  # the kernel adds 8 bytes there
         raise TypeError(f"count_correct adds into a 0-d int64 array on the outputs' device, got shape {into.shape} "
                         f"of {into.dtype} on the {'GPU' if on_gpu(into) else 'CPU'}")
     n, c = out.shape
     if n == 0:
         return into
-    if on_gpu(out):
+    if gpu:
         cp = backend.cupy_module()
         out = cp.ascontiguousarray(out)
         labels = cp.ascontiguousarray(labels, dtype=cp.int64)

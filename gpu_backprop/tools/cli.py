@@ -432,7 +432,7 @@ def _train(args: argparse.Namespace) -> int:
                  + (" nesterov" if cfg["optimizer"] == "sgd" and cfg["nesterov"] else ""))
     n, held = len(ds.y_train), cfg["validation_fraction"]
     k = held_out(held, n) if held else 0
-    split = f"{n - k:,} train + {k:,} validation (held out) / " if held else f"{n:,} train / "
+    split = f"{n - k:,} train + {k:,} validation (held out) / " if k else f"{n:,} train / "
     say(f"gpu_backprop {__version__}: training on {ds.name}{note}: {split}{len(ds.y_test):,} test samples "
         f"from {ds.source}")
     say(f"backend {backend.name} on {backend.device} ({backend.reason}); network {network}, loss {cfg['loss']}, "
@@ -495,7 +495,8 @@ def _train(args: argparse.Namespace) -> int:
     last = history.epochs[-1] if history.epochs else {}
     trained = [e for e in history.epochs if math.isfinite(e.get("loss", math.nan))]
     samples = sum(e["samples_per_second"] * e["seconds"] for e in trained)
-    train_seconds = sum(e["seconds"] for e in trained)
+    epoch_seconds = [e["seconds"] for e in trained]  # the first holds start-up costs (cuBLAS, kernels)
+    train_seconds = sum(epoch_seconds)
     epochs = len(history.epochs)
     print(f"test accuracy {test_acc:.4f}, test loss {test_loss:.4f} after {epochs} epoch{'s' * (epochs != 1)} "
           f"({train_seconds:.1f} s of training, {samples / max(train_seconds, 1e-9):,.0f} samples/s)",
@@ -503,7 +504,7 @@ def _train(args: argparse.Namespace) -> int:
     if cfg["json"]:
         print(strict_json({
             "test_accuracy": test_acc, "test_loss": test_loss, "train_seconds": train_seconds,
-            "epoch_seconds": [e["seconds"] for e in trained],  # the first holds start-up costs (cuBLAS, kernels)
+            "epoch_seconds": epoch_seconds,
             "wall_seconds": seconds, "samples_per_second": samples / max(train_seconds, 1e-9),
             "epochs": epochs, "backend": backend.name, "device": backend.device,
             "dataset": ds.name, "preset": cfg["preset"], "sizes": sizes, "batch_size": batch_size,

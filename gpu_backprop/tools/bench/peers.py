@@ -104,7 +104,7 @@ def torch_precision(torch: Any, tf32: bool) -> Iterator[None]:
 
 
 def torch_peer(device: str, sizes: list[int], batch: int, tf32: bool = False, compiled: bool = False) -> Runner | None:
-    """The same model, data handling and optimiser in PyTorch eager (None if torch is missing).
+    """The same model, data handling and optimiser in PyTorch, eager or compiled (None if torch is missing).
 
     On CUDA the blocks are timed with CUDA events, and ``tf32`` lets PyTorch's float32 products
     use TF32 during the peer's blocks (restored after each); on a CPU ``tf32`` changes nothing.

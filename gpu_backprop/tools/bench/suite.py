@@ -251,6 +251,21 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _gemm_limit(be: Backend, n: int, repeats: int, quiet: Quiet) -> dict[str, Any]:
+    """The float32 GEMM rate at ``n``³ on ``be``: on a GPU in FP32 and in TF32, each run using its own."""
+    lim: dict[str, Any] = {"gemm_n": n, "device": be.device, "rate": "fastest block"}
+    if be.name == "cupy":
+        tf32 = tf32_enabled()
+        for precision in ("fp32", "tf32"):
+            set_tf32(precision == "tf32")
+            lim[f"gemm_{precision}_flops"] = gemm_rate(be, n, max(3, repeats), quiet)["flops"]
+        set_tf32(tf32)
+        return lim
+    g = gemm_rate(be, n, max(3, repeats), quiet)
+    return {**lim, "gemm_flops": g["flops"], "median_gemm_flops": g["median_flops"], "precision": "fp32",
+            "load": g["load"], "block_loads": g["block_loads"]}
+
+
 # --------------------------------------------------------------------------
 # The suite
 # --------------------------------------------------------------------------
@@ -287,23 +302,11 @@ def run_suite(models: dict[str, list[int]], batches: list[int | str], backends: 
             progress(report)
 
     for be in backends:
-        n = gemm_n if be.name == "numpy" else gpu_gemm_n or max(gemm_n, 8192)
         if limits and be.name in limits:  # measured by an earlier run on this device
             lim: dict[str, Any] = dict(limits[be.name])
-        elif be.name == "cupy":  # FP32 and TF32 both measured; the limit is the one the run uses (below)
-            tf32 = tf32_enabled()
-            lim = {"gemm_n": n, "device": be.device, "rate": "fastest block"}
-            set_tf32(False)
-            lim["gemm_fp32_flops"] = gemm_rate(be, n, max(3, repeats), quiet)["flops"]
-            set_tf32(True)
-            lim["gemm_tf32_flops"] = gemm_rate(be, n, max(3, repeats), quiet)["flops"]
-            set_tf32(tf32)
         else:
-            g = gemm_rate(be, n, max(3, repeats), quiet)
-            lim = {"gemm_n": n, "device": be.device, "rate": "fastest block", "gemm_flops": g["flops"],
-                   "median_gemm_flops": g["median_flops"], "precision": "fp32", "load": g["load"],
-                   "block_loads": g["block_loads"]}
-        if be.name == "cupy":
+            lim = _gemm_limit(be, gemm_n if be.name == "numpy" else gpu_gemm_n or max(gemm_n, 8192), repeats, quiet)
+        if be.name == "cupy":  # the limit is the rate of the precision the run uses
             lim["precision"] = "tf32" if tf32_enabled() else "fp32"
             lim["gemm_flops"] = lim[f"gemm_{lim['precision']}_flops"]
         report["limits"][be.name] = lim
