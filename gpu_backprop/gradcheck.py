@@ -25,7 +25,7 @@ import numpy as np
 from .backend import get_array_module, to_numpy
 from .layers import Dense, Layer
 from .network import Sequential
-from .state import copied_state
+from .state import copied_state, load_layer_state
 
 __all__ = ["GradcheckError", "GradcheckResult", "gradcheck"]
 
@@ -224,7 +224,7 @@ def _check_layer(layer: Layer, X: Array, eps: float, atol: float, rtol: float, m
     chk = _Checker(atol, rtol, repr(layer), f"X {X.shape}: {_fmt(X)}")
 
     def restore() -> None:
-        layer.load_state(copied_state(saved))
+        load_layer_state(layer, copied_state(saved))
 
     def objective() -> float:
         restore()

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from .network import Sequential
 
 __all__ = ["BUILT_ATTRIBUTES", "HYPER_RANGES", "NetworkState", "OptimizerState", "StateEntry", "check_hyper",
-           "copied_state"]
+           "copied_state", "load_layer_state"]
 
 
 # --------------------------------------------------------------------------
@@ -68,7 +68,7 @@ class NetworkState:
         training mode) has none again.
         """
         for layer, st in zip(self.layers, states):
-            _load_layer_state(layer, copied_state(st))
+            load_layer_state(layer, copied_state(st))
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Every parameter and layer state (running statistics, dropout counters) as NumPy arrays."""
@@ -143,9 +143,9 @@ class NetworkState:
             prefix = f"layers.{idx}."
             st = {k[len(prefix):]: v for k, v in values.items() if k.startswith(prefix) and k not in self.flat.slots}
             if isinstance(layer, Dropout):
-                _load_layer_state(layer, {k: int(v) for k, v in st.items()})
+                load_layer_state(layer, {k: int(v) for k, v in st.items()})
             else:  # (a BatchNorm saved before its first forward pass has no statistics again)
-                _load_layer_state(layer, {k: to_device(v, self.backend) for k, v in st.items()})
+                load_layer_state(layer, {k: to_device(v, self.backend) for k, v in st.items()})
 
     def config(self) -> dict[str, Any]:
         """A JSON-able description of the architecture (checked when a checkpoint is loaded)."""
@@ -298,9 +298,9 @@ def unpickled_backend(name: str) -> Backend:
         return get_backend("numpy")
 
 
-def _load_layer_state(layer: Layer, state: dict[str, Any]) -> None:
-    """``layer.load_state(state)``; a layer with no state is not asked to load an empty one."""
-    if state or layer.state():
+def load_layer_state(layer: Layer, state: dict[str, Any]) -> None:
+    """``layer.load_state(state)``; an empty state only puts a BatchNorm back before its first forward pass."""
+    if state or isinstance(layer, BatchNorm):  # a layer of the user's own is never asked to load an empty one
         layer.load_state(state)
 
 

@@ -595,6 +595,14 @@ def test_a_layer_with_no_state_yet_is_not_asked_to_load_an_empty_one() -> None:
     assert not hasattr(twin.layers[0], "seen") and not hasattr(net.layers[0], "seen")
 
 
+def test_a_layer_that_gains_its_state_in_forward_is_never_asked_to_load_an_empty_one() -> None:
+    """gradcheck repeats each evaluation from the states saved before it: here, none."""
+    net = gb.Sequential([_Counted(), gb.Dense(6, 3)], backend="numpy", input_dim=6, dtype="float64")
+    X, y = _toy(n=5)
+    assert gb.gradcheck(net, X, y).checked > 0
+    assert gb.gradcheck(_Counted(), X).checked > 0
+
+
 def test_releasing_the_buffers_lets_go_of_the_last_batch() -> None:
     net = gb.MLP([6, 8, 3], backend="numpy", seed=2)
     X, y = _toy(n=500)
