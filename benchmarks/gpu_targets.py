@@ -54,13 +54,12 @@ sys.path.insert(0, str(ROOT))
 
 import gpu_backprop as gb  # noqa: E402
 from gpu_backprop import kernels  # noqa: E402
-from gpu_backprop._io import atomic_write_bytes, strict_json  # noqa: E402
+from gpu_backprop._io import atomic_write_bytes, save_png, strict_json  # noqa: E402
 from gpu_backprop.backend import Backend, BackendError, cupy_available, get_backend, one_line  # noqa: E402
 from gpu_backprop.devices import set_tf32  # noqa: E402
 from gpu_backprop.experimental import launches  # noqa: E402
 from gpu_backprop.experimental.persample import fused_grid, per_sample_sgd  # noqa: E402
-from gpu_backprop.tools.bench.peers import LR, MOMENTUM, N_TRAIN, OurStep, ours, random_data, torch_peer  # noqa: E402
-from gpu_backprop.tools.bench.report import save_png  # noqa: E402
+from gpu_backprop.tools.bench.peers import LR, MOMENTUM, OurStep, ours, random_data, torch_peer  # noqa: E402
 from gpu_backprop.tools.bench.suite import MODELS, machine_facts, run_suite  # noqa: E402
 from gpu_backprop.tools.bench.timing import Quiet, event_seconds, interleaved  # noqa: E402
 
@@ -292,8 +291,8 @@ def costs(run: Run) -> dict[str, Any]:
     x, w, z, logits = rand(n, d), rand(d, m), rand(n, m), rand(n, c)
     b, db, v, losses = rand(m), rand(m), rand(m), rand(n)
     labels, acc = cp.asarray(rng.integers(0, c, n)), cp.zeros((), cp.int64)
-    y, rows = cp.asarray(rng.integers(0, c, N_TRAIN)), cp.asarray(rng.permutation(N_TRAIN)[:n])
     steps = {batch: OurStep(be, sizes, batch) for batch in (1, 128)}
+    y, rows = steps[128].y, steps[128].order[:n]  # the training set's labels, and a batch's rows
     calls: dict[str, tuple[Callable[[], Any], int]] = {
         f"GEMM {n}×{d} by {d}×{m} (cupy.matmul)": (lambda: kernels.matmul(x, w, z), 1),
         f"column sum {n}×{m} (db; a CuPy reduction)": (lambda: kernels.column_sum(z, db), 1),
@@ -359,17 +358,14 @@ def graphs(run: Run) -> dict[str, Any]:
         lib, no_lib = _load_cublas(), None
     except Exception as exc:  # noqa: BLE001 - no libcublas to call: the direct captures' finding
         lib, no_lib = None, _refused(exc)
-    for batch in (1, 128):
-        for variant in ("batches", "direct_cublas"):
-            stream = cp.cuda.Stream(non_blocking=True)  # a capture needs a stream of its own
-            if variant == "batches":
-                entry = _capture_a_step(cp, be, stream, plan.small_model, batch, plan.timed_steps)
-            else:
-                entry = no_lib or _capture_with_direct_products(cp, be, stream, lib, plan.small_model, batch,
-                                                                plan.timed_steps)
-            result[variant][str(batch)] = entry
-            print(f"   batch {batch}{'' if variant == 'batches' else ', cuBLAS called directly'}: {entry}",
-                  flush=True)
+    for batch in (1, 128):  # each capture on a stream of its own
+        entry = _capture_a_step(cp, be, cp.cuda.Stream(non_blocking=True), plan.small_model, batch, plan.timed_steps)
+        result["batches"][str(batch)] = entry
+        print(f"   batch {batch}: {entry}", flush=True)
+        entry = no_lib or _capture_with_direct_products(cp, be, cp.cuda.Stream(non_blocking=True), lib,
+                                                        plan.small_model, batch, plan.timed_steps)
+        result["direct_cublas"][str(batch)] = entry
+        print(f"   batch {batch}, cuBLAS called directly: {entry}", flush=True)
     return result
 
 
@@ -618,8 +614,7 @@ def verdicts(report: dict[str, Any]) -> list[dict[str, Any]]:
                      ratio_to_target=share_of / share)
 
     t = target("Fashion-MNIST (preset fashion, or better)", "≥ 89% test accuracy in < 1 s of training")
-    fits = report.get("fit") or []
-    fits = [fits] if isinstance(fits, dict) else fits  # a report of one run, or one per configuration
+    fits = report.get("fit") or []  # one per configuration
     if fits:
         t.update(measured="; ".join(f"{'-'.join(map(str, f['sizes']))}, batch {f['batch_size']}: "
                                     f"{f['test_accuracy']:.2%} after {f['epochs']} epochs, {f['train_seconds']:.2f} s "
@@ -731,8 +726,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--out {args.out}: not a folder this user can write to")
     run = Run(args.out, SMALL if args.small else FULL, get_backend("cupy"), not args.no_peers, args.data_dir)
     set_tf32(False)  # every section in FP32 (CUPY_TF32 aside); the suite's TF32 run switches it on for itself
-    run.report["facts"] = {**machine_facts([run.be]),
-                           "command": "python benchmarks/gpu_targets.py " + " ".join(argv or sys.argv[1:])}
+    command = " ".join(["python benchmarks/gpu_targets.py", *(sys.argv[1:] if argv is None else argv)])
+    run.report["facts"] = {**machine_facts([run.be]), "command": command}
     if args.fit_json:  # one JSON line a run
         try:
             run.report["fit"] = [json.loads(line) for line in args.fit_json.read_text().splitlines() if line.strip()]

@@ -15,6 +15,7 @@ Files get the mode a plain ``open()`` gives them: ``0o666`` less the umask
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
 import os
@@ -26,7 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DirectoryInUse", "atomic_write_bytes", "create_temporary", "lock_directory", "strict_json"]
+__all__ = ["DirectoryInUse", "atomic_write_bytes", "create_temporary", "lock_directory", "save_png", "strict_json"]
 
 _MARK = "gbtmp"
 
@@ -118,6 +119,13 @@ def atomic_write_bytes(path: str | os.PathLike[str], payload: bytes) -> None:
             os.close(dir_fd)
     except OSError:
         pass
+
+
+def save_png(fig: Any, path: str | os.PathLike[str], dpi: int = 110) -> None:
+    """A matplotlib figure (made without pyplot, so nothing to close) written to ``path`` as a PNG, atomically."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 class DirectoryInUse(OSError):

@@ -15,7 +15,7 @@ import numpy as np
 
 from . import kernels
 from .backend import to_device
-from .checks import as_array, as_dtype, as_targets, check_samples, check_targets
+from .checks import as_array, as_dtype, check_samples, checked_targets
 
 if TYPE_CHECKING:
     from .network import Sequential
@@ -46,12 +46,11 @@ class Batches:
     def __init__(self, net: Sequential, X: Any, y: Any, what: str = "training data") -> None:
         """Check ``(X, y)`` where they are (see :mod:`.checks`), then move them to ``net``'s device once."""
         X, self.scale = check_samples(as_array(X, net.backend, f"{what} X"), net.input_dim, f"{what} X")
-        y = check_targets(as_array(y, net.backend, f"{what} y"), X.shape[0], net.output_dim, f"{what} y")
+        self.y = checked_targets(y, net.backend, X.shape[0], net.output_dim, net.dtype, f"{what} y")
         xp = net.xp
         self.net = net
-        X, y = to_device(X, net.backend), to_device(y, net.backend)
+        X = to_device(X, net.backend)
         self.X = xp.ascontiguousarray(X) if self.scale != 1.0 else as_dtype(X, xp, net.dtype, f"{what} X")
-        self.y = as_targets(y, xp, net.dtype, f"{what} y")
         self.release()  # no batch buffers yet
 
     def __len__(self) -> int:

@@ -23,7 +23,7 @@ import numpy as np
 from .backend import Backend, get_array_module, is_cupy_array, to_device
 
 __all__ = ["DTYPES", "as_array", "as_dtype", "as_targets", "check_dtype", "check_int", "check_range",
-           "check_same_device", "check_samples", "check_targets", "is_int", "is_number"]
+           "check_same_device", "check_samples", "check_targets", "checked_targets", "is_int", "is_number"]
 
 Array = Any
 
@@ -138,6 +138,12 @@ def as_dtype(a: Array, xp: Any, dtype: Any, what: str = "X") -> Array:
 def as_targets(y: Array, xp: Any, dtype: Any, what: str = "y") -> Array:
     """Targets as a step reads them: integer labels ``(N,)`` as contiguous int64, a target matrix as ``dtype``."""
     return xp.ascontiguousarray(y, dtype=xp.int64) if y.ndim == 1 else as_dtype(y, xp, dtype, what)
+
+
+def checked_targets(y: Any, backend: Backend, n: int, outputs: int, dtype: Any, what: str = "y") -> Array:
+    """``y`` checked where it is (:func:`check_targets`), then on ``backend``'s device as a step reads it."""
+    y = check_targets(as_array(y, backend, what), n, outputs, what)
+    return as_targets(to_device(y, backend), backend.xp, dtype, what)
 
 
 DTYPES = ("float32", "float64")  #: the dtypes a network computes in

@@ -26,17 +26,7 @@ from typing import Any
 import numpy as np
 
 from .backend import Backend, get_backend, to_device
-from .checks import (
-    DTYPES,
-    as_array,
-    as_dtype,
-    as_targets,
-    check_dtype,
-    check_same_device,
-    check_samples,
-    check_targets,
-    is_int,
-)
+from .checks import DTYPES, as_array, as_dtype, check_dtype, check_same_device, check_samples, checked_targets, is_int
 from .layers import Activation, BatchNorm, Dense, Dropout, Layer, make_activation
 from .losses import Loss, make_loss
 from .params import FlatParameters, Slot
@@ -222,8 +212,7 @@ class Sequential(NetworkState, Predictions):
             X = X * scale  # uint8 images: a new float array
         if y is None:
             return X, None
-        y = check_targets(as_array(y, self.backend, "y"), X.shape[0], self.output_dim)
-        return X, as_targets(y, xp, self.dtype)
+        return X, checked_targets(y, self.backend, X.shape[0], self.output_dim, self.dtype)
 
     # ------------------------------------------------------------------ computation
     def forward(self, X: Array, train: bool = False) -> Array:

@@ -36,7 +36,7 @@ def rng() -> np.random.Generator:
 @pytest.fixture
 def logits_to_classify() -> Callable[..., tuple[np.ndarray, np.ndarray]]:
     """``make(rng, n, c, dtype)``: random logits with tied maxima and NaNs in some rows, and labels that
-    about half the rows predict (``c == 1``: a binary classifier's one output)."""
+    half the rows predict and the rest by chance (``c == 1``: a binary classifier's one output)."""
 
     def make(rng: np.random.Generator, n: int, c: int, dtype: Any) -> tuple[np.ndarray, np.ndarray]:
         z = rng.standard_normal((n, c)).astype(dtype)

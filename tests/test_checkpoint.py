@@ -554,7 +554,7 @@ def test_a_network_and_its_optimizer_pickle_and_train_on_alike(kw: dict[str, Any
 
 
 def test_a_pickled_layer_of_the_users_own_keeps_its_arrays_but_not_the_last_batch() -> None:
-    X, y = _toy(n=2000)
+    X, _ = _toy(n=2000)
     nets = [gb.Sequential([gb.Dense(6, 8), gb.ReLU(), last], backend="numpy", seed=2)
             for last in (gb.Dense(8, 3), Shifted(8, 3))]
     nets[1].layers[2].shift = np.linspace(-1, 1, 3, dtype=np.float32)

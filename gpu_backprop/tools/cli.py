@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, TextIO, cast
 
 from .. import __version__
-from .._io import DirectoryInUse, atomic_write_bytes, lock_directory, strict_json
+from .._io import DirectoryInUse, lock_directory, save_png, strict_json
 from ._args import Parser, UsageError
 
 __all__ = ["PRESETS", "main"]
@@ -713,9 +713,7 @@ def _plot(history: Any, path: Path, title: str) -> None:
         ax.legend()
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    atomic_write_bytes(path, buf.getvalue())
+    save_png(fig, path, dpi=100)
 
 
 if __name__ == "__main__":

@@ -10,14 +10,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import fakecupy
 import pytest
+from _stand_in import COMPILER_PROBLEM, stand_in, subprocess_env
 
 from gpu_backprop import backend
 from gpu_backprop.experimental import launches
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "gpu_targets.py"
+needs_compiler = pytest.mark.skipif(COMPILER_PROBLEM is not None, reason=COMPILER_PROBLEM or "")
 
 
 def _module() -> Any:
@@ -35,14 +36,12 @@ targets = _module()
 def rehearsal(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], dict[str, Any],
                                                                   Path]:
     """One small run of every section but torch.compile, on the stand-in (its kernels built with g++)."""
-    problem = fakecupy.compiler_problem()
-    if problem:
-        pytest.skip(problem)
+    if COMPILER_PROBLEM:
+        pytest.skip(COMPILER_PROBLEM)
     out = tmp_path_factory.mktemp("targets")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)])}
     proc = subprocess.run([sys.executable, "-m", "fakecupy", str(SCRIPT), "--small", "--no-peers", "--out", str(out),
                            "--only", "suite", "persample", "agreement", "launches", "costs", "graphs"],
-                          env=env, capture_output=True, text=True, timeout=600, check=False)
+                          env=subprocess_env(), capture_output=True, text=True, timeout=600, check=False)
     return proc, json.loads((out / "targets.json").read_text()), out
 
 
@@ -147,7 +146,7 @@ def test_the_fashion_runs_are_judged_on_accuracy_and_training_time() -> None:
     preset = {"test_accuracy": 0.8931, "epochs": 10, "train_seconds": 0.84, "wall_seconds": 6.1,
               "sizes": [784, 256, 256, 10], "batch_size": 128}
     report = _report()
-    report["fit"] = preset  # a report of one run
+    report["fit"] = [preset]  # one run
     v = _verdict(report, case)
     assert v["met"] and v["measured"] == ("784-256-256-10, batch 128: 89.31% after 10 epochs, 0.84 s of training "
                                           "(6.1 s wall)")
@@ -245,11 +244,8 @@ def test_a_capture_always_leaves_capture_mode_and_names_what_refused_it(fail: st
         assert (graph, error) == ("graph", None)
 
 
+@needs_compiler
 def test_a_replay_is_timed_against_eager_steps_from_the_same_state() -> None:
-    if fakecupy.compiler_problem():
-        pytest.skip(fakecupy.compiler_problem())
-    from _stand_in import stand_in
-
     from gpu_backprop.tools.bench.peers import OurStep
 
     with stand_in() as cp:
@@ -307,12 +303,10 @@ class _ColumnMajorSgemm:
         return 0
 
 
+@needs_compiler
 def test_direct_cublas_products_equal_the_librarys_for_every_layout_a_step_uses() -> None:
     """X W (forward), Xᵀ dZ into the gradient with beta (dW), dZ Wᵀ (dX): row-major arrays, transposed views."""
-    if fakecupy.compiler_problem():
-        pytest.skip(fakecupy.compiler_problem())
     import numpy as np
-    from _stand_in import stand_in
 
     from gpu_backprop import kernels
 

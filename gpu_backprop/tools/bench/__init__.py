@@ -211,8 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = run_suite(models, batches, backends, budget=args.seconds or (0.3 if args.quick else 1.0),
                            repeats=args.repeats or (3 if args.quick else 5),
-                           gemm_n=args.gemm_n or (1024 if args.quick else 2048),
-                           peers=not args.no_peers,
+                           gemm_n=args.gemm_n or (1024 if args.quick else 2048), peers=not args.no_peers,
                            sklearn=not args.no_sklearn, tta=not (args.quick or args.no_tta),
                            breakdown_batches=breakdown_batches, quiet=Quiet(args.max_load, patience),
                            facts=facts, progress=save)

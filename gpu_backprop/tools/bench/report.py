@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import sys
 from pathlib import Path
 from typing import Any
 
-from ..._io import atomic_write_bytes
+from ..._io import atomic_write_bytes, save_png
 from ...backend import Backend
 from .peers import N_TRAIN
 from .suite import MODELS, step_flops
@@ -275,13 +274,6 @@ def plot(report: dict[str, Any], path: Path) -> bool:
         return False
     save_png(fig, path)
     return True
-
-
-def save_png(fig: Any, path: Path) -> None:
-    """A matplotlib figure (made without pyplot, so nothing to close) written to ``path`` as a PNG, atomically."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    atomic_write_bytes(path, buf.getvalue())
 
 
 def write(report: dict[str, Any], out: Path, stem: str, final: bool = False) -> list[Path]:

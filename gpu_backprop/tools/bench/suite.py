@@ -256,10 +256,12 @@ def _gemm_limit(be: Backend, n: int, repeats: int, quiet: Quiet) -> dict[str, An
     lim: dict[str, Any] = {"gemm_n": n, "device": be.device, "rate": "fastest block"}
     if be.name == "cupy":
         tf32 = tf32_enabled()
-        for precision in ("fp32", "tf32"):
-            set_tf32(precision == "tf32")
-            lim[f"gemm_{precision}_flops"] = gemm_rate(be, n, max(3, repeats), quiet)["flops"]
-        set_tf32(tf32)
+        try:
+            for precision in ("fp32", "tf32"):
+                set_tf32(precision == "tf32")
+                lim[f"gemm_{precision}_flops"] = gemm_rate(be, n, max(3, repeats), quiet)["flops"]
+        finally:  # the caller's setting, on an error too
+            set_tf32(tf32)
         return lim
     g = gemm_rate(be, n, max(3, repeats), quiet)
     return {**lim, "gemm_flops": g["flops"], "median_gemm_flops": g["median_flops"], "precision": "fp32",
