@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 import gpu_backprop as gb
-from gpu_backprop.tools import cli
 from gpu_backprop.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from gpu_backprop.data import DataError, load_dataset, read_idx, write_idx
+from gpu_backprop.tools import cli
 
 F32 = np.float32
 
