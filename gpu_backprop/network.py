@@ -233,6 +233,8 @@ class Sequential(NetworkState, Predictions):
         d = dout
         for layer, need_dx in zip(reversed(self._steps), reversed(self._needs_dx)):
             d = layer.backward(d, need_dx, weight_grads)
+            if not need_dx:
+                break  # the layers before this one have no parameters (a leading Dropout, say)
 
     def deferred_weight_grads(self) -> list[tuple[int, Array, Array]]:
         """``(offset, X, dZ)`` for each Dense layer after a ``backward(..., weight_grads=False)``.

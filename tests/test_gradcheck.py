@@ -76,6 +76,21 @@ def test_network_with_batchnorm_and_dropout(backend_name: str, rng: np.random.Ge
     gb.gradcheck(net, X, y)
 
 
+@pytest.mark.parametrize("make_first", [
+    lambda: gb.Dropout(0.2, seed=3), lambda: gb.Tanh(), lambda: gb.ReLU(),
+], ids=["dropout", "tanh", "relu"])
+def test_a_network_whose_first_layer_has_no_parameters(backend_name: str, rng: np.random.Generator,
+                                                       make_first) -> None:
+    # Input dropout, say: the first Dense gives no dX, and nothing before it needs one.
+    X, y = _data(backend_name, rng)
+    net = gb.Sequential([make_first(), gb.Dense(7, 6), gb.Tanh(), gb.Dense(6, 4)],
+                        backend=backend_name, dtype="float64", seed=4)
+    result = gb.gradcheck(net, X, y, mode="full")
+    assert result.checked == net.num_params
+    history = gb.fit(net, gb.SGD(net, lr=0.1), X, y, epochs=2, batch_size=4, progress=False)
+    assert len(history.epochs) == 2 and np.all(np.isfinite(history.metric("loss")))
+
+
 def test_large_layers_use_random_directions(rng: np.random.Generator) -> None:
     X = rng.standard_normal((32, 300))
     y = rng.integers(0, 10, 32)
