@@ -186,10 +186,12 @@ def test_checking_a_layer_leaves_its_state_as_it_was(rng: np.random.Generator) -
     assert drop.state() == {"seed": 7, "counter": 0}
 
 
-def test_checking_a_network_leaves_its_layer_states_as_they_were(rng: np.random.Generator) -> None:
-    net = gb.MLP([4, 6, 3], batchnorm=True, dropout=0.2, backend="numpy", dtype="float64", seed=0)
+@pytest.mark.parametrize("sizes,mode", [([4, 6, 3], "full"), ([100, 32, 10], "direction")])
+def test_checking_a_network_leaves_its_weights_and_layer_states_as_they_were(
+        rng: np.random.Generator, sizes: list[int], mode: str) -> None:
+    net = gb.MLP(sizes, batchnorm=True, dropout=0.2, backend="numpy", dtype="float64", seed=0)
     before = net.state_dict()
-    gb.gradcheck(net, rng.standard_normal((6, 4)), rng.integers(0, 3, 6))
+    gb.gradcheck(net, rng.standard_normal((6, sizes[0])), rng.integers(0, sizes[-1], 6), mode=mode)
     after = net.state_dict()
     assert after.keys() == before.keys()  # no running statistics made up by the check
     for k in before:
