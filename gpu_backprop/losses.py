@@ -34,6 +34,8 @@ class Loss:
     name = "loss"
     #: whether integer labels are used as they are (True) or one-hot encoded first
     takes_labels = False
+    #: a network with one output predicts class 1 where its output exceeds this (outputs fitted to 0/1 targets)
+    threshold = 0.5
 
     def __init__(self) -> None:
         self.buffers = Buffers()  #: ``d out`` and the per-row losses, reused from step to step
@@ -139,6 +141,7 @@ class SigmoidBinaryCrossEntropy(Loss):
     """
 
     name = "sigmoid_binary_cross_entropy"
+    threshold = 0.0  # the outputs are logits: σ(z) > ½ where z > 0
 
     def forward_backward(self, out: Array, y: Array, need_grad: bool = True) -> tuple[Array, Array | None]:
         xp = get_array_module(out)

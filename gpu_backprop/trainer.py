@@ -125,7 +125,7 @@ def _evaluate(data: Batches, batch_size: int = 4096) -> tuple[float, float]:
         yb = data.y[i:i + batch_size]
         loss_sum += net.loss.forward(out, yb) * rows.shape[0]
         if data.labels:
-            kernels.count_correct(out, yb, correct)
+            kernels.count_correct(out, yb, correct, net.loss.threshold)
     return float(loss_sum) / n, int(correct) / n if data.labels else math.nan
 
 
@@ -344,7 +344,7 @@ class _Loop:
         if b:
             self.loss_sum += loss * b
             if self.data.labels:
-                kernels.count_correct(net.last_output, yb, self.correct)
+                kernels.count_correct(net.last_output, yb, self.correct, net.loss.threshold)
         return batch, b
 
     def _step(self, xb: Array | None, yb: Array, batch: int) -> Array:

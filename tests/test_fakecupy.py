@@ -342,9 +342,9 @@ def test_count_correct_kernel_equals_its_numpy_body(dtype: str, logits_to_classi
         for c in (1, 2, 10):
             z, labels = logits_to_classify(rng, 300, c, dtype)
             into_h, into_d = np.array(3, np.int64), cp.full((), 3, cp.int64)
-            for _ in range(2):
-                kernels.count_correct(z, labels, into_h)
-                kernels.count_correct(cp.asarray(z), cp.asarray(labels), into_d)
+            for threshold in (0.0, 0.3):  # (one output: class 1 above it)
+                kernels.count_correct(z, labels, into_h, threshold)
+                kernels.count_correct(cp.asarray(z), cp.asarray(labels), into_d, threshold)
             assert int(into_d) == int(into_h) > 3 + 2 * 50, c
 
 

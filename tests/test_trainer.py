@@ -310,3 +310,16 @@ def test_fit_trains_a_regression_on_float_targets() -> None:
     np.testing.assert_allclose(net.predict_proba(X[:3]), net.forward(net.check_inputs(X[:3])[0]), rtol=1e-6)
     with pytest.raises(ValueError, match=r"targets must be labels \(400,\) or an array \(400, 2\)"):
         gb.fit(net, gb.SGD(net, lr=0.1), X, T[:, :1], epochs=1, progress=False)
+
+
+@pytest.mark.parametrize("loss,output_activation", [("bce", None), ("mse", "sigmoid"), ("mse", None)])
+def test_a_one_output_classifier_counts_what_it_predicts(loss: str, output_activation: str | None) -> None:
+    """The accuracy that fit and evaluate report is that of predict_classes, whatever the loss."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((300, 2)).astype(np.float32)
+    y = (X[:, 0] + X[:, 1] > 0).astype(np.int64)
+    net = gb.MLP([2, 8, 1], activation="tanh", loss=loss, output_activation=output_activation, backend="numpy")
+    h = gb.fit(net, gb.SGD(net, lr=0.5, momentum=0.9), X, y, epochs=10, batch_size=30, progress=False)
+    predicted = float(np.mean(net.predict_classes(X) == y))
+    assert gb.evaluate(net, X, y)[1] == predicted > 0.9
+    assert h.epochs[-1]["accuracy"] > 0.9

@@ -433,7 +433,7 @@ def _general(net: Sequential, opt: SGD, X: Array, y: Array, order: Array, scale:
             kernels.gather_scale(X, rows, scale, xb, staging)
             yb = y[rows]
             loss_sum += opt.train_step(xb, yb)
-            kernels.count_correct(net.last_output, yb, correct)
+            kernels.count_correct(net.last_output, yb, correct, net.loss.threshold)
     finally:
         opt.lr = saved
     return loss_sum, correct

@@ -1,8 +1,9 @@
 """Accuracy: the rows whose prediction is their label, counted into a device accumulator in one kernel.
 
 A prediction is the first largest output of a row, as ``argmax`` takes it (a NaN
-counts as the largest); a network with one output is a binary classifier on logits,
-whose prediction is 1 where the output is positive. Counts are integers, so the
+counts as the largest); a network with one output is a binary classifier, whose
+prediction is 1 where the output exceeds a threshold (0 for logits, ½ for outputs
+fitted to 0/1 targets: the loss's ``threshold``). Counts are integers, so the
 order in which rows are added cannot change the result.
 """
 
@@ -19,7 +20,8 @@ Array = Any
 
 define_raw("count_correct", r"""
 extern "C" __global__
-void KERNEL_NAME(const T* out, const long long* labels, unsigned long long* correct, const int n, const int c)
+void KERNEL_NAME(const T* out, const long long* labels, unsigned long long* correct, const int n, const int c,
+                 const T threshold)
 {
     // one thread per row: its prediction against its label; a match adds one to *correct
     const int r = blockIdx.x * blockDim.x + threadIdx.x;
@@ -27,7 +29,7 @@ void KERNEL_NAME(const T* out, const long long* labels, unsigned long long* corr
     const T* o = out + (size_t)r * c;
     bool hit;
     if (c == 1) {
-        hit = (o[0] > (T)0) == (labels[r] == 1);
+        hit = (o[0] > threshold) == (labels[r] == 1);
     } else {
         int best = 0;  // the first largest; the first NaN once one is met
         for (int j = 1; j < c && o[best] == o[best]; ++j)
@@ -39,8 +41,10 @@ void KERNEL_NAME(const T* out, const long long* labels, unsigned long long* corr
 """)
 
 
-def count_correct(out: Array, labels: Array, into: Array) -> Array:
+def count_correct(out: Array, labels: Array, into: Array, threshold: float = 0.0) -> Array:
     """Add to ``into`` the rows of ``out`` ``(N, C)`` whose prediction is their integer label.
+
+    With one output (``C == 1``) the prediction is 1 where the output exceeds ``threshold``.
 
     ``into`` is a 0-d int64 array on the same device, added to in place (no host
     synchronisation; on a GPU no allocation where ``labels`` are contiguous int64, as
@@ -60,8 +64,8 @@ def count_correct(out: Array, labels: Array, into: Array) -> Array:
         labels = cp.ascontiguousarray(labels, dtype=cp.int64)
         threads = 128
         raw("count_correct", out.dtype)(((n + threads - 1) // threads,), (threads,),
-                                        (out, labels, into, np.int32(n), np.int32(c)))
+                                        (out, labels, into, np.int32(n), np.int32(c), out.dtype.type(threshold)))
         return into
-    hits = (out[:, 0] > 0) == (labels == 1) if c == 1 else out.argmax(axis=1) == labels
+    hits = (out[:, 0] > threshold) == (labels == 1) if c == 1 else out.argmax(axis=1) == labels
     into += np.count_nonzero(hits)
     return into

@@ -88,6 +88,14 @@ def test_count_correct_adds_the_rows_that_predict_their_label(c: int, rng: np.ra
     assert into == 7 + hits
 
 
+def test_one_output_predicts_1_above_the_threshold(rng: np.random.Generator) -> None:
+    out = rng.uniform(0, 1, (400, 1))  # a sigmoid output fitted to 0/1 targets: ½ decides
+    labels = rng.integers(0, 2, 400)
+    into = np.zeros((), np.int64)
+    kernels.count_correct(out, labels, into, threshold=0.5)
+    assert into == sum(int(o > 0.5) == y for o, y in zip(out[:, 0], labels)) != np.count_nonzero(labels == 1)
+
+
 def test_hash_random_numbers_are_uniform_and_reproducible() -> None:
     u = kernels.hash_uniform(np, 200_000, seed=3, counter=1)
     assert u.dtype == np.uint32
@@ -171,9 +179,9 @@ def test_gpu_count_correct_matches_numpy(c: int, dtype, rng: np.random.Generator
     cp = backend.cupy_module()
     z, labels = logits_to_classify(rng, 3000, c, dtype)
     into, into_g = np.array(5, np.int64), cp.full((), 5, cp.int64)
-    for _ in range(2):  # added to, not overwritten
-        kernels.count_correct(z, labels, into)
-        kernels.count_correct(cp.asarray(z), cp.asarray(labels), into_g)
+    for threshold in (0.0, 0.3):  # added to, not overwritten
+        kernels.count_correct(z, labels, into, threshold)
+        kernels.count_correct(cp.asarray(z), cp.asarray(labels), into_g, threshold)
     assert int(into_g) == int(into) > 5 + 2 * 500
 
 
