@@ -20,6 +20,7 @@ Saving, loading (checked), copying and pickling a network come from
 from __future__ import annotations
 
 import itertools
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -81,6 +82,9 @@ class Sequential(NetworkState, Predictions):
         for i, layer in enumerate(layers):
             if not isinstance(layer, Layer):
                 raise TypeError(f"layers[{i}] is a {type(layer).__name__}, not a gpu_backprop Layer")
+            if layer._network is not None and layer._network() is not None:
+                raise ValueError(f"layers[{i}] ({layer!r}) belongs to another network, whose parameters it holds; "
+                                 "give each network layers of its own (net.copy() copies a whole network)")
         self.layers = layers
         self.loss = make_loss(loss)
         self.backend = get_backend(backend)
@@ -88,6 +92,9 @@ class Sequential(NetworkState, Predictions):
         self.seed = int(seed)
         self.input_dim = int(input_dim) if input_dim is not None else self._infer_input_dim()
         self._steps = self._fuse()
+        if len({id(layer) for layer in self._steps}) < len(self._steps):
+            raise ValueError("a layer is in the network twice; give each place a layer of its own (an activation "
+                             "fused into a Dense may serve several, since it keeps nothing of its own)")
         self._needs_dx = self._which_need_dx()
         if self.output_dim == 1 and self.loss.name == "softmax_cross_entropy":
             raise ValueError("softmax cross-entropy needs at least 2 outputs: the softmax of one output is always 1, "
@@ -96,6 +103,8 @@ class Sequential(NetworkState, Predictions):
         self.flat_params, self.flat_grads = self.flat.flat_params, self.flat.flat_grads
         self.params, self.grads, self.n_decay = self.flat.params, self.flat.grads, self.flat.n_decay
         self.reset_parameters(self.seed)
+        for layer in self._steps:
+            layer._network = weakref.ref(self)
 
     # ------------------------------------------------------------------ build
     def _infer_input_dim(self) -> int:
@@ -182,9 +191,7 @@ class Sequential(NetworkState, Predictions):
         """Draw fresh initial weights from ``seed`` (on the host, then copied to the device once)."""
         rng = np.random.default_rng(self.seed if seed is None else seed)
         d = self.input_dim
-        for idx, layer in enumerate(self.layers):
-            if layer not in self._steps:
-                continue
+        for layer in self._steps:
             for pname, value in layer.initial_params(rng, d).items():
                 layer.params[pname][...] = to_device(value.astype(self.dtype), self.backend)
             d = layer.out_dim(d)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import gc
+
 import numpy as np
 import pytest
 
@@ -182,6 +185,25 @@ def test_bad_input_is_one_clear_error(net: gb.MLP, X, y, error, match) -> None:
 def test_bad_construction_is_one_clear_error(build, match) -> None:
     with pytest.raises((ValueError, TypeError), match=match):
         build()
+
+
+def test_a_layer_belongs_to_one_network_and_one_place_in_it(rng: np.random.Generator) -> None:
+    layers = [gb.Dense(4, 8), gb.ReLU(), gb.Dense(8, 3)]
+    net = gb.Sequential(layers, backend="numpy")
+    before = net.state_dict()
+    with pytest.raises(ValueError, match=r"layers\[0\] .* belongs to another network"):
+        gb.Sequential(layers, backend="numpy", seed=1)
+    X = rng.standard_normal((6, 4)).astype(np.float32)
+    assert np.array_equal(net.predict(X), gb.Sequential(copy.deepcopy(layers), backend="numpy").predict(X))
+    assert all(np.array_equal(v, before[k]) for k, v in net.state_dict().items())  # the refused call took nothing
+    relu = gb.ReLU()  # an activation fused into each Dense keeps nothing of its own: one object may serve both
+    gb.Sequential([gb.Dense(4, 4), relu, gb.Dense(4, 4), relu], backend="numpy")
+    dense = gb.Dense(4, 4)
+    with pytest.raises(ValueError, match="in the network twice"):
+        gb.Sequential([dense, gb.ReLU(), dense], backend="numpy")
+    del net
+    gc.collect()
+    gb.Sequential(layers, backend="numpy")  # a network that is gone holds nothing
 
 
 def test_batchnorm_needs_two_samples_in_training() -> None:
