@@ -16,6 +16,7 @@ import numpy as np
 from . import kernels
 from .backend import to_device
 from .checks import as_array, as_dtype, check_samples, checked_targets
+from .layers import BatchNorm
 
 if TYPE_CHECKING:
     from .network import Sequential
@@ -67,6 +68,23 @@ class Batches:
         new.net, new.scale, new.X, new.y = self.net, self.scale, self.X[rows], self.y[rows]
         new.release()  # no batch buffers yet
         return new
+
+    def batch_size(self, batch_size: int | str, ranks: int = 1) -> int:
+        """The rows of each training step over this data: ``batch_size``, or all of them for ``"full"``.
+
+        Refused where it is larger than the data, or where a network with BatchNorm would meet a batch
+        of one sample (on some rank): an epoch's last batch may be short, and a refusal now loses nothing.
+        """
+        n = len(self)
+        b = n if batch_size == "full" else int(batch_size)
+        if b > n:
+            raise ValueError(f"batch_size {b} is larger than the {n} training samples; use 'full' or a smaller batch")
+        short = min(b, n % b or b)  # the smallest batch of an epoch, cut into `ranks` shards
+        if short < 2 * ranks and any(isinstance(layer, BatchNorm) for layer in self.net.steps):
+            shards = f", cut into {ranks} shards," if ranks > 1 else ""
+            raise ValueError(f"batch_size {b} over {n} training samples makes a batch of {short}{shards} and BatchNorm "
+                             "needs at least 2 samples per batch; choose another batch_size")
+        return b
 
     def split(self, fraction: float, seed: int) -> tuple[Batches, Batches]:
         """``(the rest, held out)``: a ``fraction`` of the samples, chosen from ``seed``, held out for validation."""

@@ -198,7 +198,7 @@ def fit(
         train, val = train.split(cfg.validation_fraction, cfg.seed)
     rank, size = (comm.rank, comm.size) if comm is not None else (0, 1)
     n = len(train)
-    B = _batch_size(cfg.batch_size, n)
+    B = train.batch_size(cfg.batch_size, size)
     steps_per_epoch = -(-n // B)
     base_lr = optimizer.lr
     schedule = make_schedule(cfg.schedule)
@@ -262,13 +262,6 @@ def _config(config: FitConfig | None, settings: dict[str, Any]) -> FitConfig:
     if unknown:
         raise TypeError(f"fit() got the unknown setting {unknown[0]!r}; the settings are {', '.join(names)}")
     return dataclasses.replace(config or FitConfig(), **settings)
-
-
-def _batch_size(batch_size: int | str, n: int) -> int:
-    b = n if batch_size == "full" else int(batch_size)
-    if b > n:
-        raise ValueError(f"batch_size {b} is larger than the {n} training samples; use 'full' or a smaller batch")
-    return b
 
 
 # --------------------------------------------------------------------------

@@ -323,3 +323,20 @@ def test_a_one_output_classifier_counts_what_it_predicts(loss: str, output_activ
     predicted = float(np.mean(net.predict_classes(X) == y))
     assert gb.evaluate(net, X, y)[1] == predicted > 0.9
     assert h.epochs[-1]["accuracy"] > 0.9
+
+
+def test_batchnorm_never_meets_a_batch_of_one_sample_and_a_refusal_loses_nothing() -> None:
+    X, y = _toy(n=33)
+    net = gb.MLP([12, 5, 3], batchnorm=True, backend="numpy")
+    opt = gb.SGD(net, lr=0.1, momentum=0.9)
+    before = net.state_dict()
+    with pytest.raises(ValueError, match="makes a batch of 1 and BatchNorm needs at least 2"):
+        fit(net, opt, X, y, batch_size=16, progress=False)  # 16 + 16 + 1: the last step would raise
+    with pytest.raises(ValueError, match="makes a batch of 1"):
+        fit(net, opt, X, y, batch_size=29, validation_fraction=0.1, progress=False)  # 33 - 3 held out = 29 + 1
+    assert all(np.array_equal(v, before[k]) for k, v in net.state_dict().items()) and opt.steps == 0
+    data = gb.batches.Batches(net, X[:32], y[:32])
+    assert data.batch_size(16, ranks=4) == 16  # 16 rows: 4 on each of 4 ranks
+    with pytest.raises(ValueError, match=r"makes a batch of 6, cut into 4 shards"):
+        data.batch_size(13, ranks=4)  # the last batch of 6 leaves 1 row on two ranks
+    assert fit(net, opt, X, y, batch_size=11, epochs=1, progress=False).epochs[0]["loss"] > 0
