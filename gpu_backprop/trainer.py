@@ -159,7 +159,8 @@ def fit(
     validation : ``(X_val, y_val)`` evaluated after every epoch, instead of a
         held-out ``validation_fraction`` of ``(X, y)``.
     callbacks : called after every epoch with its record; one that returns True stops training.
-    checkpoint : a path; a checkpoint is written there (atomically) after every epoch.
+    checkpoint : a path; a checkpoint is written there (atomically) after every epoch, and once more
+        if early stopping restored the best weights: it holds what ``fit`` returns.
     resume : a checkpoint to continue from: the run goes on exactly as if it had
         never stopped (bit for bit on NumPy). It continues the saved run, so the
         network, the optimiser's kind and hyper-parameters (``lr`` as first given)
@@ -211,47 +212,56 @@ def fit(
     if resume is not None:
         state = load_checkpoint(resume, net, optimizer, check=lambda saved: check_resumable(resume, saved, run))
         start_epoch = state["epoch"]
-        history = History.from_dict(state.get("history", {}))
+        saved = History.from_dict(state.get("history", {}))
+        history = History(saved.epochs, saved.steps)  # how the saved part ended is not how this one ends
+
+    def save(epochs: int) -> None:
+        if checkpoint is not None and rank == 0:
+            save_checkpoint(checkpoint, net, optimizer, {**run, "epoch": epochs, "history": history.to_dict()})
+
     if size > 1:
         comm.broadcast_(net.flat_params)
-
     loop = _Loop(net, optimizer, train, B, comm, cfg.max_grad_norm, progress and rank == 0, history)
     early = EarlyStopping(cfg.patience) if cfg.patience is not None else None
-    for epoch in range(start_epoch, cfg.epochs):
-        t0 = time.perf_counter()
-        order = kernels.random_permutation(net.xp, n, cfg.seed, epoch)
-        with np.errstate(over="ignore", invalid="ignore"), kernels.blas_threads(net.backend, -(-B // size)):
-            # (a diverging run is caught by the guard; BLAS threads set up for single samples)
-            stats = loop.run_epoch(epoch, cfg.epochs, order, base_lr, schedule, epoch * steps_per_epoch,
-                                   steps_per_epoch * cfg.epochs)
-        seconds = time.perf_counter() - t0
-        record = {"epoch": epoch + 1, "lr": optimizer.lr, "seconds": seconds,
-                  "samples_per_second": stats["samples"] / seconds, "loss": stats["loss"]}
-        if train.labels:
-            record["accuracy"] = stats["accuracy"]
-        if val is not None:
-            record["val_loss"], record["val_accuracy"] = _evaluate(val)
-            if not math.isfinite(record["val_loss"]):
-                raise loop.guard.diverged(f"the validation loss became {record['val_loss']} after epoch {epoch + 1} "
-                                          f"(the training loss was {record['loss']:.4g})", "the weight decay")
-        if not train.labels:
-            record.pop("val_accuracy", None)
-        history.epochs.append(record)
-        if rank == 0 and progress:
-            print_epoch(record, cfg.epochs)
-        stop = None
-        if early is not None and (message := early.update(net, record)):
-            stop = (StopReason.EARLY_STOPPING, message)
-        if stop is None and any([bool(cb(record)) for cb in callbacks]):  # every callback sees every epoch
-            stop = (StopReason.CALLBACK, f"stopped by a callback after epoch {epoch + 1}")
-        if stop is not None:
-            history.stopped_reason, history.stop_message = stop
-        if checkpoint is not None and rank == 0:
-            save_checkpoint(checkpoint, net, optimizer, {**run, "epoch": epoch + 1, "history": history.to_dict()})
-        if stop is not None:
-            break
-    if early is not None:
-        early.restore_best(net, history)
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            t0 = time.perf_counter()
+            order = kernels.random_permutation(net.xp, n, cfg.seed, epoch)
+            with np.errstate(over="ignore", invalid="ignore"), kernels.blas_threads(net.backend, -(-B // size)):
+                # (a diverging run is caught by the guard; BLAS threads set up for single samples)
+                stats = loop.run_epoch(epoch, cfg.epochs, order, base_lr, schedule, epoch * steps_per_epoch,
+                                       steps_per_epoch * cfg.epochs)
+            seconds = time.perf_counter() - t0
+            record = {"epoch": epoch + 1, "lr": optimizer.lr, "seconds": seconds,
+                      "samples_per_second": stats["samples"] / seconds, "loss": stats["loss"]}
+            if train.labels:
+                record["accuracy"] = stats["accuracy"]
+            if val is not None:
+                record["val_loss"], record["val_accuracy"] = _evaluate(val)
+                if not math.isfinite(record["val_loss"]):
+                    raise loop.guard.diverged(f"the validation loss became {record['val_loss']} after epoch "
+                                              f"{epoch + 1} (the training loss was {record['loss']:.4g})",
+                                              "the weight decay")
+            if not train.labels:
+                record.pop("val_accuracy", None)
+            history.epochs.append(record)
+            if rank == 0 and progress:
+                print_epoch(record, cfg.epochs)
+            stop = None
+            if early is not None and (message := early.update(net, record)):
+                stop = (StopReason.EARLY_STOPPING, message)
+            asked = any([bool(cb(record)) for cb in callbacks])  # every callback sees every epoch, the last too
+            if stop is None and asked:
+                stop = (StopReason.CALLBACK, f"stopped by a callback after epoch {epoch + 1}")
+            if stop is not None:
+                history.stopped_reason, history.stop_message = stop
+            save(epoch + 1)
+            if stop is not None:
+                break
+    finally:  # the schedule set the rate of each step; the optimiser keeps the one it was given
+        optimizer.lr = base_lr
+    if early is not None and early.restore_best(net, history):
+        save(len(history.epochs))  # the checkpoint holds the weights fit returns
     return history
 
 

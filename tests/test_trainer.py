@@ -104,8 +104,12 @@ def test_schedules() -> None:
 def test_the_schedule_drives_the_optimizer_lr() -> None:
     X, y = _toy()
     net = gb.MLP([12, 4, 3], backend="numpy")
-    h = fit(net, gb.SGD(net, lr=0.2), X, y, epochs=3, batch_size=40, schedule="step:1:0.5", progress=False)
+    opt = gb.SGD(net, lr=0.2)
+    h = fit(net, opt, X, y, epochs=3, batch_size=40, schedule="step:1:0.5", progress=False)
     assert [e["lr"] for e in h.epochs] == [0.2, 0.1, 0.05]
+    assert opt.lr == 0.2  # the rate it was given: a second fit starts from it, not from the schedule's last
+    h = fit(net, opt, X, y, epochs=1, batch_size=40, progress=False)
+    assert h.epochs[0]["lr"] == 0.2
 
 
 def test_early_stopping_restores_the_best_weights() -> None:
@@ -120,6 +124,34 @@ def test_early_stopping_restores_the_best_weights() -> None:
     best = min(range(len(h.epochs)), key=lambda i: h.epochs[i]["val_loss"])
     assert h.best_epoch == best + 1
     assert gb.evaluate(net, Xv, yv)[0] == pytest.approx(h.epochs[best]["val_loss"], rel=1e-5)
+
+
+def test_early_stopping_checkpoints_the_weights_it_returns_and_every_callback_sees_the_last_epoch(
+        tmp_path: Path) -> None:
+    X, y = _toy(n=60)
+    Xv, yv = _toy(n=60, seed=7)
+    yv = (yv + 1) % 3
+    net = gb.MLP([12, 16, 3], backend="numpy", seed=1)
+    seen: list[float] = []
+    h = fit(net, gb.SGD(net, lr=0.2, momentum=0.9), X, y, epochs=30, batch_size=10, validation=(Xv, yv),
+            patience=2, progress=False, checkpoint=tmp_path / "run.npz", callbacks=[lambda r: seen.append(r["epoch"])])
+    assert h.stopped_reason is gb.StopReason.EARLY_STOPPING and h.best_epoch < len(h.epochs)
+    assert seen == [e["epoch"] for e in h.epochs]  # the epoch that stopped the run too
+    saved = gb.load_model(tmp_path / "run.npz")
+    np.testing.assert_array_equal(saved.flat_params, net.flat_params)
+    state = load_checkpoint(tmp_path / "run.npz", gb.MLP([12, 16, 3], backend="numpy"), None)
+    assert History.from_dict(state["history"]).best_epoch == h.best_epoch
+
+
+def test_a_resumed_run_says_how_it_ended_itself(tmp_path: Path) -> None:
+    X, y = _toy()
+    net = gb.MLP([12, 8, 3], backend="numpy")
+    h = fit(net, gb.SGD(net, lr=0.1), X, y, epochs=4, batch_size=40, progress=False, checkpoint=tmp_path / "c.npz",
+            callbacks=[lambda r: r["epoch"] == 2])
+    assert h.stopped_reason is gb.StopReason.CALLBACK and len(h.epochs) == 2
+    net = gb.MLP([12, 8, 3], backend="numpy")
+    h = fit(net, gb.SGD(net, lr=0.1), X, y, epochs=4, batch_size=40, progress=False, resume=tmp_path / "c.npz")
+    assert len(h.epochs) == 4 and h.stopped_reason is gb.StopReason.COMPLETED and h.stop_message is None
 
 
 def test_divergence_stops_and_keeps_the_last_good_weights() -> None:
