@@ -418,4 +418,7 @@ def _checked_hyper(saved: Any, current: dict[str, Any]) -> dict[str, Any]:
         out[k] = check_hyper(k, float(v), f"optimizer state hyper-parameter {k}")
     if out.get("nesterov", current.get("nesterov")) and out.get("momentum", current.get("momentum", 1.0)) == 0.0:
         raise ValueError("optimizer state has Nesterov momentum with momentum 0")
+    if "momentum" in out and (out["momentum"] > 0) != (current["momentum"] > 0):  # a velocity is kept with momentum
+        raise ValueError(f"optimizer state has momentum {out['momentum']:g}, this optimizer {current['momentum']:g}; "
+                         f"build it with momentum={out['momentum']:g} to load this state")
     return out

@@ -313,6 +313,11 @@ def test_optimizer_buffers_missing_or_extra_are_one_sentence() -> None:
         plain.load_state_dict(with_velocity)
     with pytest.raises(ValueError, match="lacks velocity, which this SGD.*needs"):
         gb.SGD(net, lr=0.1, momentum=0.9).load_state_dict(plain.state_dict())
+    with pytest.raises(ValueError, match="has momentum 0.9, this optimizer 0; build it with momentum=0.9"):
+        plain.load_state_dict({"name": "sgd", "steps": 0, "hyper": {"momentum": 0.9}})  # no velocity to use it
+    assert plain.momentum == 0.0 and plain.velocity is None
+    with pytest.raises(ValueError, match="has momentum 0, this optimizer 0.9"):
+        gb.SGD(net, lr=0.1, momentum=0.9).load_state_dict(dict(with_velocity, hyper={"momentum": 0.0}))
     huge = dict(with_velocity, velocity=np.full(net.flat_params.shape, 1e300))
     with pytest.raises(ValueError, match="velocity contains NaN or Inf in float32"):
         gb.SGD(net, lr=0.1, momentum=0.9).load_state_dict(huge)

@@ -82,8 +82,7 @@ def test_optimizer_state_round_trip() -> None:
         net.train_step_grads(X, y)
         opt.step()
     twin = net.copy()
-    opt2 = gb.SGD(twin, lr=0.5)
-    opt2.velocity = twin.xp.zeros_like(twin.flat_params)
+    opt2 = gb.SGD(twin, lr=0.5, momentum=0.5)  # (a velocity to load into: momentum > 0)
     opt2.load_state_dict(opt.state_dict())
     assert opt2.lr == 0.1 and opt2.momentum == 0.9 and opt2.steps == 3
     for o, n in ((opt, net), (opt2, twin)):
