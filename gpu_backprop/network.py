@@ -274,8 +274,10 @@ class Sequential(NetworkState, Predictions):
         """
         X, y = self.check_inputs(X, y)
         saved = self.layer_states()
-        loss = self.train_step_grads(X, y) if train else self._eval_grads(X, y)
-        self.restore_layer_states(saved)
+        try:
+            loss = self.train_step_grads(X, y) if train else self._eval_grads(X, y)
+        finally:  # on an error too (a BatchNorm that refuses one sample has made its statistics by then)
+            self.restore_layer_states(saved)
         return float(loss), {k: g.copy() for k, g in self.grads.items()}
 
     def _eval_grads(self, X: Array, y: Array) -> Array:

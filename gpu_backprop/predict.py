@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from .backend import Backend, to_device
-from .checks import as_array, as_dtype, check_samples
+from .checks import as_array, as_dtype, check_int, check_samples
 
 __all__ = ["Predictions"]
 
@@ -44,6 +44,7 @@ class Predictions:
         what :func:`gpu_backprop.fit` takes (uint8 images or float features, on
         any device); the result is a new array on this network's device.
         """
+        check_int("batch_size", batch_size)
         X = as_array(X, self.backend, "X")
         X, scale = check_samples(X, self.input_dim)
         X = to_device(X, self.backend)

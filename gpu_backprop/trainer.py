@@ -111,7 +111,7 @@ def evaluate(net: Sequential, X: Any, y: Any, batch_size: int = 4096) -> tuple[f
     """Mean loss and accuracy of ``net`` on ``(X, y)`` in eval mode (accuracy NaN for float targets)."""
     if not isinstance(net, Sequential):
         raise TypeError(f"evaluate takes a gpu_backprop network, got {type(net).__name__}")
-    return _evaluate(Batches(net, X, y, "evaluation data"), batch_size)
+    return _evaluate(Batches(net, X, y, "evaluation data"), check_int("batch_size", batch_size))
 
 
 def _evaluate(data: Batches, batch_size: int = 4096) -> tuple[float, float]:

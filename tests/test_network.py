@@ -208,9 +208,21 @@ def test_a_layer_belongs_to_one_network_and_one_place_in_it(rng: np.random.Gener
 
 def test_batchnorm_needs_two_samples_in_training() -> None:
     net = gb.MLP([3, 4, 2], batchnorm=True, backend="numpy")
+    states = net.layer_states()
     with pytest.raises(ValueError, match="at least 2 samples"):
         net.loss_and_grads(np.ones((1, 3), np.float32), np.array([0]))
+    assert net.layer_states() == states  # the refused batch left nothing behind (no running statistics)
     assert net.predict(np.ones((1, 3), np.float32)).shape == (1, 2)  # eval mode is fine
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 2.5])
+def test_a_bad_batch_size_for_predictions_and_evaluation_is_one_sentence(batch_size) -> None:
+    net = gb.MLP([3, 4, 2], backend="numpy")
+    X, y = np.ones((5, 3), np.float32), np.zeros(5, np.int64)
+    for call in (lambda: net.predict_proba(X, batch_size), lambda: net.predict_classes(X, batch_size),
+                 lambda: gb.evaluate(net, X, y, batch_size)):
+        with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+            call()
 
 
 def test_batchnorm_running_statistics_follow_the_data(rng: np.random.Generator) -> None:
