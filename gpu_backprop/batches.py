@@ -47,7 +47,8 @@ class Batches:
     def __init__(self, net: Sequential, X: Any, y: Any, what: str = "training data") -> None:
         """Check ``(X, y)`` where they are (see :mod:`.checks`), then move them to ``net``'s device once."""
         X, self.scale = check_samples(as_array(X, net.backend, f"{what} X"), net.input_dim, f"{what} X")
-        self.y = checked_targets(y, net.backend, X.shape[0], net.output_dim, net.dtype, f"{what} y")
+        self.y = checked_targets(y, net.backend, X.shape[0], net.output_dim, net.dtype, f"{what} y",
+                                 net.loss.probabilities)
         xp = net.xp
         self.net = net
         X = to_device(X, net.backend)

@@ -92,11 +92,12 @@ def check_samples(X: Array, input_dim: int, what: str = "X") -> tuple[Array, flo
     return X.reshape(n, d), scale
 
 
-def check_targets(y: Array, n: int, outputs: int, what: str = "y") -> Array:
+def check_targets(y: Array, n: int, outputs: int, what: str = "y", probabilities: bool = False) -> Array:
     """``y`` checked for ``n`` samples and a network with ``outputs`` outputs: labels or float targets.
 
     Labels are integers in ``[0, outputs)`` (0/1 for one output); targets are
-    finite floats ``(n, outputs)``. Returned where they are, unconverted.
+    finite floats ``(n, outputs)``, and with ``probabilities`` each row is
+    non-negative and sums to 1 (to 1e-3). Returned where they are, unconverted.
     """
     rows = y.shape[0] if y.ndim else 0
     if rows != n:
@@ -115,8 +116,18 @@ def check_targets(y: Array, n: int, outputs: int, what: str = "y") -> Array:
         raise ValueError(f"{what}: targets must be labels ({n},) or an array ({n}, {outputs}), got shape {y.shape}")
     if y.dtype.kind != "f":
         raise TypeError(f"{what}: targets of shape {y.shape} have dtype {y.dtype}; pass float targets")
-    if not bool(get_array_module(y).isfinite(y).all()):
+    xp = get_array_module(y)
+    if not bool(xp.isfinite(y).all()):
         raise ValueError(f"{what}: targets contain NaN or Inf; clean them first")
+    if probabilities:
+        sums = y.sum(axis=1, dtype=np.float64)
+        bad = (xp.abs(sums - 1) > 1e-3) | (y < 0).any(axis=1)
+        if bool(bad.any()):
+            i = int(bad.argmax())
+            raise ValueError(f"{what}: softmax cross-entropy targets are probabilities, each row non-negative and "
+                             f"summing to 1, but row {i} sums to {float(sums[i]):.4g} with its smallest entry "
+                             f"{float(y[i].min()):.4g}; normalise them (y / y.sum(axis=1, keepdims=True)), "
+                             "or use loss='bce' for labels that are not exclusive")
     return y
 
 
@@ -140,9 +151,10 @@ def as_targets(y: Array, xp: Any, dtype: Any, what: str = "y") -> Array:
     return xp.ascontiguousarray(y, dtype=xp.int64) if y.ndim == 1 else as_dtype(y, xp, dtype, what)
 
 
-def checked_targets(y: Any, backend: Backend, n: int, outputs: int, dtype: Any, what: str = "y") -> Array:
+def checked_targets(y: Any, backend: Backend, n: int, outputs: int, dtype: Any, what: str = "y",
+                    probabilities: bool = False) -> Array:
     """``y`` checked where it is (:func:`check_targets`), then on ``backend``'s device as a step reads it."""
-    y = check_targets(as_array(y, backend, what), n, outputs, what)
+    y = check_targets(as_array(y, backend, what), n, outputs, what, probabilities)
     return as_targets(to_device(y, backend), backend.xp, dtype, what)
 
 

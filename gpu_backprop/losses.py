@@ -36,6 +36,8 @@ class Loss:
     takes_labels = False
     #: a network with one output predicts class 1 where its output exceeds this (outputs fitted to 0/1 targets)
     threshold = 0.5
+    #: whether float targets must be rows of probabilities (each non-negative, summing to 1)
+    probabilities = False
 
     def __init__(self) -> None:
         self.buffers = Buffers()  #: ``d out`` and the per-row losses, reused from step to step
@@ -86,6 +88,7 @@ class SoftmaxCrossEntropy(Loss):
     """
 
     name = "softmax_cross_entropy"
+    probabilities = True  # dZ = (A − T) / N is the gradient of L only where each row of T sums to 1
     takes_labels = True
 
     def forward_backward(self, out: Array, y: Array, need_grad: bool = True) -> tuple[Array, Array | None]:

@@ -219,7 +219,8 @@ class Sequential(NetworkState, Predictions):
             X = X * scale  # uint8 images: a new float array
         if y is None:
             return X, None
-        return X, checked_targets(y, self.backend, X.shape[0], self.output_dim, self.dtype)
+        return X, checked_targets(y, self.backend, X.shape[0], self.output_dim, self.dtype,
+                                  probabilities=self.loss.probabilities)
 
     # ------------------------------------------------------------------ computation
     def forward(self, X: Array, train: bool = False) -> Array:

@@ -46,6 +46,23 @@ def test_each_loss_with_soft_targets(backend_name: str, rng: np.random.Generator
     gb.gradcheck(net, X, gb.to_device(T, net.backend))
 
 
+def test_softmax_cross_entropy_takes_only_rows_of_probabilities(backend_name: str, rng: np.random.Generator) -> None:
+    # dZ = (A − T)/N is the gradient only where each row of T sums to 1: other targets are refused, not mis-trained
+    X, _ = _data(backend_name, rng)
+    T = rng.random((9, 4))
+    T /= T.sum(1, keepdims=True)
+    net = gb.MLP([7, 5, 4], activation="tanh", backend=backend_name, dtype="float64")
+    for bad, row, total in ((np.where(np.arange(9)[:, None] == 4, 2 * T, T), 4, "2"),
+                            (np.where(np.arange(9)[:, None] == 6, T - T[6].max(), T), 6, r"-?\d")):
+        bad = gb.to_device(bad, net.backend)
+        for call in (lambda: net.loss_and_grads(X, bad), lambda: gb.gradcheck(net, X, bad),
+                     lambda: gb.fit(net, gb.SGD(net, lr=0.1), X, bad, epochs=1, batch_size=3, progress=False)):
+            with pytest.raises(ValueError, match=rf"row {row} sums to {total}.*normalise them"):
+                call()
+    bce = gb.MLP([7, 5, 4], loss="bce", backend=backend_name, dtype="float64")
+    bce.loss_and_grads(X, gb.to_device(2 * T, bce.backend))  # no such rule for bce
+
+
 def test_binary_bce_with_one_output(rng: np.random.Generator) -> None:
     X = rng.standard_normal((10, 3))
     y = rng.integers(0, 2, 10)
