@@ -40,6 +40,7 @@ from ._io import atomic_write_bytes, create_temporary
 __all__ = [
     "DATASETS",
     "DataError",
+    "DataNotFound",
     "Dataset",
     "default_cache_dir",
     "load_dataset",
@@ -117,6 +118,10 @@ _CHUNK = 1 << 20  # bytes read at a time, from files and from the network
 
 class DataError(ValueError):
     """A data file is missing, corrupt or inconsistent (the message names it and the fix)."""
+
+
+class DataNotFound(DataError):
+    """A named data set is in none of the places looked in, and could not be downloaded."""
 
 
 @dataclass(frozen=True)
@@ -551,8 +556,8 @@ def load_dataset(name: str, data_dir: str | os.PathLike[str] | None = None, down
     ValueError
         If ``name`` is not one of :data:`DATASETS`.
     DataError
-        If the files are not found and cannot be downloaded (the message lists the ways to
-        provide them), or a file is corrupt, or images and labels disagree.
+        If a file is corrupt, or images and labels disagree; :class:`DataNotFound`, a DataError,
+        if the files are not found and cannot be downloaded (the message lists the ways to provide them).
     """
     key = str(name).lower()
     if key not in DATASETS:
@@ -578,11 +583,11 @@ def load_dataset(name: str, data_dir: str | os.PathLike[str] | None = None, down
             return _load_dir(key, files, str(directory))
     looked = f"{key} was not found in {' or '.join(str(p) for p in places)}"
     if not download:
-        raise DataError(f"{looked} and downloads are off; {_ways_to_provide(key)}")
+        raise DataNotFound(f"{looked} and downloads are off; {_ways_to_provide(key)}")
     try:
         _download(key, cache, fetch or _urlopen)
     except DataError as exc:
-        raise DataError(f"{looked} and {exc}; {_ways_to_provide(key)}") from None
+        raise DataNotFound(f"{looked} and {exc}; {_ways_to_provide(key)}") from None
     files = _complete(cache)
     if files is None:  # only if something removed the files meanwhile
         raise DataError(f"{cache}: the downloaded files disappeared; run again")

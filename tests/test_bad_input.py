@@ -225,6 +225,9 @@ def _cli_cases(tmp: Path) -> list[tuple[str, list[str], str]]:
         ("truncated file", ["train", "--dataset", "idx", "--data-dir", str(truncated)], "truncated"),
         ("count mismatch", ["train", "--dataset", "idx", "--data-dir", str(mismatch)], "8 labels"),
         ("missing data dir", ["train", "--dataset", "idx", "--data-dir", str(tmp / "nope")], "does not exist"),
+        # no --dataset: MNIST from the named directory, never the shipped sample in its place
+        ("truncated file, default data set", ["train", "--data-dir", str(truncated)], "truncated"),
+        ("missing data dir, default data set", ["train", "--data-dir", str(tmp / "nope")], "does not exist"),
         ("checkpoint of another architecture", [*base, "--hidden", "9", "--resume",
                                                 str(other_arch / "checkpoint.npz")], "different network"),
         ("truncated checkpoint", [*base, "--hidden", "7", "--resume", str(corrupt)], "corrupt or truncated"),

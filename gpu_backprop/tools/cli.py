@@ -515,14 +515,17 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _load_data(cfg: dict[str, Any]) -> tuple[Any, str]:
-    """The data set, and a note when the default fell back to the shipped sample."""
-    from ..data import DataError, load_dataset
+    """The data set, and a note when the default fell back to the shipped sample.
 
-    if cfg["dataset"] is not None:
-        return load_dataset(cfg["dataset"], cfg["data_dir"]), ""
+    Only MNIST that is nowhere to be found falls back: a --data-dir the user named, or a corrupt file, is an error.
+    """
+    from ..data import DataNotFound, load_dataset
+
+    if cfg["dataset"] is not None or cfg["data_dir"] is not None:
+        return load_dataset(cfg["dataset"] or "mnist", cfg["data_dir"]), ""
     try:
-        return load_dataset("mnist", cfg["data_dir"]), ""
-    except DataError:
+        return load_dataset("mnist"), ""
+    except DataNotFound:
         return load_dataset("mnist-sample"), (" (full MNIST is not cached and could not be downloaded, so: the "
                                               "10,000-digit sample shipped)")
 

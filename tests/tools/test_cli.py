@@ -54,6 +54,28 @@ def test_json_is_all_of_stdout_and_the_lines_for_people_go_to_stderr(capsys, tmp
     assert {"checkpoint.npz", "checkpoint.json", "history.json"} <= set(written)
 
 
+def test_the_default_data_falls_back_to_the_sample_only_when_mnist_is_nowhere(
+        capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gpu_backprop import data
+
+    real = data.load_dataset
+    problem: list[Exception] = []
+
+    def load(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "mnist":
+            raise problem[0]
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(data, "load_dataset", load)
+    train = ["train", "--epochs", "1", "--hidden", "8", "-b", "500", "--no-progress"]
+    problem[:] = [data.DataNotFound("mnist was not found and downloads failed")]
+    code, out, err = run(train, capsys)
+    assert code == 0 and "the 10,000-digit sample shipped" in out + err, err
+    problem[:] = [data.DataError("train-images-idx3-ubyte is truncated")]  # a corrupt cached file: said, not hidden
+    code, out, err = run(train, capsys)
+    assert code == 2 and "truncated" in err and "epoch" not in out + err, err
+
+
 def test_resume_continues_from_the_checkpoint(capsys, tmp_path: Path) -> None:
     out_dir = tmp_path / "run"
     assert run([*QUICK, "--out", str(out_dir)], capsys)[0] == 0
