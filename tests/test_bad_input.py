@@ -235,6 +235,8 @@ def _cli_cases(tmp: Path) -> list[tuple[str, list[str], str]]:
         ("output dir that cannot be written", [*base, "--out", str(blocker / "sub")], "cannot write to --out"),
         ("batch size 0", [*base, "--batch-size", "0"], "at least 1"),
         ("batch size larger than the data", [*base, "--batch-size", "11"], "larger than the 9"),  # 1 held out
+        ("a refusal once --out is made and locked", [*base, "--batch-size", "11", "--out", str(tmp / "new" / "sub")],
+         "larger than the 9"),
         ("negative learning rate", [*base, "--lr", "-0.1"], "--lr must be a positive number"),
         ("non-numeric hidden sizes", [*base, "--hidden", "a,b"], "--hidden takes"),
         ("unknown initializer", [*base, "--init", "zeros"], "unknown initializer"),

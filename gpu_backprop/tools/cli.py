@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, TextIO, cast
 
 from .. import __version__
-from .._io import DirectoryInUse, lock_directory, save_png, strict_json
+from .._io import LOCK_NAME, DirectoryInUse, lock_directory, save_png, strict_json
 from ._args import Parser, UsageError
 
 __all__ = ["PRESETS", "main"]
@@ -314,9 +314,11 @@ def _check_out_dir(out: str) -> Path:
 
 
 def _remove_if_empty(directories: list[Path]) -> None:
-    """Remove the directories made for --out, deepest first, as long as they are empty."""
+    """Remove the directories made for --out, deepest first, as long as they are empty (but for our lock file)."""
     for d in directories:
         try:
+            if [p.name for p in d.iterdir()] == [LOCK_NAME]:  # released by now: the lock leaves first
+                (d / LOCK_NAME).unlink()
             d.rmdir()
         except OSError:
             return
