@@ -76,6 +76,8 @@ def test_quick_run_writes_a_well_formed_report(tmp_path: Path) -> None:
     (["--model", "784-0-10"], "--model"),
     (["--repeats", "0"], "--repeats"),
     (["--seconds", "-1"], "--seconds"),
+    (["--seconds", "inf"], "--seconds must be a positive number"),
+    (["--gemm-n", "1000000", "--model", "784-10", "--batch", "1"], "--gemm-n 1000000: the GEMM"),  # 11,176 GiB
     (["--name", "../x"], "--name"),
     (["--batch", "²"], "--batch"),  # "²".isdigit() is True, int("²") fails
     (["--model", "784-1²-10"], "--model"),
@@ -556,10 +558,29 @@ def test_every_committed_report_renders_again(tmp_path: Path, capsys: pytest.Cap
         assert table in copy.with_suffix(".md").read_text()  # the same figures as the committed Markdown
 
 
+@pytest.mark.parametrize("mend", [lambda r: r.update(results=[None]), lambda r: r.update(facts=[]),
+                                  lambda r: r.update(limits=None), lambda r: r.update(results=[{"x": 1}])],
+                         ids=["a null row", "facts as a list", "no limits", "a row of other fields"])
+def test_a_damaged_report_renders_as_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                          mend) -> None:
+    results = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+    report = json.loads(next(p for p in sorted(results.glob("*.json")) if "-scaling-" not in p.name).read_text())
+    mend(report)
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(report))
+    assert benchmark.main(["--render", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "the report lacks a field" in err and err.count("\n") == 1 and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]  # no Markdown or plot half made
+
+
 def test_a_model_too_big_for_the_gpu_is_refused_with_the_gpus_memory() -> None:
     """CuPy's ``Device().mem_info`` is (free, total) bytes; a stand-in GPU of 0.5 GiB."""
     gpu = types.SimpleNamespace(name="cupy", xp=types.SimpleNamespace(
         cuda=types.SimpleNamespace(Device=lambda: types.SimpleNamespace(mem_info=(2**28, 2**29)))))
     problem = benchmark._memory_problem({"mlp-784-100000-10": [784, 100_000, 10]}, 128, [gpu])
     assert problem is not None and "the GPU has 0.5 GiB" in problem and "79,500,010 parameters" in problem
-    assert benchmark._memory_problem({"mlp-784-1000-10": [784, 1000, 10]}, 60_000, [gpu]) is None
+    problem = benchmark._memory_problem({"mlp-784-1000-10": [784, 1000, 10]}, 60_000, [gpu])
+    assert problem == ("--gemm-n 2048: the GEMM that sets the limit needs 0.8 GiB and the GPU has 0.5 GiB; "
+                       "choose a smaller --gemm-n")  # on a GPU it is at least 8192² (three float32 matrices)
+    assert benchmark._memory_problem({"mlp-784-1000-10": [784, 1000, 10]}, 60_000, []) is None

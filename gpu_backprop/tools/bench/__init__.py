@@ -36,6 +36,7 @@ written again after every row, so a run that is killed keeps its finished rows.
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import re
 import sys
@@ -48,7 +49,7 @@ from ...devices import set_tf32
 from .._args import Parser
 from .peers import N_TRAIN
 from .report import default_stem, render, write
-from .suite import MODELS, least_memory_bytes, machine_facts, run_suite
+from .suite import GPU_GEMM_N, MODELS, least_memory_bytes, machine_facts, run_suite
 from .timing import Quiet
 
 __all__ = ["default_out", "main"]
@@ -99,21 +100,27 @@ def _out_problem(out: Path) -> str | None:
     return None
 
 
-def _memory_problem(models: dict[str, list[int]], rows: int, backends: list[Backend]) -> str | None:
-    """One sentence when a model surely does not fit the memory of the host or the GPU, else None."""
+def _memory_problem(models: dict[str, list[int]], rows: int, backends: list[Backend],
+                    gemm_n: int = 2048) -> str | None:
+    """One sentence when a model, or the limit's three float32 GEMM matrices (``gemm_n``², at least
+    ``GPU_GEMM_N``² on a GPU), surely do not fit the memory of the host or the GPU, else None."""
     host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else None
-    places = [("this machine", host)]
+    places = [("this machine", host, gemm_n)]
     for be in backends:
         if be.name == "cupy":
-            places.append(("the GPU", be.xp.cuda.Device().mem_info[1]))
+            places.append(("the GPU", be.xp.cuda.Device().mem_info[1], max(gemm_n, GPU_GEMM_N)))
     for name, sizes in models.items():
         need = least_memory_bytes(sizes, rows)
-        for where, have in places:
+        for where, have, _ in places:
             if have and need > have:
                 params = sum(a * b + b for a, b in itertools.pairwise(sizes))
                 return (f"--model {name.removeprefix('mlp-') if name not in MODELS else name}: {params:,} parameters "
                         f"with batches of {rows:,} need at least {need / 2**30:,.1f} GiB and {where} has "
                         f"{have / 2**30:,.1f} GiB; choose smaller layer sizes or batches")
+    for where, have, n in places:
+        if have and 3 * 4 * n**2 > have:
+            return (f"--gemm-n {gemm_n}: the GEMM that sets the limit needs {3 * 4 * n**2 / 2**30:,.1f} GiB and "
+                    f"{where} has {have / 2**30:,.1f} GiB; choose a smaller --gemm-n")
     return None
 
 
@@ -157,8 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     for flag in ("repeats", "gemm_n"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be a positive integer, got {getattr(args, flag)}")
-    if args.seconds is not None and not args.seconds > 0:
-        p.error(f"--seconds must be positive, got {args.seconds}")
+    if args.seconds is not None and not (math.isfinite(args.seconds) and args.seconds > 0):
+        p.error(f"--seconds must be a positive number of seconds, got {args.seconds}")
     if args.patience is not None and not args.patience >= 0:
         p.error(f"--patience must be 0 or more seconds, got {args.patience}")
     if not args.max_load >= 0:
@@ -184,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.backend == "cupy":
             p.error("--backend cupy: no CUDA device answers here; run with --backend numpy")
     most_rows = max(N_TRAIN if b == "full" else int(b) for b in [*batches, *breakdown_batches])
-    problem = _memory_problem(models, most_rows, backends)
+    problem = _memory_problem(models, most_rows, backends, args.gemm_n or (1024 if args.quick else 2048))
     if problem:
         p.error(problem)
     out = Path(args.out) if args.out else default_out()

@@ -329,7 +329,7 @@ def render(path: Path) -> int:
         return 2
     try:
         markdown = to_markdown(report)
-    except (KeyError, TypeError, ValueError) as exc:
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:  # (a field of another type: None.get)
         print(f"error: --render {path}: the report lacks a field this suite needs ({exc!r}); it was written by "
               "another version of the suite", file=sys.stderr)
         return 2

@@ -271,6 +271,10 @@ def _gemm_limit(be: Backend, n: int, repeats: int, quiet: Quiet) -> dict[str, An
 # --------------------------------------------------------------------------
 # The suite
 # --------------------------------------------------------------------------
+#: the least GEMM size for a GPU's limit: its rate needs a large product
+GPU_GEMM_N = 8192
+
+
 def run_suite(models: dict[str, list[int]], batches: list[int | str], backends: list[Backend], *,
               budget: float, repeats: int, gemm_n: int, gpu_gemm_n: int | None = None, peers: bool,
               sklearn: bool = True, tta: bool, breakdown_batches: Sequence[int | str] = (), quiet: Quiet | None = None,
@@ -307,7 +311,8 @@ def run_suite(models: dict[str, list[int]], batches: list[int | str], backends: 
         if limits and be.name in limits:  # measured by an earlier run on this device
             lim: dict[str, Any] = dict(limits[be.name])
         else:
-            lim = _gemm_limit(be, gemm_n if be.name == "numpy" else gpu_gemm_n or max(gemm_n, 8192), repeats, quiet)
+            n = gemm_n if be.name == "numpy" else gpu_gemm_n or max(gemm_n, GPU_GEMM_N)
+            lim = _gemm_limit(be, n, repeats, quiet)
         if be.name == "cupy":  # the limit is the rate of the precision the run uses
             lim["precision"] = "tf32" if tf32_enabled() else "fp32"
             lim["gemm_flops"] = lim[f"gemm_{lim['precision']}_flops"]
