@@ -23,7 +23,8 @@ import numpy as np
 from .backend import Backend, get_array_module, is_cupy_array, to_device
 
 __all__ = ["DTYPES", "as_array", "as_dtype", "as_targets", "check_dtype", "check_int", "check_range",
-           "check_same_device", "check_samples", "check_targets", "checked_targets", "is_int", "is_number"]
+           "check_same_device", "check_samples", "check_seed", "check_targets", "checked_samples", "checked_targets",
+           "is_int", "is_number"]
 
 Array = Any
 
@@ -90,6 +91,16 @@ def check_samples(X: Array, input_dim: int, what: str = "X") -> tuple[Array, flo
         fix = " (or scale them: X.astype('float32') / 255)" if X.dtype.kind in "iu" else ""
         raise TypeError(f"{what} has dtype {X.dtype}; pass uint8 images or float32/float64 features{fix}")
     return X.reshape(n, d), scale
+
+
+def checked_samples(X: Any, backend: Backend, input_dim: int, dtype: Any, what: str = "X") -> Array:
+    """``X`` checked where it is (:func:`check_samples`), then on ``backend``'s device as ``(N, D)`` rows of ``dtype``.
+
+    uint8 images become floats scaled by 1/255 (a new array); features already so are returned as they are.
+    """
+    X, scale = check_samples(as_array(X, backend, what), input_dim, what)
+    X = as_dtype(to_device(X, backend), backend.xp, dtype, what)
+    return X * scale if scale != 1.0 else X
 
 
 def check_targets(y: Array, n: int, outputs: int, what: str = "y", probabilities: bool = False) -> Array:
@@ -190,6 +201,13 @@ def check_int(name: str, value: Any, lo: int | None = 1, alternative: str = "") 
     if not is_int(value) or (lo is not None and value < lo):
         kind = {None: "an integer", 0: "a non-negative integer", 1: "a positive integer"}.get(lo, f"an integer ≥ {lo}")
         raise ValueError(f"{name} must be {kind}{alternative}, got {value!r}")
+    return int(value)
+
+
+def check_seed(name: str, value: Any) -> int:
+    """``value`` as a seed: an int in ``[0, 2**64)`` (the random streams hash 64-bit counters), else a ValueError."""
+    if not is_int(value) or not 0 <= value < 2**64:
+        raise ValueError(f"{name} must be an integer from 0 to 2**64 - 1, got {value!r}")
     return int(value)
 
 

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from .backend import Backend, get_backend, to_device
-from .checks import DTYPES, as_array, as_dtype, check_dtype, check_same_device, check_samples, checked_targets, is_int
+from .checks import DTYPES, check_dtype, check_same_device, check_seed, checked_samples, checked_targets, is_int
 from .layers import Activation, BatchNorm, Dense, Dropout, Layer, make_activation
 from .losses import Loss, make_loss
 from .params import FlatParameters, Slot
@@ -89,7 +89,7 @@ class Sequential(NetworkState, Predictions):
         self.loss = make_loss(loss)
         self.backend = get_backend(backend)
         self.dtype = check_dtype(dtype)
-        self.seed = int(seed)
+        self.seed = check_seed("seed", seed)
         self.input_dim = int(input_dim) if input_dim is not None else self._infer_input_dim()
         self._steps = self._fuse()
         if len({id(layer) for layer in self._steps}) < len(self._steps):
@@ -129,7 +129,7 @@ class Sequential(NetworkState, Predictions):
             if isinstance(layer, Dense):
                 layer.activation = None
             if isinstance(layer, Dropout) and layer.seed == 0:
-                layer.seed = self.seed * 1_000_003 + i
+                layer.seed = (self.seed * 1_000_003 + i) % 2**64
             steps.append(layer)
         return steps
 
@@ -212,11 +212,7 @@ class Sequential(NetworkState, Predictions):
         and non-finite values, each with a sentence that says how to fix it.
         """
         check_same_device(self.backend, X=X, y=y)
-        xp = self.xp
-        X, scale = check_samples(as_array(X, self.backend, "X"), self.input_dim)
-        X = as_dtype(X, xp, self.dtype)
-        if scale != 1.0:
-            X = X * scale  # uint8 images: a new float array
+        X = checked_samples(X, self.backend, self.input_dim, self.dtype)
         if y is None:
             return X, None
         return X, checked_targets(y, self.backend, X.shape[0], self.output_dim, self.dtype,

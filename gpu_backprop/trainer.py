@@ -40,7 +40,7 @@ import numpy as np
 from . import kernels
 from .batches import Batches
 from .checkpoint import check_resumable, load_checkpoint, save_checkpoint
-from .checks import check_int
+from .checks import check_int, check_seed
 from .distributed import average_gradients, shard_rows, sum_over_ranks
 from .guard import Guard, check_steps
 from .history import (
@@ -97,7 +97,7 @@ class FitConfig:
         check_int("epochs", self.epochs)
         if self.batch_size != "full":
             check_int("batch_size", self.batch_size, alternative=" or 'full'")
-        check_int("seed", self.seed, lo=None)
+        check_seed("seed", self.seed)
         make_schedule(self.schedule)  # a bad name is one sentence now, not at the first step
         if not 0.0 <= self.validation_fraction < 1.0:
             raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction!r}")

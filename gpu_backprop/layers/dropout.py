@@ -6,6 +6,7 @@ from typing import Any
 
 from .. import kernels
 from ..backend import get_array_module
+from ..checks import check_seed
 from .base import Layer
 
 Array = Any
@@ -26,7 +27,7 @@ class Dropout(Layer):
         if not 0.0 <= p < 1.0:
             raise ValueError(f"Dropout probability must be in [0, 1), got {p}")
         self.p = float(p)
-        self.seed = int(seed)
+        self.seed = check_seed("Dropout seed", seed)
         self.counter = 0
 
     def forward(self, x: Array, train: bool = False) -> Array:
