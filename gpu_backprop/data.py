@@ -49,6 +49,9 @@ __all__ = [
     "write_idx",
 ]
 
+#: Labels are class numbers below this: a larger one is a damaged file, not a network of that many outputs.
+MAX_CLASSES = 65_536
+
 #: The names :func:`load_dataset` accepts.
 DATASETS = ("mnist", "fashion-mnist", "mnist-sample", "idx")
 
@@ -379,6 +382,9 @@ def _load_dir(name: str, files: dict[str, Path], source: str) -> Dataset:
             raise DataError(f"{y_file}: holds no samples; check that it is the right file")
         if y.min() < 0:
             raise DataError(f"{y_file}: holds the negative label {y.min()}; labels must be class numbers 0, 1, ...")
+        if (top := int(y.max())) >= MAX_CLASSES:
+            raise DataError(f"{y_file}: holds the label {top:,}, which would make a network of {top + 1:,} outputs; "
+                            f"labels must be class numbers 0, 1, ... below {MAX_CLASSES:,}: check the file")
     if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
         raise DataError(f"{files['x_train']} holds images of shape {arrays['x_train'].shape[1:]} but "
                         f"{files['x_test']} holds {arrays['x_test'].shape[1:]}; they must come from one data set")

@@ -175,6 +175,15 @@ def test_images_and_labels_of_different_counts(tmp_path: Path) -> None:
         load_dataset("idx", data_dir=_idx_dir(tmp_path, n_train_labels=9))
 
 
+def test_a_stray_huge_label_is_a_damaged_file_not_a_huge_network(tmp_path: Path) -> None:
+    root = _idx_dir(tmp_path)
+    labels = (np.arange(10) % 3).astype(">i4")
+    labels[7] = 2_147_483_647  # a damaged int32 labels file: 2**31 classes, a 72 GiB output layer
+    (root / "train-labels-idx1-ubyte").write_bytes(struct.pack(">HBBI", 0, 0x0C, 1, 10) + labels.tobytes())
+    with pytest.raises(DataError, match="holds the label 2,147,483,647, which would make a network of"):
+        load_dataset("idx", data_dir=root)
+
+
 # --------------------------------------------------------------------------
 # Checkpoints
 # --------------------------------------------------------------------------
@@ -239,6 +248,12 @@ def _cli_cases(tmp: Path) -> list[tuple[str, list[str], str]]:
          "larger than the 9"),
         ("negative learning rate", [*base, "--lr", "-0.1"], "--lr must be a positive number"),
         ("non-numeric hidden sizes", [*base, "--hidden", "a,b"], "--hidden takes"),
+        ("hidden sizes that are only commas", [*base, "--hidden", ",,,"], "--hidden takes"),
+        ("negative seed", [*base, "--seed", "-1"], "--seed must be an integer from 0"),
+        ("validation fraction NaN", [*base, "--validation-fraction", "nan"], "--validation-fraction must be in"),
+        ("negative validation fraction", [*base, "--validation-fraction", "-0.1"], "--validation-fraction must be"),
+        ("patience without validation", [*base, "--patience", "2", "--validation-fraction", "0"],
+         "keep a --validation-fraction above 0"),
         ("unknown initializer", [*base, "--init", "zeros"], "unknown initializer"),
         ("unknown backend", [*base, "--backend", "metal"], "invalid choice"),
         ("unknown dataset", ["train", "--dataset", "imagenet"], "invalid choice"),

@@ -120,7 +120,7 @@ def _parser() -> argparse.ArgumentParser:
     flag("--dtype", choices=["float32", "float64"], help="precision of the weights and the arithmetic")
     flag("--tf32", action="store_true", default=None,
          help="float32 matrix products on TF32 tensor cores (CuPy on Ampere+; ~3e-4 relative error)")
-    flag("--hidden", metavar="SIZES", help="hidden layer sizes, comma-separated")
+    flag("--hidden", metavar="SIZES", help="hidden layer sizes, comma-separated ('' for none)")
     flag("--activation", choices=ACTIVATIONS, help="activation of the hidden layers")
     flag("--loss", choices=LOSSES, help="the loss")
     flag("--output-activation", choices=ACTIVATIONS, help="activation after the last layer (for mse)")
@@ -276,8 +276,8 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _hidden(text: str) -> list[int]:
-    try:
-        sizes = [int(s) for s in str(text).split(",") if s.strip()]
+    try:  # '' is no hidden layer; otherwise every part is a size (',,,' is a typo, not a network)
+        sizes = [int(s) for s in str(text).split(",")] if str(text).strip() else []
     except ValueError:
         raise UsageError(f"--hidden takes comma-separated layer sizes like 256,256, got {text!r}") from None
     if any(s < 1 for s in sizes):
@@ -389,6 +389,12 @@ def _train(args: argparse.Namespace) -> int:
         raise UsageError(f"--epochs must be at least 1, got {cfg['epochs']}")
     if not (cfg["lr"] > 0 and math.isfinite(cfg["lr"])):
         raise UsageError(f"--lr must be a positive number, got {cfg['lr']}")
+    if not 0 <= cfg["seed"] < 2**64:
+        raise UsageError(f"--seed must be an integer from 0 to 2**64 - 1, got {cfg['seed']}")
+    if not 0 <= cfg["validation_fraction"] < 1:  # (NaN too)
+        raise UsageError(f"--validation-fraction must be in [0, 1), got {cfg['validation_fraction']}")
+    if cfg["patience"] is not None and not cfg["validation_fraction"]:
+        raise UsageError("--patience watches the validation loss: keep a --validation-fraction above 0 (default 0.1)")
     resumed: dict[str, Any] | None = None
     if cfg["resume"]:
         if not Path(cfg["resume"]).is_file():
