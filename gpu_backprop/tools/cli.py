@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import io
 import math
 import os
@@ -245,8 +246,9 @@ def main(argv: list[str] | None = None) -> int:
             return _train(args)
         except (UsageError, ValueError, TypeError, DataError, CheckpointError, BackendError, OSError,
                 MemoryError) as exc:
-            _stop_all_ranks(f"error: {exc}", code=2)
-            print(f"error: {exc}", file=sys.stderr)
+            message = _os_problem(exc) if isinstance(exc, OSError) else str(exc)
+            _stop_all_ranks(f"error: {message}", code=2)
+            print(f"error: {message}", file=sys.stderr)
             return 2
         except (KeyboardInterrupt, Terminated) as exc:
             what, code = ("terminated", 143) if isinstance(exc, Terminated) else ("interrupted", 130)
@@ -255,6 +257,14 @@ def main(argv: list[str] | None = None) -> int:
             return code
         finally:
             _HELD.close()  # the --out lock
+
+
+def _os_problem(exc: OSError) -> str:
+    """An error of the file system as one sentence: what failed, on which path, and what to do."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    if exc.errno == errno.ENOSPC:
+        return f"no space left on the device{where}; free some space or choose another --out (each file is whole)"
+    return f"{exc.strerror or exc}{where}; check that path, and the ones given to --out, --data-dir and --resume"
 
 
 def _stop_all_ranks(message: str, code: int) -> None:

@@ -425,3 +425,20 @@ def test_sigterm_while_a_checkpoint_is_written_leaves_no_temporary_file(tmp_path
     assert "Traceback" not in err
     left = [p.name for p in out.iterdir()] if out.exists() else []  # (the first checkpoint: nothing, no --out)
     assert not [name for name in left if name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("error, said", [
+    (OSError(28, "No space left on device"), "no space left on the device; free some space or choose another --out"),
+    (IsADirectoryError(21, "Is a directory", "run/history.json"), "Is a directory (run/history.json); check that path"),
+])
+def test_a_file_system_error_is_one_sentence_with_what_to_do(capsys, monkeypatch: pytest.MonkeyPatch,
+                                                             tmp_path: Path, error: OSError, said: str) -> None:
+    from gpu_backprop import trainer
+
+    def fail(*args: Any, **kwargs: Any) -> None:
+        raise error
+
+    monkeypatch.setattr(trainer, "save_checkpoint", fail)
+    code, _, err = run([*QUICK, "--out", str(tmp_path / "run")], capsys)
+    assert code == 2 and err.strip().splitlines()[-1].startswith(f"error: {said}"), err
+    assert "Traceback" not in err
