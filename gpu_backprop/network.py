@@ -38,6 +38,10 @@ __all__ = ["DTYPES", "MLP", "Sequential", "StateEntry"]
 
 Array = Any
 
+#: the network whose buffers hold each layer's parameters, by the layer's id (an entry goes with its network,
+#: and a network keeps its layers alive, so their ids stay theirs)
+_NETWORK_OF: weakref.WeakValueDictionary[int, Sequential] = weakref.WeakValueDictionary()
+
 
 class Sequential(NetworkState, Predictions):
     """Layers applied in order, then a loss.
@@ -82,7 +86,7 @@ class Sequential(NetworkState, Predictions):
         for i, layer in enumerate(layers):
             if not isinstance(layer, Layer):
                 raise TypeError(f"layers[{i}] is a {type(layer).__name__}, not a gpu_backprop Layer")
-            if layer._network is not None and layer._network() is not None:
+            if id(layer) in _NETWORK_OF:
                 raise ValueError(f"layers[{i}] ({layer!r}) belongs to another network, whose parameters it holds; "
                                  "give each network layers of its own (net.copy() copies a whole network)")
         self.layers = layers
@@ -103,8 +107,7 @@ class Sequential(NetworkState, Predictions):
         self.flat_params, self.flat_grads = self.flat.flat_params, self.flat.flat_grads
         self.params, self.grads, self.n_decay = self.flat.params, self.flat.grads, self.flat.n_decay
         self.reset_parameters(self.seed)
-        for layer in self._steps:
-            layer._network = weakref.ref(self)
+        _NETWORK_OF.update({id(layer): self for layer in self._steps})
 
     # ------------------------------------------------------------------ build
     def _infer_input_dim(self) -> int:

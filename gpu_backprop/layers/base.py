@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import weakref
 from typing import Any, ClassVar
 
 import numpy as np
@@ -48,8 +47,6 @@ class Layer:
     grads: dict[str, Array]
     #: the attributes ``forward`` sets for ``backward`` (what it keeps of the last batch); a pickle leaves them out
     per_batch: ClassVar[tuple[str, ...]] = ()
-    #: the network whose buffers hold this layer's parameters (set by it; a copy or pickle of the layer has none)
-    _network: weakref.ref[Any] | None = None
 
     def __init__(self) -> None:
         self.params = {}
@@ -108,12 +105,6 @@ class Layer:
         self.buffers.clear()
         for name in self.per_batch:
             self.__dict__.pop(name, None)
-
-    def __getstate__(self) -> dict[str, Any]:
-        """What :mod:`pickle` and ``copy.deepcopy`` keep: all but the network it belongs to (a copy belongs to none)."""
-        saved = dict(vars(self))
-        saved.pop("_network", None)
-        return saved
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.spec().items() if k != "type")
