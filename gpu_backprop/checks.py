@@ -16,6 +16,7 @@ regression values).
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, TypeGuard
 
 import numpy as np
@@ -212,7 +213,12 @@ def check_seed(name: str, value: Any) -> int:
 
 
 def check_range(name: str, value: float, lo: float, hi: float = math.inf, lo_open: bool = False) -> float:
-    """``value`` as a float in ``[lo, hi)`` (``(lo, hi)`` with ``lo_open``), else a ValueError that names it."""
+    """``value`` as a float in ``[lo, hi)`` (``(lo, hi)`` with ``lo_open``), else a ValueError that names it.
+
+    A value that is not a real number (a string, None, a bool) is a TypeError that names it.
+    """
+    if not isinstance(value, numbers.Real) or isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a number, got {value!r}")
     v = float(value)
     if not (math.isfinite(v) and (v > lo if lo_open else v >= lo) and v < hi):
         raise ValueError(f"{name} must be in {'(' if lo_open else '['}{lo}, {hi}), got {value!r}")

@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from . import kernels
 from .network import Sequential
 from .state import OptimizerState, check_hyper
@@ -86,6 +88,8 @@ class SGD(Optimizer):
         super().__init__(net, lr)
         self.momentum = check_hyper("momentum", momentum)
         self.weight_decay = check_hyper("weight_decay", weight_decay)
+        if not isinstance(nesterov, (bool, np.bool_)):
+            raise TypeError(f"nesterov must be True or False, got {nesterov!r}")
         if nesterov and self.momentum == 0.0:
             raise ValueError("Nesterov momentum needs momentum > 0")
         self.nesterov = bool(nesterov)
@@ -143,8 +147,9 @@ class Adam(Optimizer):
     def __init__(self, net: Sequential, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0) -> None:
         super().__init__(net, lr)
-        self.beta1 = check_hyper("beta1", betas[0])
-        self.beta2 = check_hyper("beta2", betas[1])
+        if len(betas) != 2:
+            raise ValueError(f"Adam's betas are two numbers (beta1, beta2), got {betas!r}")
+        self.beta1, self.beta2 = check_hyper("beta1", betas[0]), check_hyper("beta2", betas[1])
         self.eps = check_hyper("eps", eps)
         self.weight_decay = check_hyper("weight_decay", weight_decay)
         self.m = net.xp.zeros_like(net.flat_params)

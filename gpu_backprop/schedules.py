@@ -37,7 +37,7 @@ def make_schedule(spec: str | Schedule | None) -> Schedule:
         if name == "step" and len(args) <= 2:
             every = int(args[0]) if args else 10
             gamma = float(args[1]) if len(args) > 1 else 0.1
-            if every < 1 or not 0 < gamma:
+            if every < 1 or not 0 < gamma < math.inf:
                 raise ValueError
             return lambda e, s, t: gamma ** (e // every)
         if name == "cosine" and not args:

@@ -40,7 +40,7 @@ import numpy as np
 from . import kernels
 from .batches import Batches
 from .checkpoint import check_resumable, load_checkpoint, save_checkpoint
-from .checks import check_int, check_seed
+from .checks import check_int, check_range, check_seed
 from .distributed import average_gradients, shard_rows, sum_over_ranks
 from .guard import Guard, check_steps
 from .history import (
@@ -99,12 +99,11 @@ class FitConfig:
             check_int("batch_size", self.batch_size, alternative=" or 'full'")
         check_seed("seed", self.seed)
         make_schedule(self.schedule)  # a bad name is one sentence now, not at the first step
-        if not 0.0 <= self.validation_fraction < 1.0:
-            raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction!r}")
+        check_range("validation_fraction", self.validation_fraction, 0.0, 1.0)
         if self.patience is not None:
             check_int("patience", self.patience)
-        if self.max_grad_norm is not None and not (math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0):
-            raise ValueError(f"max_grad_norm must be a positive number, got {self.max_grad_norm!r}")
+        if self.max_grad_norm is not None:
+            check_range("max_grad_norm", self.max_grad_norm, 0.0, lo_open=True)
 
 
 def evaluate(net: Sequential, X: Any, y: Any, batch_size: int = 4096) -> tuple[float, float]:

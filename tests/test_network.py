@@ -180,11 +180,20 @@ def test_bad_input_is_one_clear_error(net: gb.MLP, X, y, error, match) -> None:
     (lambda: gb.Sequential([]), "at least one layer"),
     (lambda: gb.Sequential(["dense"]), "not a gpu_backprop Layer"),
     (lambda: gb.Dense(0, 3), "positive integer"),
-    (lambda: gb.Dropout(1.0), r"\[0, 1\)"),
+    (lambda: gb.Dropout(1.0), r"Dropout probability must be in \[0.0, 1.0\)"),
     (lambda: gb.MLP([4, 3], seed=-1), r"seed must be an integer from 0 to 2\*\*64 - 1, got -1"),
     (lambda: gb.MLP([4, 3], seed=1.5), "seed must be an integer"),  # not quietly 1
     (lambda: gb.Dropout(0.5, seed=2**64), "Dropout seed must be an integer"),
     (lambda: gb.FitConfig(seed=2**70), "seed must be an integer"),  # not the run of seed 0 (the hash is 64-bit)
+    (lambda: gb.FitConfig(validation_fraction="0.1"), "validation_fraction must be a number, got '0.1'"),
+    (lambda: gb.FitConfig(max_grad_norm="1"), "max_grad_norm must be a number"),
+    (lambda: gb.FitConfig(schedule="step:1:inf"), "unknown schedule"),  # not an infinite rate after epoch 1
+    (lambda: gb.Dropout("0.5"), "Dropout probability must be a number"),
+    (lambda: gb.BatchNorm(4, eps=0), r"BatchNorm eps must be in \(0.0, inf\)"),
+    (lambda: gb.BatchNorm(4, momentum=2), r"BatchNorm momentum must be in \(0, 1\]"),
+    (lambda: gb.MLP([4, 3], output_activation=5), "unknown activation 5"),
+    (lambda: gb.Adam(gb.MLP([4, 3]), betas=(0.9,)), "betas are two numbers"),
+    (lambda: gb.SGD(gb.MLP([4, 3]), momentum=0.9, nesterov="no"), "nesterov must be True or False"),
 ])
 def test_bad_construction_is_one_clear_error(build, match) -> None:
     with pytest.raises((ValueError, TypeError), match=match):

@@ -95,7 +95,7 @@ _ACTIVATION_CLASSES: dict[str, type[Activation]] = {
 
 def make_activation(name: str) -> Activation:
     """An activation layer from its name (``"relu"``, ``"sigmoid"``, ...)."""
-    key = name.lower().replace("-", "_")
+    key = name.lower().replace("-", "_") if isinstance(name, str) else None
     if key not in _ACTIVATION_CLASSES:
         raise ValueError(f"unknown activation {name!r}; choose one of {', '.join(_ACTIVATION_CLASSES)}")
     return _ACTIVATION_CLASSES[key]()

@@ -8,7 +8,7 @@ import numpy as np
 
 from .. import kernels
 from ..backend import get_array_module
-from ..checks import check_int
+from ..checks import check_int, check_range
 from .base import Layer
 
 Array = Any
@@ -35,11 +35,11 @@ class BatchNorm(Layer):
 
     def __init__(self, num_features: int, momentum: float = 0.1, eps: float = 1e-5) -> None:
         super().__init__()
-        if not 0.0 < momentum <= 1.0:
+        self.momentum = check_range("BatchNorm momentum", momentum, 0.0, lo_open=True)
+        if self.momentum > 1.0:
             raise ValueError(f"BatchNorm momentum must be in (0, 1], got {momentum}")
         self.num_features = check_int("BatchNorm num_features", num_features)
-        self.momentum = float(momentum)
-        self.eps = float(eps)
+        self.eps = check_range("BatchNorm eps", eps, 0.0, lo_open=True)  # (the variance's divisor is √(σ² + ε))
         self.running_mean: Array = None  # allocated on the first forward, on the input's device
         self.running_var: Array = None
 

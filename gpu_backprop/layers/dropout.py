@@ -6,7 +6,7 @@ from typing import Any
 
 from .. import kernels
 from ..backend import get_array_module
-from ..checks import check_seed
+from ..checks import check_range, check_seed
 from .base import Layer
 
 Array = Any
@@ -24,9 +24,7 @@ class Dropout(Layer):
 
     def __init__(self, p: float = 0.5, seed: int = 0) -> None:
         super().__init__()
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"Dropout probability must be in [0, 1), got {p}")
-        self.p = float(p)
+        self.p = check_range("Dropout probability", p, 0.0, 1.0)
         self.seed = check_seed("Dropout seed", seed)
         self.counter = 0
 
