@@ -191,7 +191,10 @@ class Sequential(NetworkState, Predictions):
         return self.flat.view(flat, self._name_of[(id(layer), pname)])
 
     def reset_parameters(self, seed: int | None = None) -> None:
-        """Draw fresh initial weights from ``seed`` (on the host, then copied to the device once)."""
+        """Draw fresh initial weights from ``seed`` (on the host, then copied to the device once).
+
+        Only the parameters: running statistics and dropout counters stay (a new network starts afresh).
+        """
         rng = np.random.default_rng(self.seed if seed is None else seed)
         d = self.input_dim
         for layer in self._steps:
