@@ -189,7 +189,8 @@ class EarlyStopping:
         self.bad_epochs += 1
         if self.bad_epochs < self.patience:
             return None
-        return (f"early stopping: the validation loss did not improve for {self.patience} epochs; "
+        return (f"early stopping: the validation loss did not improve for {self.patience} epoch"
+                f"{'s' * (self.patience != 1)}; "
                 f"restored the weights of epoch {self.best_epoch}")
 
     def restore_best(self, net: Sequential, history: History) -> bool:

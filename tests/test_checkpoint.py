@@ -214,7 +214,7 @@ def saved_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     ("momentum", ["--hidden", "16"], "--hidden 16 asks for a different network than the checkpoint's (hidden 8)"),
     ("momentum", ["--dtype", "float64"], "--dtype float64 asks for a different network"),
     ("momentum", ["--preset", "quick"], "--preset quick"),
-    ("momentum", ["--epochs", "1"], "nothing to train"),
+    ("momentum", ["--epochs", "1"], "the checkpoint has done 1 epoch and --epochs is 1, so there is nothing to train"),
 ])
 def test_a_flag_that_contradicts_the_checkpoint_is_one_sentence(saved_runs: dict[str, Path], run: str,
                                                                  flags: list[str], fragment: str,

@@ -686,8 +686,9 @@ def _resumed_settings(cfg: dict[str, Any], given: dict[str, tuple[str, Any]], me
     done = meta["state"].get("epoch", 0)
     epochs = given["epochs"][1] if "epochs" in given else saved.get("epochs", cfg["epochs"])
     if isinstance(done, int) and epochs <= done:
-        raise UsageError(f"the checkpoint has done {done} epochs and --epochs is {epochs}, so there is nothing to "
-                         f"train; pass --epochs above {done} to train on")
+        whose = "--epochs is" if "epochs" in given else "the saved run planned"
+        raise UsageError(f"the checkpoint has done {done} epoch{'s' * (done != 1)} and {whose} {epochs}, so there is "
+                         f"nothing to train; pass --epochs above {done} to train on")
     out = dict(cfg)
     out.update({k: v for k, v in saved.items() if k not in ("hidden", "epochs")})
     out["epochs"] = epochs
