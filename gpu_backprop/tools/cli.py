@@ -285,6 +285,18 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     return cfg
 
 
+def _check_flags_are_read(cfg: dict[str, Any], args: argparse.Namespace) -> None:
+    """A flag the run would not read is a mistake to point out, not to drop in silence."""
+    unread = [("--momentum", args.momentum is not None and cfg["optimizer"] != "sgd", "--optimizer sgd"),
+              ("--nesterov", bool(args.nesterov) and cfg["optimizer"] != "sgd", "--optimizer sgd"),
+              ("--tf32", bool(args.tf32) and cfg["dtype"] != "float32", "--dtype float32"),
+              ("--data-dir", args.data_dir is not None and cfg["dataset"] == "mnist-sample", "another --dataset")]
+    for flag, ignored, fix in unread:
+        if ignored:
+            raise UsageError(f"{flag} has no effect on this run ({cfg['optimizer']}, {cfg['dtype']}, "
+                             f"{cfg['dataset'] or 'mnist'}); drop it, or use {fix}")
+
+
 def _hidden(text: str) -> list[int]:
     try:  # '' is no hidden layer; otherwise every part is a size (',,,' is a typo, not a network)
         sizes = [int(s) for s in str(text).split(",")] if str(text).strip() else []
@@ -413,6 +425,7 @@ def _train(args: argparse.Namespace) -> int:
 
         resumed = checkpoint_metadata(cfg["resume"])
         cfg = _resumed_settings(cfg, _explicit(args), resumed)
+    _check_flags_are_read(cfg, args)
     out_dir = _check_out_dir(cfg["out"]) if cfg["out"] else None
     _use_device(cfg)
 
