@@ -193,13 +193,8 @@ class EarlyStopping:
                 f"{'s' * (self.patience != 1)}; "
                 f"restored the weights of epoch {self.best_epoch}")
 
-    def restore_best(self, net: Sequential, history: History) -> bool:
-        """Put back the best epoch's weights, unless they are the last epoch's, and record which they are.
-
-        Returns whether it did.
-        """
-        if self.best_state is None or self.best_epoch == len(history.epochs):
-            return False
-        net.load_state_dict(self.best_state)
-        history.best_epoch = self.best_epoch
-        return True
+    def restore_best(self, net: Sequential, history: History) -> None:
+        """Put back the best epoch's weights, unless they are the last epoch's, and record which they are."""
+        if self.best_state is not None and self.best_epoch != len(history.epochs):
+            net.load_state_dict(self.best_state)
+            history.best_epoch = self.best_epoch

@@ -158,8 +158,8 @@ def fit(
     validation : ``(X_val, y_val)`` evaluated after every epoch, instead of a
         held-out ``validation_fraction`` of ``(X, y)``.
     callbacks : called after every epoch with its record; one that returns True stops training.
-    checkpoint : a path; a checkpoint is written there (atomically) after every epoch, and once more
-        if early stopping restored the best weights: it holds what ``fit`` returns.
+    checkpoint : a path; a checkpoint is written there (atomically) after every epoch: the state a
+        ``resume`` continues from (the last epoch's, also where early stopping restored the best weights).
     resume : a checkpoint to continue from: the run goes on exactly as if it had
         never stopped (bit for bit on NumPy). It continues the saved run, so the
         network, the optimiser's kind and hyper-parameters (``lr`` as first given)
@@ -213,11 +213,6 @@ def fit(
         start_epoch = state["epoch"]
         saved = History.from_dict(state.get("history", {}))
         history = History(saved.epochs, saved.steps)  # how the saved part ended is not how this one ends
-
-    def save(epochs: int) -> None:
-        if checkpoint is not None and rank == 0:
-            save_checkpoint(checkpoint, net, optimizer, {**run, "epoch": epochs, "history": history.to_dict()})
-
     if size > 1:
         comm.broadcast_(net.flat_params)
     loop = _Loop(net, optimizer, train, B, comm, cfg.max_grad_norm, progress and rank == 0, history)
@@ -254,13 +249,14 @@ def fit(
                 stop = (StopReason.CALLBACK, f"stopped by a callback after epoch {epoch + 1}")
             if stop is not None:
                 history.stopped_reason, history.stop_message = stop
-            save(epoch + 1)
+            if checkpoint is not None and rank == 0:
+                save_checkpoint(checkpoint, net, optimizer, {**run, "epoch": epoch + 1, "history": history.to_dict()})
             if stop is not None:
                 break
     finally:  # the schedule set the rate of each step; the optimiser keeps the one it was given
         optimizer.lr = base_lr
-    if early is not None and early.restore_best(net, history):
-        save(len(history.epochs))  # the checkpoint holds the weights fit returns
+    if early is not None:
+        early.restore_best(net, history)
     return history
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -126,7 +127,7 @@ def test_early_stopping_restores_the_best_weights() -> None:
     assert gb.evaluate(net, Xv, yv)[0] == pytest.approx(h.epochs[best]["val_loss"], rel=1e-5)
 
 
-def test_early_stopping_checkpoints_the_weights_it_returns_and_every_callback_sees_the_last_epoch(
+def test_early_stopping_leaves_the_checkpoint_resumable_and_every_callback_sees_the_last_epoch(
         tmp_path: Path) -> None:
     X, y = _toy(n=60)
     Xv, yv = _toy(n=60, seed=7)
@@ -137,10 +138,29 @@ def test_early_stopping_checkpoints_the_weights_it_returns_and_every_callback_se
             patience=2, progress=False, checkpoint=tmp_path / "run.npz", callbacks=[lambda r: seen.append(r["epoch"])])
     assert h.stopped_reason is gb.StopReason.EARLY_STOPPING and h.best_epoch < len(h.epochs)
     assert seen == [e["epoch"] for e in h.epochs]  # the epoch that stopped the run too
-    saved = gb.load_model(tmp_path / "run.npz")
-    np.testing.assert_array_equal(saved.flat_params, net.flat_params)
-    state = load_checkpoint(tmp_path / "run.npz", gb.MLP([12, 16, 3], backend="numpy"), None)
-    assert History.from_dict(state["history"]).best_epoch == h.best_epoch
+    last = gb.MLP([12, 16, 3], backend="numpy", seed=1)  # the same run, told to stop there
+    fit(last, gb.SGD(last, lr=0.2, momentum=0.9), X, y, epochs=30, batch_size=10, validation=(Xv, yv),
+        progress=False, callbacks=[lambda r: r["epoch"] == len(h.epochs)])
+    saved = gb.load_model(tmp_path / "run.npz")  # the last epoch's state, to resume; net holds the best epoch's
+    np.testing.assert_array_equal(saved.flat_params, last.flat_params)
+    assert not np.array_equal(saved.flat_params, net.flat_params)
+
+
+def test_a_run_with_patience_resumes_bit_for_bit(tmp_path: Path) -> None:
+    """The best weights restored at the end of the first part are not what the second part continues from."""
+    X, y = _toy(n=60)
+    Xv, yv = _toy(n=60, seed=7)
+
+    def run(epochs: int, **kw: Any) -> History:
+        net = gb.MLP([12, 16, 3], backend="numpy", seed=1)
+        return fit(net, gb.SGD(net, lr=0.2, momentum=0.9), X, y, epochs=epochs, batch_size=10,
+                   validation=(Xv, (yv + 1) % 3), patience=50, progress=False, **kw)
+
+    straight = run(6)
+    first = run(3, checkpoint=tmp_path / "c.npz")
+    assert first.best_epoch is not None  # its best epoch was put back into its network
+    resumed = run(6, resume=tmp_path / "c.npz")
+    assert [e["loss"] for e in resumed.epochs] == [e["loss"] for e in straight.epochs]
 
 
 def test_a_resumed_run_says_how_it_ended_itself(tmp_path: Path) -> None:

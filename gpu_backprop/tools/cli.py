@@ -140,7 +140,8 @@ def _parser() -> argparse.ArgumentParser:
               "once, at the end)")
     flag("--patience", type=int, metavar="N", help="stop early when the validation loss has not improved for N epochs")
     flag("--max-grad-norm", type=float, metavar="NORM", help="clip gradients to this global norm")
-    flag("-o", "--out", metavar="DIR", help="directory for the checkpoint, history.json and curves.png")
+    flag("-o", "--out", metavar="DIR", help="directory for the checkpoint, history.json and curves.png (and "
+                                            "model.npz: the weights early stopping restored)")
     flag("-r", "--resume", metavar="CHECKPOINT",
          help="continue from a checkpoint, with the saved run's settings (a flag that contradicts them is an "
               "error; --epochs may grow)")
@@ -516,11 +517,18 @@ def _train(args: argparse.Namespace) -> int:
                     "the last updates made the weights too large; lower --lr or --weight-decay, or clip gradients "
                     "with --max-grad-norm")
     if out_dir is not None:
+        if history.best_epoch is not None:  # the tested weights; the checkpoint stays the run's, to --resume
+            from ..checkpoint import save_checkpoint
+
+            save_checkpoint(out_dir / "model.npz", net, None, {"epoch": history.best_epoch})
         history.to_json(out_dir / "history.json")
         _plot(history, out_dir / "curves.png",
               title=f"{ds.name}: {network}, {optimiser}, batch {batch_size}, {backend.name} on {backend.device}")
     if history.stop_message and not diverged:  # early stopping, or a callback
         print(history.stop_message, file=sys.stderr)
+    if out_dir is not None and history.best_epoch is not None:
+        print(f"the weights of epoch {history.best_epoch}, tested below, are in {out_dir / 'model.npz'} "
+              "(checkpoint.npz holds the last epoch's, to --resume)", file=sys.stderr)
     if diverged:
         print(diverged, file=sys.stderr)
     last = history.epochs[-1] if history.epochs else {}

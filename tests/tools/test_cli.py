@@ -442,3 +442,17 @@ def test_a_file_system_error_is_one_sentence_with_what_to_do(capsys, monkeypatch
     code, _, err = run([*QUICK, "--out", str(tmp_path / "run")], capsys)
     assert code == 2 and err.strip().splitlines()[-1].startswith(f"error: {said}"), err
     assert "Traceback" not in err
+
+
+def test_early_stopping_saves_the_tested_weights_beside_the_resumable_checkpoint(capsys, tmp_path: Path) -> None:
+    import gpu_backprop as gb
+    from gpu_backprop.data import load_dataset
+
+    out = tmp_path / "run"
+    code, stdout, err = run(["train", "--dataset", "mnist-sample", "--epochs", "30", "--patience", "1", "--lr", "0.5",
+                             "-b", "500", "--hidden", "8", "--no-progress", "--json", "--out", str(out)], capsys)
+    assert code == 0 and "early stopping" in err and f"are in {out / 'model.npz'}" in err, err
+    ds = load_dataset("mnist-sample")
+    tested = gb.evaluate(gb.load_model(out / "model.npz", backend="numpy"), ds.x_test, ds.y_test)
+    last = gb.evaluate(gb.load_model(out / "checkpoint.npz", backend="numpy"), ds.x_test, ds.y_test)
+    assert (strict_json(stdout)["test_loss"], strict_json(stdout)["test_accuracy"]) == tested != last
