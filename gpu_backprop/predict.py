@@ -44,24 +44,30 @@ class Predictions:
         what :func:`gpu_backprop.fit` takes (uint8 images or float features, on
         any device); the result is a new array on this network's device.
         """
+        return self._each_batch(X, batch_size, self.loss.predict)
+
+    def predict_classes(self, X: Any, batch_size: int = 8192) -> Array:
+        """The predicted class of each row of ``X`` as int64 ``(N,)``: the most probable one (0/1 for one output).
+
+        Read from the outputs as ``fit`` and ``evaluate`` count them: the largest, or for one output
+        1 where it exceeds the loss's ``threshold``.
+        """
+        def classes(out: Array) -> Array:
+            hits = out[:, 0] > self.loss.threshold if out.shape[1] == 1 else out.argmax(axis=1)
+            return hits.astype(self.xp.int64)
+
+        return self._each_batch(X, batch_size, classes)
+
+    def _each_batch(self, X: Any, batch_size: int, f: Any) -> Array:
+        """``f`` of the network's outputs for ``X``, batch by batch, joined (``X`` checked and converted first)."""
         check_int("batch_size", batch_size)
-        X = as_array(X, self.backend, "X")
-        X, scale = check_samples(X, self.input_dim)
+        X, scale = check_samples(as_array(X, self.backend, "X"), self.input_dim)
         X = to_device(X, self.backend)
         parts = []
         for i in range(0, X.shape[0], batch_size):
             xb = as_dtype(X[i:i + batch_size], self.xp, self.dtype)
-            if scale != 1.0:
-                xb = xb * scale
-            parts.append(self.loss.predict(self.forward(xb)))
+            parts.append(f(self.forward(xb * scale if scale != 1.0 else xb)))
         return parts[0] if len(parts) == 1 else self.xp.concatenate(parts)
-
-    def predict_classes(self, X: Any, batch_size: int = 8192) -> Array:
-        """The predicted class of each row of ``X`` as int64 ``(N,)``: the most probable one (0/1 for one output)."""
-        p = self.predict_proba(X, batch_size)
-        if p.shape[1] == 1:
-            return (p[:, 0] > 0.5).astype(self.xp.int64)
-        return p.argmax(axis=1).astype(self.xp.int64)
 
     def predict(self, X: Any, batch_size: int = 8192) -> Array:
         """Probabilities, as :meth:`predict_proba` (kept for old code; a scikit-learn user would read labels
