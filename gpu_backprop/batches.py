@@ -80,7 +80,7 @@ class Batches:
         b = n if batch_size == "full" else int(batch_size)
         if b > n:
             raise ValueError(f"batch_size {b} is larger than the {n} training samples; use 'full' or a smaller batch")
-        short = min(b, n % b or b)  # the smallest batch of an epoch, cut into `ranks` shards
+        short = n % b or b  # the smallest batch of an epoch (the last), cut into `ranks` shards
         if short < 2 * ranks and any(isinstance(layer, BatchNorm) for layer in self.net.steps):
             shards = f", cut into {ranks} shards," if ranks > 1 else ""
             raise ValueError(f"batch_size {b} over {n} training samples makes a batch of {short}{shards} and BatchNorm "

@@ -16,7 +16,6 @@ regression values).
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any, TypeGuard
 
 import numpy as np
@@ -217,9 +216,12 @@ def check_range(name: str, value: float, lo: float, hi: float = math.inf, lo_ope
 
     A value that is not a real number (a string, None, a bool) is a TypeError that names it.
     """
-    if not isinstance(value, numbers.Real) or isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a number, got {value!r}")
-    v = float(value)
+    try:  # a number of any kind (a NumPy scalar, a 0-d array), but not text or a truth value
+        if isinstance(value, (str, bytes, bool, np.bool_)):
+            raise TypeError
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number, got {value!r}") from None
     if not (math.isfinite(v) and (v > lo if lo_open else v >= lo) and v < hi):
         raise ValueError(f"{name} must be in {'(' if lo_open else '['}{lo}, {hi}), got {value!r}")
     return v

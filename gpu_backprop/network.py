@@ -83,12 +83,17 @@ class Sequential(NetworkState, Predictions):
         layers = list(layers)
         if not layers:
             raise ValueError("a network needs at least one layer")
+        place: dict[int, int] = {}
         for i, layer in enumerate(layers):
             if not isinstance(layer, Layer):
                 raise TypeError(f"layers[{i}] is a {type(layer).__name__}, not a gpu_backprop Layer")
             if id(layer) in _NETWORK_OF:
                 raise ValueError(f"layers[{i}] ({layer!r}) belongs to another network, whose parameters it holds; "
                                  "give each network layers of its own (net.copy() copies a whole network)")
+            if id(layer) in place and not (isinstance(layer, Activation) and isinstance(layers[i - 1], Dense)):
+                raise ValueError(f"layers[{i}] is layers[{place[id(layer)]}] again; give each place a layer of its "
+                                 "own (only an activation after a Dense, fused into it, may serve several)")
+            place.setdefault(id(layer), i)
         self.layers = layers
         self.loss = make_loss(loss)
         self.backend = get_backend(backend)
@@ -96,9 +101,6 @@ class Sequential(NetworkState, Predictions):
         self.seed = check_seed("seed", seed)
         self.input_dim = int(input_dim) if input_dim is not None else self._infer_input_dim()
         self._steps = self._fuse()
-        if len({id(layer) for layer in self._steps}) < len(self._steps):
-            raise ValueError("a layer is in the network twice; give each place a layer of its own (an activation "
-                             "fused into a Dense may serve several, since it keeps nothing of its own)")
         self._needs_dx = self._which_need_dx()
         if self.output_dim == 1 and self.loss.name == "softmax_cross_entropy":
             raise ValueError("softmax cross-entropy needs at least 2 outputs: the softmax of one output is always 1, "
@@ -107,6 +109,9 @@ class Sequential(NetworkState, Predictions):
         self.flat_params, self.flat_grads = self.flat.flat_params, self.flat.flat_grads
         self.params, self.grads, self.n_decay = self.flat.params, self.flat.grads, self.flat.n_decay
         self.reset_parameters(self.seed)
+        for i, layer in enumerate(self.layers):  # built: a Dropout given no seed takes one from the network's
+            if isinstance(layer, Dropout) and layer.seed == 0:
+                layer.seed = (self.seed * 1_000_003 + i) % 2**64
         _NETWORK_OF.update({id(layer): self for layer in self._steps})
 
     # ------------------------------------------------------------------ build
@@ -124,15 +129,13 @@ class Sequential(NetworkState, Predictions):
     def _fuse(self) -> list[Layer]:
         """The layers that run: an activation after a Dense layer becomes part of it."""
         steps: list[Layer] = []
-        for i, layer in enumerate(self.layers):
+        for layer in self.layers:
             if isinstance(layer, Activation) and steps and isinstance(steps[-1], Dense) \
                     and steps[-1].activation is None:
                 steps[-1].activation = layer
                 continue
             if isinstance(layer, Dense):
                 layer.activation = None
-            if isinstance(layer, Dropout) and layer.seed == 0:
-                layer.seed = (self.seed * 1_000_003 + i) % 2**64
             steps.append(layer)
         return steps
 
@@ -195,7 +198,7 @@ class Sequential(NetworkState, Predictions):
 
         Only the parameters: running statistics and dropout counters stay (a new network starts afresh).
         """
-        rng = np.random.default_rng(self.seed if seed is None else seed)
+        rng = np.random.default_rng(self.seed if seed is None else check_seed("seed", seed))
         d = self.input_dim
         for layer in self._steps:
             for pname, value in layer.initial_params(rng, d).items():

@@ -147,7 +147,7 @@ class Adam(Optimizer):
     def __init__(self, net: Sequential, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0) -> None:
         super().__init__(net, lr)
-        if len(betas) != 2:
+        if not (isinstance(betas, Sequence) and len(betas) == 2):
             raise ValueError(f"Adam's betas are two numbers (beta1, beta2), got {betas!r}")
         self.beta1, self.beta2 = check_hyper("beta1", betas[0]), check_hyper("beta2", betas[1])
         self.eps = check_hyper("eps", eps)

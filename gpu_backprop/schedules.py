@@ -31,21 +31,21 @@ def make_schedule(spec: str | Schedule | None) -> Schedule:
     if spec is None or callable(spec):
         return spec or (lambda e, s, t: 1.0)
     name, *args = str(spec).split(":")
-    try:
-        if name == "constant" and not args:
-            return lambda e, s, t: 1.0
-        if name == "step" and len(args) <= 2:
-            every = int(args[0]) if args else 10
-            gamma = float(args[1]) if len(args) > 1 else 0.1
-            if every < 1 or not 0 < gamma < math.inf:
-                raise ValueError
+    if name == "constant" and not args:
+        return lambda e, s, t: 1.0
+    if name == "step" and len(args) <= 2:
+        try:
+            every, gamma = int(args[0]) if args else 10, float(args[1]) if len(args) > 1 else 0.1
+        except ValueError:
+            every, gamma = 0, math.nan
+        if every >= 1 and 0 < gamma < math.inf:
             return lambda e, s, t: gamma ** (e // every)
-        if name == "cosine" and not args:
-            return lambda e, s, t: 0.5 * (1 + math.cos(math.pi * s / max(t, 1)))
-        if name == "onecycle" and not args:
-            return _one_cycle
-    except ValueError:
-        pass
+        raise ValueError(f"schedule {spec!r}: a step schedule multiplies the rate by GAMMA (finite, above 0) every "
+                         "EVERY epochs (1 or more), e.g. 'step:10:0.1'")
+    if name == "cosine" and not args:
+        return lambda e, s, t: 0.5 * (1 + math.cos(math.pi * s / max(t, 1)))
+    if name == "onecycle" and not args:
+        return _one_cycle
     raise ValueError(f"unknown schedule {spec!r}; choose constant, step[:EVERY[:GAMMA]], cosine or onecycle")
 
 

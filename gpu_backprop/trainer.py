@@ -97,7 +97,7 @@ class FitConfig:
         check_int("epochs", self.epochs)
         if self.batch_size != "full":
             check_int("batch_size", self.batch_size, alternative=" or 'full'")
-        check_seed("seed", self.seed)
+        object.__setattr__(self, "seed", check_seed("seed", self.seed))  # a Python int: the hash is 64-bit
         make_schedule(self.schedule)  # a bad name is one sentence now, not at the first step
         check_range("validation_fraction", self.validation_fraction, 0.0, 1.0)
         if self.patience is not None:
@@ -110,7 +110,8 @@ def evaluate(net: Sequential, X: Any, y: Any, batch_size: int = 4096) -> tuple[f
     """Mean loss and accuracy of ``net`` on ``(X, y)`` in eval mode (accuracy NaN for float targets)."""
     if not isinstance(net, Sequential):
         raise TypeError(f"evaluate takes a gpu_backprop network, got {type(net).__name__}")
-    return _evaluate(Batches(net, X, y, "evaluation data"), check_int("batch_size", batch_size))
+    batch_size = check_int("batch_size", batch_size)
+    return _evaluate(Batches(net, X, y, "evaluation data"), batch_size)
 
 
 def _evaluate(data: Batches, batch_size: int = 4096) -> tuple[float, float]:

@@ -187,7 +187,7 @@ def test_bad_input_is_one_clear_error(net: gb.MLP, X, y, error, match) -> None:
     (lambda: gb.FitConfig(seed=2**70), "seed must be an integer"),  # not the run of seed 0 (the hash is 64-bit)
     (lambda: gb.FitConfig(validation_fraction="0.1"), "validation_fraction must be a number, got '0.1'"),
     (lambda: gb.FitConfig(max_grad_norm="1"), "max_grad_norm must be a number"),
-    (lambda: gb.FitConfig(schedule="step:1:inf"), "unknown schedule"),  # not an infinite rate after epoch 1
+    (lambda: gb.FitConfig(schedule="step:1:inf"), "multiplies the rate by GAMMA .finite, above 0."),  # not inf later
     (lambda: gb.Dropout("0.5"), "Dropout probability must be a number"),
     (lambda: gb.BatchNorm(4, eps=0), r"BatchNorm eps must be in \(0.0, inf\)"),
     (lambda: gb.BatchNorm(4, momentum=2), r"BatchNorm momentum must be in \(0, 1\]"),
@@ -212,8 +212,15 @@ def test_a_layer_belongs_to_one_network_and_one_place_in_it(rng: np.random.Gener
     relu = gb.ReLU()  # an activation fused into each Dense keeps nothing of its own: one object may serve both
     gb.Sequential([gb.Dense(4, 4), relu, gb.Dense(4, 4), relu], backend="numpy")
     dense = gb.Dense(4, 4)
-    with pytest.raises(ValueError, match="in the network twice"):
+    with pytest.raises(ValueError, match=r"layers\[2\] is layers\[0\] again"):
         gb.Sequential([dense, gb.ReLU(), dense], backend="numpy")
+    dropout = gb.Dropout(0.5)
+    for refused in ([gb.Dense(4, 4), dropout, relu, relu], [gb.Dense(4, 4), dropout, gb.Dense(5, 2)]):
+        with pytest.raises(ValueError, match="again|receives 4 features"):
+            gb.Sequential(refused, backend="numpy", seed=5)
+    assert dropout.seed == 0  # a refused network leaves its layers as they were: the seed is still the network's
+    fresh = gb.Sequential([gb.Dense(4, 4), gb.Dropout(0.5)], backend="numpy", seed=7)
+    assert gb.Sequential([gb.Dense(4, 4), dropout], backend="numpy", seed=7).layers[1].seed == fresh.layers[1].seed
     del net
     gc.collect()
     gb.Sequential(layers, backend="numpy")  # a network that is gone holds nothing
@@ -287,3 +294,17 @@ def test_every_built_in_layer_rebuilds_from_its_init_args() -> None:
         assert twin.init_args() == layer.init_args() and twin.spec() == layer.spec()
     from gpu_backprop.layers import LAYER_TYPES
     assert {type(layer).__name__ for layer in layers} == set(LAYER_TYPES)  # the registry holds every built-in
+
+
+def test_numbers_of_any_kind_are_taken_where_a_number_is_asked_for() -> None:
+    net = gb.MLP([4, 3], backend="numpy", seed=np.uint64(3))
+    assert gb.SGD(net, lr=np.array(0.1)).lr == 0.1 and gb.Dropout(np.float32(0.5)).p == 0.5  # a 0-d array, a scalar
+    assert gb.FitConfig(seed=np.int64(5)).seed == 5 and type(gb.FitConfig(seed=np.int64(5)).seed) is int
+    with pytest.raises(ValueError, match="seed must be an integer from 0"):
+        net.reset_parameters(-1)
+    with pytest.raises(TypeError, match="must be a number, got True"):
+        gb.SGD(net, lr=True)
+    with pytest.raises(ValueError, match="betas are two numbers"):
+        gb.Adam(net, betas=0.9)
+    with pytest.raises(ValueError, match=r"BatchNorm momentum must be in \(0, 1\], got 0"):
+        gb.BatchNorm(3, momentum=0)

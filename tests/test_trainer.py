@@ -98,8 +98,9 @@ def test_schedules() -> None:
     assert one(0, 100, 100) == pytest.approx(1e-4)
     with pytest.raises(ValueError, match="unknown schedule"):
         make_schedule("exponential")
-    with pytest.raises(ValueError, match="unknown schedule"):
-        make_schedule("step:0")
+    for bad in ("step:0", "step:x", "step:2:-1", "step:2:nan"):
+        with pytest.raises(ValueError, match=r"a step schedule multiplies the rate by GAMMA .* e.g. 'step:10:0.1'"):
+            make_schedule(bad)
 
 
 def test_the_schedule_drives_the_optimizer_lr() -> None:
@@ -392,3 +393,12 @@ def test_batchnorm_never_meets_a_batch_of_one_sample_and_a_refusal_loses_nothing
     with pytest.raises(ValueError, match=r"makes a batch of 6, cut into 4 shards"):
         data.batch_size(13, ranks=4)  # the last batch of 6 leaves 1 row on two ranks
     assert fit(net, opt, X, y, batch_size=11, epochs=1, progress=False).epochs[0]["loss"] > 0
+
+
+def test_predict_classes_reads_the_outputs_as_the_accuracy_counts_them() -> None:
+    net = gb.Sequential([gb.Dense(2, 1)], loss="bce", backend="numpy")
+    net.params["layers.0.W"][...] = 0
+    net.params["layers.0.b"][...] = 1e-8  # a logit above 0 whose sigmoid rounds to ½ in float32
+    X = np.ones((3, 2), np.float32)
+    assert net.predict_proba(X)[0, 0] == 0.5
+    assert list(net.predict_classes(X)) == [1, 1, 1] and gb.evaluate(net, X, np.ones(3, np.int64))[1] == 1.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -35,8 +36,8 @@ class BatchNorm(Layer):
 
     def __init__(self, num_features: int, momentum: float = 0.1, eps: float = 1e-5) -> None:
         super().__init__()
-        self.momentum = check_range("BatchNorm momentum", momentum, 0.0, lo_open=True)
-        if self.momentum > 1.0:
+        self.momentum = check_range("BatchNorm momentum", momentum, -math.inf)  # a finite number
+        if not 0.0 < self.momentum <= 1.0:
             raise ValueError(f"BatchNorm momentum must be in (0, 1], got {momentum}")
         self.num_features = check_int("BatchNorm num_features", num_features)
         self.eps = check_range("BatchNorm eps", eps, 0.0, lo_open=True)  # (the variance's divisor is √(σ² + ε))
