@@ -101,15 +101,21 @@ def atomic_write_bytes(path: str | os.PathLike[str], payload: bytes) -> None:
     this host removes). The temporary file is removed if the write fails.
     """
     path = Path(path)
-    fd, tmp = create_temporary(path)
+    try:
+        fd, tmp = create_temporary(path)
+    except OSError as exc:
+        exc.filename = exc.filename or str(path)  # an error says which file it was writing (a full disk does not)
+        raise
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(payload)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            exc.filename = exc.filename or str(path)
         raise
     try:  # make the rename itself durable
         dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -140,13 +146,16 @@ LOCK_NAME = ".gpu_backprop.lock"
 
 
 @contextlib.contextmanager
-def lock_directory(directory: str | os.PathLike[str]) -> Iterator[None]:
+def lock_directory(directory: str | os.PathLike[str], remove_when_alone: bool = False) -> Iterator[None]:
     """Hold an exclusive lock on ``directory`` (a ``.gpu_backprop.lock`` file in it) while the block runs.
 
     Raises :class:`DirectoryInUse`, naming the holder's host and pid, if another
     process holds it. The lock goes with the process, so a killed run leaves
-    none behind (the empty lock file stays). Where ``fcntl`` is missing
-    (Windows) nothing is locked.
+    none behind (the empty lock file stays). With ``remove_when_alone`` the
+    holder deletes the lock file, still holding it, if nothing else is in the
+    directory at the end (a run that wrote nothing leaves an empty directory to
+    remove); whoever locks a file that was deleted meanwhile locks a new one.
+    Where ``fcntl`` is missing (Windows) nothing is locked.
     """
     try:
         import fcntl
@@ -154,19 +163,29 @@ def lock_directory(directory: str | os.PathLike[str]) -> Iterator[None]:
         yield
         return
     lock_path = Path(directory) / LOCK_NAME
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
-    try:
+    while True:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
             raise DirectoryInUse(directory, holder) from None
+        try:
+            if os.fstat(fd).st_ino == os.stat(lock_path).st_ino:
+                break  # the lock file that is there, not one its last holder deleted after we opened it
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         try:
             yield
         finally:
             os.ftruncate(fd, 0)
+            if remove_when_alone and os.listdir(directory) == [LOCK_NAME]:
+                lock_path.unlink()
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)

@@ -6,6 +6,7 @@ code before these fixes (see the commit that added this file).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import io
@@ -29,7 +30,7 @@ from _custom_layers import Shifted
 
 import gpu_backprop as gb
 from gpu_backprop import backend, data
-from gpu_backprop._io import atomic_write_bytes, lock_directory
+from gpu_backprop._io import LOCK_NAME, atomic_write_bytes, lock_directory
 from gpu_backprop.checkpoint import FORMAT, CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from gpu_backprop.data import load_dataset, write_idx
 from gpu_backprop.tools import cli
@@ -133,6 +134,48 @@ def test_a_second_run_into_the_same_out_directory_is_refused_up_front(tmp_path: 
     assert not (out / "checkpoint.npz").exists()
 
 
+def test_a_refused_run_never_removes_the_directory_and_lock_of_the_run_that_holds_them(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both runs found --out missing and the other one locked it first: the refused run's clean-up leaves it."""
+    out = tmp_path / "new" / "run"
+    first_run = contextlib.ExitStack()
+    check_out_dir = cli._check_out_dir
+
+    def then_the_other_run_locks_it(path: str) -> tuple[Path, bool]:
+        made = check_out_dir(path)
+        first_run.enter_context(lock_directory(out, remove_when_alone=True))
+        return made
+
+    monkeypatch.setattr(cli, "_check_out_dir", then_the_other_run_locks_it)
+    with first_run:
+        code, _, err = _run(["train", "--dataset", "mnist-sample", "--hidden", "8", "--epochs", "1",
+                             "--no-progress", "--out", str(out)], capsys)
+        assert code == 2 and "in use by another run" in err, err
+        assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]  # still there, still locked
+    assert out.is_dir() and not (out / LOCK_NAME).exists()  # the holder, alone in it, took its lock file with it
+
+
+def test_a_full_disk_names_the_file_and_leaves_the_old_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from gpu_backprop import _io
+
+    target = tmp_path / "f.bin"
+    target.write_bytes(b"old")
+
+    def full(fd: int) -> None:
+        raise OSError(28, "No space left on device")  # as a write that ran out of room: no file name attached
+
+    monkeypatch.setattr(_io.os, "fsync", full)
+    with pytest.raises(OSError) as info:
+        atomic_write_bytes(target, b"new")
+    assert info.value.filename == str(target) and target.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.bin"]  # no temporary file left
+    code, _, err = _run(["train", "--dataset", "mnist-sample", "--hidden", "8", "--epochs", "1", "--no-progress",
+                         "--out", str(tmp_path / "run")], capsys)
+    assert code == 2 and err.strip() == (f"error: no space left on the device ({tmp_path / 'run' / 'checkpoint.npz'}); "
+                                         "free some space or choose another --out (what was written is intact)"), err
+
+
 # ==========================================================================
 # 5. Files get the mode a plain open() gives them
 # ==========================================================================
@@ -214,7 +257,9 @@ def saved_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     ("momentum", ["--hidden", "16"], "--hidden 16 asks for a different network than the checkpoint's (hidden 8)"),
     ("momentum", ["--dtype", "float64"], "--dtype float64 asks for a different network"),
     ("momentum", ["--preset", "quick"], "--preset quick"),
-    ("momentum", ["--epochs", "1"], "the checkpoint has done 1 epoch and --epochs is 1, so there is nothing to train"),
+    ("momentum", ["--epochs", "1"], "the checkpoint has done 1 epoch and --epochs asks for 1, so there is nothing"),
+    ("momentum", ["--patience", "2"], "the saved run holds out no validation data: drop --patience"),
+    ("momentum", ["--optimizer", "sgd", "--tf32", "--dtype", "float64"], "--dtype float64 asks for a different"),
 ])
 def test_a_flag_that_contradicts_the_checkpoint_is_one_sentence(saved_runs: dict[str, Path], run: str,
                                                                  flags: list[str], fragment: str,

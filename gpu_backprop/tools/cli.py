@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, TextIO, cast
 
 from .. import __version__
-from .._io import LOCK_NAME, DirectoryInUse, lock_directory, save_png, strict_json
+from .._io import DirectoryInUse, lock_directory, save_png, strict_json
 from ._args import Parser, UsageError
 
 __all__ = ["PRESETS", "main"]
@@ -264,7 +264,8 @@ def _os_problem(exc: OSError) -> str:
     """An error of the file system as one sentence: what failed, on which path, and what to do."""
     where = f" ({exc.filename})" if exc.filename else ""
     if exc.errno == errno.ENOSPC:
-        return f"no space left on the device{where}; free some space or choose another --out (each file is whole)"
+        return (f"no space left on the device{where}; free some space or choose another --out (what was written is "
+                "intact)")
     return f"{exc.strerror or exc}{where}; check that path, and the ones given to --out, --data-dir and --resume"
 
 
@@ -293,14 +294,17 @@ def _check_flags_are_read(cfg: dict[str, Any], args: argparse.Namespace) -> None
               ("--tf32", bool(args.tf32) and cfg["dtype"] != "float32", "--dtype float32"),
               ("--data-dir", args.data_dir is not None and cfg["dataset"] == "mnist-sample", "another --dataset")]
     for flag, ignored, fix in unread:
-        if ignored:
+        if ignored:  # (a resumed run keeps the saved settings: the only fix then is to drop the flag)
             raise UsageError(f"{flag} has no effect on this run ({cfg['optimizer']}, {cfg['dtype']}, "
-                             f"{cfg['dataset'] or 'mnist'}); drop it, or use {fix}")
+                             f"{cfg['dataset'] or 'mnist'}); drop it" + ("" if cfg["resume"] else f", or use {fix}"))
 
 
 def _hidden(text: str) -> list[int]:
-    try:  # '' is no hidden layer; otherwise every part is a size (',,,' is a typo, not a network)
-        sizes = [int(s) for s in str(text).split(",")] if str(text).strip() else []
+    parts = str(text).split(",") if str(text).strip() else []  # '' is no hidden layer
+    if len(parts) > 1 and not parts[-1].strip():
+        parts.pop()  # '256,' as '256'; but ',,,' is a typo, not a network
+    try:
+        sizes = [int(s) for s in parts]
     except ValueError:
         raise UsageError(f"--hidden takes comma-separated layer sizes like 256,256, got {text!r}") from None
     if any(s < 1 for s in sizes):
@@ -320,28 +324,27 @@ def _batch(text: str) -> int | str:
     return b
 
 
-def _check_out_dir(out: str) -> Path:
-    """Create --out and check that it can be written, before anything is trained.
+def _check_out_dir(out: str) -> tuple[Path, bool]:
+    """Create --out and check that it can be written, before anything is trained; ``(it, whether it was made)``.
 
     A run that ends without writing into it leaves no empty directory behind.
     """
     path = Path(out)
-    _HELD.callback(_remove_if_empty, [p for p in (path, *path.parents) if not p.exists()])
+    made = [p for p in (path, *path.parents) if not p.exists()]
+    _HELD.callback(_remove_if_empty, made)
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
             pass
     except OSError as exc:
         raise UsageError(f"cannot write to --out {out} ({exc.strerror or exc}); choose a writable directory") from None
-    return path
+    return path, bool(made)
 
 
 def _remove_if_empty(directories: list[Path]) -> None:
-    """Remove the directories made for --out, deepest first, as long as they are empty (but for our lock file)."""
+    """Remove the directories made for --out, deepest first, as long as they are empty."""
     for d in directories:
         try:
-            if [p.name for p in d.iterdir()] == [LOCK_NAME]:  # released by now: the lock leaves first
-                (d / LOCK_NAME).unlink()
             d.rmdir()
         except OSError:
             return
@@ -416,8 +419,6 @@ def _train(args: argparse.Namespace) -> int:
         raise UsageError(f"--seed must be an integer from 0 to 2**64 - 1, got {cfg['seed']}")
     if not 0 <= cfg["validation_fraction"] < 1:  # (NaN too)
         raise UsageError(f"--validation-fraction must be in [0, 1), got {cfg['validation_fraction']}")
-    if cfg["patience"] is not None and not cfg["validation_fraction"]:
-        raise UsageError("--patience watches the validation loss: keep a --validation-fraction above 0 (default 0.1)")
     resumed: dict[str, Any] | None = None
     if cfg["resume"]:
         if not Path(cfg["resume"]).is_file():
@@ -426,8 +427,12 @@ def _train(args: argparse.Namespace) -> int:
 
         resumed = checkpoint_metadata(cfg["resume"])
         cfg = _resumed_settings(cfg, _explicit(args), resumed)
+    if cfg["patience"] is not None and not cfg["validation_fraction"]:
+        raise UsageError("--patience watches the validation loss, and " + (
+            "the saved run holds out no validation data: drop --patience" if resumed else
+            "--validation-fraction 0 holds out none: keep it above 0 (the default is 0.1)"))
     _check_flags_are_read(cfg, args)
-    out_dir = _check_out_dir(cfg["out"]) if cfg["out"] else None
+    out_dir, made_out = _check_out_dir(cfg["out"]) if cfg["out"] else (None, False)
     _use_device(cfg)
 
     global _COMM
@@ -493,7 +498,7 @@ def _train(args: argparse.Namespace) -> int:
     opt = make_optimizer(cfg["optimizer"], net, **opt_kwargs)
     if out_dir is not None and rank0:  # one run at a time writes into --out
         try:
-            _HELD.enter_context(lock_directory(out_dir))
+            _HELD.enter_context(lock_directory(out_dir, remove_when_alone=made_out))
         except DirectoryInUse as exc:
             raise UsageError(f"--out {cfg['out']} is in use by another run ({exc.holder}); wait for it to finish or "
                              "choose another --out") from None
@@ -707,7 +712,7 @@ def _resumed_settings(cfg: dict[str, Any], given: dict[str, tuple[str, Any]], me
     done = meta["state"].get("epoch", 0)
     epochs = given["epochs"][1] if "epochs" in given else saved.get("epochs", cfg["epochs"])
     if isinstance(done, int) and epochs <= done:
-        whose = "--epochs is" if "epochs" in given else "the saved run planned"
+        whose = f"{given['epochs'][0]} asks for" if "epochs" in given else "the saved run planned"
         raise UsageError(f"the checkpoint has done {done} epoch{'s' * (done != 1)} and {whose} {epochs}, so there is "
                          f"nothing to train; pass --epochs above {done} to train on")
     out = dict(cfg)

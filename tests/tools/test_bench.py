@@ -77,7 +77,7 @@ def test_quick_run_writes_a_well_formed_report(tmp_path: Path) -> None:
     (["--repeats", "0"], "--repeats"),
     (["--seconds", "-1"], "--seconds"),
     (["--seconds", "inf"], "--seconds must be a positive number"),
-    (["--gemm-n", "1000000", "--model", "784-10", "--batch", "1"], "--gemm-n 1000000: the GEMM"),  # 11,176 GiB
+    (["--gemm-n", "1000000", "--model", "784-10", "--batch", "1"], "GiB; choose a smaller --gemm-n"),  # 11,176 GiB
     (["--name", "../x"], "--name"),
     (["--batch", "²"], "--batch"),  # "²".isdigit() is True, int("²") fails
     (["--model", "784-1²-10"], "--model"),
@@ -581,6 +581,6 @@ def test_a_model_too_big_for_the_gpu_is_refused_with_the_gpus_memory() -> None:
     problem = benchmark._memory_problem({"mlp-784-100000-10": [784, 100_000, 10]}, 128, [gpu])
     assert problem is not None and "the GPU has 0.5 GiB" in problem and "79,500,010 parameters" in problem
     problem = benchmark._memory_problem({"mlp-784-1000-10": [784, 1000, 10]}, 60_000, [gpu])
-    assert problem == ("--gemm-n 2048: the GEMM that sets the limit needs 0.8 GiB and the GPU has 0.5 GiB; "
-                       "choose a smaller --gemm-n")  # on a GPU it is at least 8192² (three float32 matrices)
+    assert problem == ("--gemm-n 2048: the GEMM that sets the limit (8,192²) needs 0.8 GiB and the GPU has 0.5 GiB; "
+                       "a GPU's is at least 8,192²: use --backend numpy")  # (three float32 matrices)
     assert benchmark._memory_problem({"mlp-784-1000-10": [784, 1000, 10]}, 60_000, []) is None

@@ -456,3 +456,10 @@ def test_early_stopping_saves_the_tested_weights_beside_the_resumable_checkpoint
     tested = gb.evaluate(gb.load_model(out / "model.npz", backend="numpy"), ds.x_test, ds.y_test)
     last = gb.evaluate(gb.load_model(out / "checkpoint.npz", backend="numpy"), ds.x_test, ds.y_test)
     assert (strict_json(stdout)["test_loss"], strict_json(stdout)["test_accuracy"]) == tested != last
+
+
+@pytest.mark.parametrize("hidden, network", [("", "784-10"), ("16,", "784-16-10"), (" 16 , 8 ", "784-16-8-10")])
+def test_hidden_sizes_as_written(capsys, hidden: str, network: str) -> None:
+    code, out, err = run(["train", "--dataset", "mnist-sample", "--epochs", "1", "-b", "500", "--no-progress",
+                          "--hidden", hidden], capsys)
+    assert code == 0 and f"network {network} relu" in out, err

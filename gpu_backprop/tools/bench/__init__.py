@@ -119,8 +119,9 @@ def _memory_problem(models: dict[str, list[int]], rows: int, backends: list[Back
                         f"{have / 2**30:,.1f} GiB; choose smaller layer sizes or batches")
     for where, have, n in places:
         if have and 3 * 4 * n**2 > have:
-            return (f"--gemm-n {gemm_n}: the GEMM that sets the limit needs {3 * 4 * n**2 / 2**30:,.1f} GiB and "
-                    f"{where} has {have / 2**30:,.1f} GiB; choose a smaller --gemm-n")
+            fix = "choose a smaller --gemm-n" if n == gemm_n else f"a GPU's is at least {n:,}²: use --backend numpy"
+            return (f"--gemm-n {gemm_n}: the GEMM that sets the limit ({n:,}²) needs {3 * 4 * n**2 / 2**30:,.1f} GiB "
+                    f"and {where} has {have / 2**30:,.1f} GiB; {fix}")
     return None
 
 
