@@ -129,12 +129,21 @@ def checkpoint_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
         return reader.metadata()
 
 
+def _saved_as(path: str | os.PathLike[str]) -> Path:
+    """``path``, or where :func:`save_checkpoint` wrote it (``.npz`` appended) if only that exists."""
+    path = Path(path)
+    npz = path.with_name(path.name + ".npz")
+    return npz if not path.exists() and path.suffix != ".npz" and npz.is_file() else path
+
+
 @contextlib.contextmanager
 def _opened(path: str | os.PathLike[str]) -> Iterator[_Reader]:
     """The checkpoint at ``path`` open for reading; any fault of the file becomes one :class:`CheckpointError`."""
-    path = Path(path)
+    path = _saved_as(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a directory; pass the checkpoint file in it (checkpoint.npz)")
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist; check the --resume path")
+        raise CheckpointError(f"checkpoint {path} does not exist; check the path")
     try:
         with open(path, "rb") as f:
             head = f.read(6)
@@ -502,7 +511,7 @@ def load_model(path: str | os.PathLike[str], backend: str | Backend | None = Non
     ``backend`` as for :class:`Sequential` (default: ``"auto"``). The optimiser
     state is not read. Layers must be built-in ones (see :func:`network_from_config`).
     """
-    path = Path(path)
+    path = _saved_as(path)
     meta = checkpoint_metadata(path)
     config = meta["config"]
     itemsize = np.dtype(config["dtype"]).itemsize

@@ -13,7 +13,9 @@ the same order: ``layers[i]`` of ours is module ``i`` of theirs. A
 so the matrix is written transposed) and ``i.bias``; a
 :class:`~gpu_backprop.BatchNorm` becomes ``BatchNorm1d``'s ``i.weight``
 (γ), ``i.bias`` (β), ``i.running_mean``, ``i.running_var`` and
-``i.num_batches_tracked``; activations and dropout hold nothing. The
+``i.num_batches_tracked`` (its ``eps`` and ``momentum`` are in the header's
+config: build ``BatchNorm1d`` with them); activations and dropout hold nothing.
+A layer of the user's own kind is refused. The
 loss is not a module: apply softmax (or sigmoid) to the outputs for
 probabilities.
 
@@ -50,10 +52,10 @@ def torch_state_dict(net: Sequential) -> dict[str, np.ndarray]:
         raise TypeError(f"export takes a gpu_backprop network, got {type(net).__name__}")
     out: dict[str, np.ndarray] = {}
     for i, layer in enumerate(net.layers):
-        if isinstance(layer, Dense):
+        if type(layer) is Dense:  # (a subclass of ours computes something else: its counterpart is the user's)
             out[f"{i}.weight"] = to_numpy(layer.params["W"]).T.copy()
             out[f"{i}.bias"] = to_numpy(layer.params["b"]).copy()
-        elif isinstance(layer, BatchNorm):
+        elif type(layer) is BatchNorm:
             n = layer.num_features
             out[f"{i}.weight"] = to_numpy(layer.params["gamma"]).copy()
             out[f"{i}.bias"] = to_numpy(layer.params["beta"]).copy()

@@ -129,6 +129,9 @@ class NetworkState:
                 raise ValueError(f"state entry {name} has shape {tuple(a.shape)}, this network needs {entry.shape}")
             values[name] = _converted(f"state entry {name}", a, entry.dtype)
         for idx, layer in enumerate(self.layers):
+            for key in ("seed", "counter") if isinstance(layer, Dropout) else ():
+                if (v := values.get(f"layers.{idx}.{key}")) is not None and int(v) < 0:
+                    raise ValueError(f"state entry layers.{idx}.{key} is {int(v)}; a dropout {key} is 0 or more")
             if isinstance(layer, BatchNorm):
                 var = values.get(f"layers.{idx}.running_var")
                 if var is not None and (var < 0).any():
@@ -161,7 +164,7 @@ class NetworkState:
         from .network import Sequential  # the class this is mixed into (it imports this module)
 
         be = self.backend if backend is None else get_backend(backend)
-        layers = [type(layer)(**layer.init_args()) for layer in self.layers]  # fresh buffers and views
+        layers = [unpickled_layer(copy.deepcopy(pickled_layer(layer)), be) for layer in self.layers]  # as a pickle
         new = Sequential(layers, loss=type(self.loss)(), backend=be,
                          dtype=self.dtype if dtype is None else dtype, seed=self.seed, input_dim=self.input_dim)
         new.load_state_dict(self.state_dict())

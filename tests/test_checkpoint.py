@@ -620,6 +620,41 @@ def test_a_pickled_layer_of_the_users_own_keeps_its_arrays_but_not_the_last_batc
     assert not np.array_equal(twin.predict(X), nets[0].predict(X))  # the shift is in it
 
 
+def test_a_layer_of_the_users_own_is_saved_as_its_kind_and_copied_whole(tmp_path: Path) -> None:
+    X, _ = _toy(n=20)
+    net = gb.Sequential([gb.Dense(6, 8), gb.ReLU(), Shifted(8, 3)], backend="numpy", seed=2)
+    net.layers[2].shift = np.full(3, 100.0, np.float32)
+    np.testing.assert_array_equal(net.copy().predict(X), net.predict(X))  # copy() kept the shift
+    np.testing.assert_allclose(net.copy(dtype="float64").predict(X), net.predict(X), rtol=1e-5)
+    path = save_checkpoint(tmp_path / "c", net, None, {})
+    plain = gb.Sequential([gb.Dense(6, 8), gb.ReLU(), gb.Dense(8, 3)], backend="numpy")
+    with pytest.raises(CheckpointError, match="different network"):
+        load_checkpoint(path, plain, None)  # a Shifted is not a Dense: its outputs differ by 100
+    with pytest.raises(CheckpointError, match="layer type 'Shifted' cannot be rebuilt"):
+        gb.load_model(path)
+    with pytest.raises(TypeError, match="layers.2. is a Shifted, which has no PyTorch counterpart"):
+        gb.export_weights(net, tmp_path / "m.safetensors")
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_checkpoint_names_and_seeds_as_written(tmp_path: Path) -> None:
+    X, y = _toy(n=40)
+    net = gb.Sequential([gb.Dense(6, 4), gb.Dropout(0.5, seed=2**63 - 1), gb.Dense(4, 3)], backend="numpy")
+    opt = gb.SGD(net, lr=0.1)
+    gb.fit(net, opt, X, y, epochs=1, batch_size=10, checkpoint=tmp_path / "run.ckpt", progress=False)
+    assert (tmp_path / "run.ckpt.npz").is_file()  # the writer's name; the reader finds it from the name given
+    gb.fit(net, opt, X, y, epochs=2, batch_size=10, resume=tmp_path / "run.ckpt", progress=False)
+    assert gb.load_model(tmp_path / "run.ckpt").layers[1].seed == 2**63 - 1  # the largest seed, kept as an int64
+    with pytest.raises(CheckpointError, match="is a directory; pass the checkpoint file in it"):
+        gb.load_model(tmp_path)
+    state = net.state_dict()
+    before = {k: v.copy() for k, v in state.items()}
+    for key in ("layers.1.seed", "layers.1.counter"):
+        with pytest.raises(ValueError, match=f"state entry {key} is -1; a dropout .* is 0 or more"):
+            net.load_state_dict({**state, key: np.array(-1)})
+    assert all(np.array_equal(v, before[k]) for k, v in net.state_dict().items())
+
+
 class _Counted(gb.Layer):
     """A layer of the user's own with a state only after its first forward pass, which its load_state reads."""
 
