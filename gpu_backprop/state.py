@@ -160,14 +160,16 @@ class NetworkState:
         }
 
     def copy(self, *, dtype: Any = None, backend: str | Backend | None = None) -> Sequential:
-        """A deep copy, optionally in another dtype or on another backend."""
+        """A deep copy, optionally in another dtype or on another backend: of the same class, as a pickle is."""
         from .network import Sequential  # the class this is mixed into (it imports this module)
 
         be = self.backend if backend is None else get_backend(backend)
-        layers = [unpickled_layer(copy.deepcopy(pickled_layer(layer)), be) for layer in self.layers]  # as a pickle
-        new = Sequential(layers, loss=type(self.loss)(), backend=be,
-                         dtype=self.dtype if dtype is None else dtype, seed=self.seed, input_dim=self.input_dim)
+        layers = [unpickled_layer(copy.deepcopy(pickled_layer(layer)), be) for layer in self.layers]
+        new = cast(Sequential, object.__new__(type(self)))  # an MLP stays an MLP (its attributes, such as sizes, follow)
+        Sequential.__init__(new, layers, loss=type(self.loss)(), backend=be,
+                            dtype=self.dtype if dtype is None else dtype, seed=self.seed, input_dim=self.input_dim)
         new.load_state_dict(self.state_dict())
+        new.__dict__.update(copy.deepcopy({k: v for k, v in vars(self).items() if k not in BUILT_ATTRIBUTES}))
         return new
 
     def __getstate__(self) -> dict[str, Any]:

@@ -860,3 +860,10 @@ def test_an_entry_the_zip_directory_says_is_larger_than_the_file_is_refused(good
     finally:
         tracemalloc.stop()
     assert peak < 50 * 2**20, f"{peak / 2**20:.0f} MiB allocated"
+
+
+def test_a_copy_is_of_the_same_class_with_its_attributes() -> None:
+    net = gb.MLP([4, 5, 3], dropout=0.2, backend="numpy", seed=3)
+    twin = net.copy(dtype="float64")
+    assert type(twin) is gb.MLP and twin.sizes == [4, 5, 3] and twin.sizes is not net.sizes
+    assert twin.layers[2].seed == net.layers[2].seed and twin.dtype == np.float64
