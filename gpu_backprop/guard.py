@@ -4,7 +4,8 @@ A check comes at steps that the settings fix (:func:`check_steps`), never on a
 timer, so the same seed gives the same bits however busy the machine is. At a
 check the trainer reads its loss sum back from the device (the one wait); the
 :class:`Guard` sums it over the ranks, tests it and the weights, and then either
-keeps a copy of the good state (the weights and the optimiser state) and adds a
+keeps a copy of the good state (the weights, the layers' running statistics
+and dropout counters, and the optimiser state) and adds a
 point to the loss curve, or puts the last good state back and raises
 :class:`~gpu_backprop.history.TrainingDiverged`, naming the first non-finite
 gradient or weight. Copies change no number: a run with the guard gives the
@@ -38,7 +39,7 @@ def check_steps(batch: int, ranks: int) -> int:
 
 
 class Guard:
-    """A run's checks, and its good state: the weights and optimiser state at the last check that found them finite.
+    """A run's checks, and its good state: the weights, layer and optimiser states at the last check found finite.
 
     ``every`` is :func:`check_steps`; ``comm`` a communicator of
     :mod:`gpu_backprop.distributed` or None. Each epoch starts with
@@ -81,15 +82,17 @@ class Guard:
         self.loss, self.seen = loss_all, seen
 
     def keep(self, step: int) -> None:
-        """Copy the weights and the optimiser state (its buffers and step count) as the good state after ``step``."""
+        """Copy the weights, the layers' states and the optimiser's (buffers, step count): the good state of ``step``."""
         self.params = self.net.flat_params.copy()
+        self.layers = self.net.layer_states()  # running statistics, dropout counters
         self.state = {k: v.copy() for k, v in self.opt.state_buffers().items()}
         self.opt_steps = self.opt.steps  # Adam's bias correction counts the steps
         self.step = step
 
     def restore(self) -> None:
-        """Put back the weights and the optimiser state of the last good step."""
+        """Put back the weights, the layers' states and the optimiser state of the last good step."""
         self.net.flat_params[...] = self.params
+        self.net.restore_layer_states(self.layers)
         for k, v in self.opt.state_buffers().items():
             v[...] = self.state[k]
         self.opt.steps = self.opt_steps

@@ -185,6 +185,19 @@ def test_divergence_stops_and_keeps_the_last_good_weights() -> None:
     assert np.all(np.isfinite(net.flat_params))
 
 
+def test_divergence_puts_back_the_running_statistics_and_dropout_counters_too() -> None:
+    X, y = _toy(n=512)
+    net = gb.MLP([12, 32, 32, 3], batchnorm=True, dropout=0.1, backend="numpy", seed=1)
+    fit(net, gb.SGD(net, lr=0.05), X, y, epochs=1, batch_size=16, progress=False)  # a good epoch first
+    good = net.layer_states()
+    with pytest.raises(gb.TrainingDiverged) as info:
+        fit(net, gb.SGD(net, lr=1e30, momentum=0.9), X, y, epochs=2, batch_size=16, progress=False)
+    assert info.value.step == 0  # it diverged before its first check: the state it started from is back
+    for now, then in zip(net.layer_states(), good):
+        assert now.keys() == then.keys() and all(np.array_equal(now[k], then[k]) for k in now)
+    assert np.all(np.isfinite(net.predict(X)))  # NaN statistics made every prediction NaN
+
+
 def test_divergence_puts_back_the_optimiser_state_with_its_step_count() -> None:
     X, y = _toy()
     net = gb.MLP([12, 16, 3], activation="identity", backend="numpy", seed=0)
