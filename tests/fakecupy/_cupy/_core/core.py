@@ -618,8 +618,9 @@ def array(obj: Any, dtype: Any = None, copy: bool | None = True, order: str = "K
     if host.dtype.kind in "OUSV":
         raise ValueError(f"Unsupported dtype {host.dtype}")
     _fake.upload()
-    out = ndarray._new(np.ascontiguousarray(host) if order != "F" else host)
-    return out
+    # (np.array made it C-ordered already; np.ascontiguousarray would turn a 0-d array into shape (1,), as CuPy's
+    # ascontiguousarray does, but cupy.array and cupy.asarray keep a scalar 0-d)
+    return ndarray._new(host)
 
 
 def asarray(a: Any, dtype: Any = None, order: str | None = None, *, copy: bool | None = None,
