@@ -205,9 +205,9 @@ def check_int(name: str, value: Any, lo: int | None = 1, alternative: str = "") 
 
 
 def check_seed(name: str, value: Any) -> int:
-    """``value`` as a seed: an int in ``[0, 2**63)`` (a checkpoint keeps it as an int64), else a ValueError."""
-    if not is_int(value) or not 0 <= value < 2**63:
-        raise ValueError(f"{name} must be an integer from 0 to 2**63 - 1, got {value!r}")
+    """``value`` as a seed: an int in ``[0, 2**64)`` (the random streams hash 64-bit keys), else a ValueError."""
+    if not is_int(value) or not 0 <= value < 2**64:
+        raise ValueError(f"{name} must be an integer from 0 to 2**64 - 1, got {value!r}")
     return int(value)
 
 

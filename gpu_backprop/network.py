@@ -111,7 +111,7 @@ class Sequential(NetworkState, Predictions):
         self.reset_parameters(self.seed)
         for i, layer in enumerate(self.layers):  # built: a Dropout given no seed takes one from the network's
             if isinstance(layer, Dropout) and layer.seed == 0:
-                layer.seed = (self.seed * 1_000_003 + i) % 2**63
+                layer.seed = (self.seed * 1_000_003 + i) % 2**64
         _NETWORK_OF.update({id(layer): self for layer in self._steps})
 
     # ------------------------------------------------------------------ build

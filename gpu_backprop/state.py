@@ -129,9 +129,9 @@ class NetworkState:
                 raise ValueError(f"state entry {name} has shape {tuple(a.shape)}, this network needs {entry.shape}")
             values[name] = _converted(f"state entry {name}", a, entry.dtype)
         for idx, layer in enumerate(self.layers):
-            for key in ("seed", "counter") if isinstance(layer, Dropout) else ():
-                if (v := values.get(f"layers.{idx}.{key}")) is not None and int(v) < 0:
-                    raise ValueError(f"state entry layers.{idx}.{key} is {int(v)}; a dropout {key} is 0 or more")
+            counter = values.get(f"layers.{idx}.counter") if isinstance(layer, Dropout) else None
+            if counter is not None and int(counter) < 0:  # (a seed may look negative: it is 64 bits in an int64)
+                raise ValueError(f"state entry layers.{idx}.counter is {int(counter)}; a dropout counter is 0 or more")
             if isinstance(layer, BatchNorm):
                 var = values.get(f"layers.{idx}.running_var")
                 if var is not None and (var < 0).any():

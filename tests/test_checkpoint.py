@@ -639,19 +639,18 @@ def test_a_layer_of_the_users_own_is_saved_as_its_kind_and_copied_whole(tmp_path
 
 def test_checkpoint_names_and_seeds_as_written(tmp_path: Path) -> None:
     X, y = _toy(n=40)
-    net = gb.Sequential([gb.Dense(6, 4), gb.Dropout(0.5, seed=2**63 - 1), gb.Dense(4, 3)], backend="numpy")
+    net = gb.Sequential([gb.Dense(6, 4), gb.Dropout(0.5, seed=2**64 - 5), gb.Dense(4, 3)], backend="numpy")
     opt = gb.SGD(net, lr=0.1)
     gb.fit(net, opt, X, y, epochs=1, batch_size=10, checkpoint=tmp_path / "run.ckpt", progress=False)
     assert (tmp_path / "run.ckpt.npz").is_file()  # the writer's name; the reader finds it from the name given
     gb.fit(net, opt, X, y, epochs=2, batch_size=10, resume=tmp_path / "run.ckpt", progress=False)
-    assert gb.load_model(tmp_path / "run.ckpt").layers[1].seed == 2**63 - 1  # the largest seed, kept as an int64
+    assert gb.load_model(tmp_path / "run.ckpt").layers[1].seed == 2**64 - 5  # 64 bits, kept in an int64
     with pytest.raises(CheckpointError, match="is a directory; pass the checkpoint file in it"):
         gb.load_model(tmp_path)
     state = net.state_dict()
     before = {k: v.copy() for k, v in state.items()}
-    for key in ("layers.1.seed", "layers.1.counter"):
-        with pytest.raises(ValueError, match=f"state entry {key} is -1; a dropout .* is 0 or more"):
-            net.load_state_dict({**state, key: np.array(-1)})
+    with pytest.raises(ValueError, match="state entry layers.1.counter is -1; a dropout counter is 0 or more"):
+        net.load_state_dict({**state, "layers.1.counter": np.array(-1)})
     assert all(np.array_equal(v, before[k]) for k, v in net.state_dict().items())
 
 
@@ -867,3 +866,21 @@ def test_a_copy_is_of_the_same_class_with_its_attributes() -> None:
     twin = net.copy(dtype="float64")
     assert type(twin) is gb.MLP and twin.sizes == [4, 5, 3] and twin.sizes is not net.sizes
     assert twin.layers[2].seed == net.layers[2].seed and twin.dtype == np.float64
+
+
+def test_a_dropout_seed_of_64_bits_is_kept_by_pickles_and_checkpoints(tmp_path: Path) -> None:
+    X, y = _toy(n=40)
+
+    def new() -> gb.MLP:
+        return gb.MLP([6, 8, 3], dropout=0.5, backend="numpy", seed=2**62)  # a large seed, as time.time_ns() gives
+
+    straight = new()
+    assert straight.layers[2].seed >= 2**63  # its 64 bits do not fit an int64 as a number
+    assert pickle.loads(pickle.dumps(straight)).layers[2].seed == straight.layers[2].seed
+    gb.fit(straight, gb.SGD(straight, lr=0.1), X, y, epochs=2, batch_size=10, progress=False)
+    first, resumed = new(), new()
+    gb.fit(first, gb.SGD(first, lr=0.1), X, y, epochs=1, batch_size=10, checkpoint=tmp_path / "c.npz",
+           progress=False)
+    gb.fit(resumed, gb.SGD(resumed, lr=0.1), X, y, epochs=2, batch_size=10, resume=tmp_path / "c.npz",
+           progress=False)
+    np.testing.assert_array_equal(resumed.flat_params, straight.flat_params)

@@ -6,7 +6,7 @@ from typing import Any
 
 from .. import kernels
 from ..backend import get_array_module
-from ..checks import check_range, check_seed
+from ..checks import check_int, check_range
 from .base import Layer
 
 Array = Any
@@ -25,7 +25,7 @@ class Dropout(Layer):
     def __init__(self, p: float = 0.5, seed: int = 0) -> None:
         super().__init__()
         self.p = check_range("Dropout probability", p, 0.0, 1.0)
-        self.seed = check_seed("Dropout seed", seed)
+        self.seed = check_int("Dropout seed", seed, lo=0) % 2**64  # (the stream hashes the seed's 64 bits)
         self.counter = 0
 
     def forward(self, x: Array, train: bool = False) -> Array:
@@ -46,11 +46,11 @@ class Dropout(Layer):
         xp.multiply(dy, self._mask, out=dy)
         return dy
 
-    def state(self) -> dict[str, Any]:
-        return {"seed": self.seed, "counter": self.counter}
+    def state(self) -> dict[str, Any]:  # the seed's 64 bits as an int64, which a checkpoint keeps
+        return {"seed": self.seed - 2**64 if self.seed >= 2**63 else self.seed, "counter": self.counter}
 
     def load_state(self, state: dict[str, Any]) -> None:
-        self.seed = int(state.get("seed", self.seed))
+        self.seed = int(state.get("seed", self.seed)) % 2**64
         self.counter = int(state.get("counter", self.counter))
 
     def equations(self, n: int, in_dim: int) -> list[str]:

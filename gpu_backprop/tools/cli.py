@@ -415,8 +415,8 @@ def _train(args: argparse.Namespace) -> int:
         raise UsageError(f"--epochs must be at least 1, got {cfg['epochs']}")
     if not (cfg["lr"] > 0 and math.isfinite(cfg["lr"])):
         raise UsageError(f"--lr must be a positive number, got {cfg['lr']}")
-    if not 0 <= cfg["seed"] < 2**63:
-        raise UsageError(f"--seed must be an integer from 0 to 2**63 - 1, got {cfg['seed']}")
+    if not 0 <= cfg["seed"] < 2**64:
+        raise UsageError(f"--seed must be an integer from 0 to 2**64 - 1, got {cfg['seed']}")
     if not 0 <= cfg["validation_fraction"] < 1:  # (NaN too)
         raise UsageError(f"--validation-fraction must be in [0, 1), got {cfg['validation_fraction']}")
     resumed: dict[str, Any] | None = None
