@@ -40,14 +40,16 @@ from numpy.lib import format as npy_format
 from ._io import atomic_write_bytes
 from .backend import Backend, get_backend
 from .checks import DTYPES, is_int, is_number
-from .layers import LAYER_TYPES, Layer
+from .layers import LAYER_TYPES, BatchNorm, Dense, Dropout, Layer
 from .network import Sequential
 from .optim import Optimizer
 
 __all__ = ["CheckpointError", "check_resumable", "checkpoint_metadata", "load_checkpoint", "load_model", "network_from_config", "read_checkpoint",
            "save_checkpoint"]
 
-FORMAT = "gpu_backprop-checkpoint-2"
+FORMAT = "gpu_backprop-checkpoint-3"
+#: the same layout; a Dense, BatchNorm or Dropout of the user's own kind was saved under its base's name: still read
+FORMAT_2 = "gpu_backprop-checkpoint-2"
 FORMAT_1 = "gpu_backprop-checkpoint-1"  # before 0.2: the checksum covered the arrays only; still read
 _META = "__meta__"
 MAX_META_BYTES = 64 * 2**20  #: the largest metadata entry read (a long history is a few MB)
@@ -254,12 +256,13 @@ class _Reader:
         if not isinstance(meta, dict):
             self.fail("has metadata that is not a JSON object")
         fmt = meta.get("format")
-        if fmt not in (FORMAT, FORMAT_1):
-            raise CheckpointError(f"{self.path} has format {fmt!r}; this version reads {FORMAT!r} and {FORMAT_1!r}")
+        if fmt not in (FORMAT, FORMAT_2, FORMAT_1):
+            raise CheckpointError(f"{self.path} has format {fmt!r}; this version reads {FORMAT!r} and the two "
+                                  "before it")
         digest = meta.get("sha256")
         if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
             self.fail("has no valid checksum in its metadata")
-        if fmt == FORMAT:
+        if fmt != FORMAT_1:
             body = {k: v for k, v in meta.items() if k != "sha256"}
             if hashlib.sha256(_canonical(body)).hexdigest() != digest:
                 self.fail("fails its checksum (the file was altered or damaged)")
@@ -373,7 +376,7 @@ def _check_structure(meta: dict[str, Any], fmt: str, fail: Callable[[str], NoRet
             fail("has optimizer hyper-parameters that are not finite numbers or true/false")
     if not isinstance(meta.get("state"), dict):
         fail("has no training state object in its metadata")
-    if fmt == FORMAT:
+    if fmt != FORMAT_1:
         arrays = meta.get("arrays")
         if not isinstance(arrays, dict) or not all(
                 isinstance(k, str) and re.fullmatch(r"(model|optim)/[A-Za-z0-9_.]{1,200}", k) and isinstance(e, dict)
@@ -389,6 +392,10 @@ def _check_structure(meta: dict[str, Any], fmt: str, fail: Callable[[str], NoRet
 def _check_fits(path: Path, meta: dict[str, Any], manifest: dict[str, Any], net: Sequential,
                 optimizer: Optimizer | None) -> None:
     saved, ours = _with_defaults(meta["config"]), net.config()
+    if meta["format"] != FORMAT:  # older files named a layer of the user's own kind by its built-in base
+        for spec, layer in zip(ours["layers"], net.layers):
+            spec["type"] = next((base.__name__ for base in (Dense, BatchNorm, Dropout) if isinstance(layer, base)),
+                                spec["type"])
     if saved != ours:
         raise CheckpointError(
             f"checkpoint {path} was saved from a different network: {_summary(saved)}; "

@@ -884,3 +884,23 @@ def test_a_dropout_seed_of_64_bits_is_kept_by_pickles_and_checkpoints(tmp_path: 
     gb.fit(resumed, gb.SGD(resumed, lr=0.1), X, y, epochs=2, batch_size=10, resume=tmp_path / "c.npz",
            progress=False)
     np.testing.assert_array_equal(resumed.flat_params, straight.flat_params)
+
+
+def test_a_checkpoint_of_format_2_with_a_layer_of_the_users_own_still_loads(tmp_path: Path) -> None:
+    """Format 2 wrote a Dense subclass as "Dense": its own network loads it, and so (as then) does a plain one."""
+    net = gb.Sequential([gb.Dense(6, 8), gb.ReLU(), Shifted(8, 3)], backend="numpy", seed=2)
+    net.layers[2].shift = np.zeros(3, np.float32)
+    path = save_checkpoint(tmp_path / "new.npz", net, None, {"epoch": 1})
+
+    def as_format_2(meta: dict[str, Any]) -> dict[str, Any]:
+        meta["format"] = "gpu_backprop-checkpoint-2"
+        meta["config"]["layers"][2]["type"] = "Dense"
+        return meta
+
+    old = _rewrite(path, tmp_path / "old.npz", as_format_2)
+    for layers in ([gb.Dense(6, 8), gb.ReLU(), Shifted(8, 3)], [gb.Dense(6, 8), gb.ReLU(), gb.Dense(8, 3)]):
+        twin = gb.Sequential(layers, backend="numpy")
+        assert load_checkpoint(old, twin, None) == {"epoch": 1}
+        np.testing.assert_array_equal(twin.flat_params, net.flat_params)
+    with pytest.raises(CheckpointError, match="different network"):  # format 3 tells them apart
+        load_checkpoint(path, gb.Sequential([gb.Dense(6, 8), gb.ReLU(), gb.Dense(8, 3)], backend="numpy"), None)
