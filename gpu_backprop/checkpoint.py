@@ -45,7 +45,7 @@ from .network import Sequential
 from .optim import Optimizer
 
 __all__ = ["CheckpointError", "check_resumable", "checkpoint_metadata", "load_checkpoint", "load_model", "network_from_config", "read_checkpoint",
-           "save_checkpoint"]
+           "save_checkpoint", "saved_as"]
 
 FORMAT = "gpu_backprop-checkpoint-3"
 #: the same layout; a Dense, BatchNorm or Dropout of the user's own kind was saved under its base's name: still read
@@ -131,7 +131,7 @@ def checkpoint_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
         return reader.metadata()
 
 
-def _saved_as(path: str | os.PathLike[str]) -> Path:
+def saved_as(path: str | os.PathLike[str]) -> Path:
     """``path``, or where :func:`save_checkpoint` wrote it (``.npz`` appended) if only that exists."""
     path = Path(path)
     npz = path.with_name(path.name + ".npz")
@@ -141,7 +141,7 @@ def _saved_as(path: str | os.PathLike[str]) -> Path:
 @contextlib.contextmanager
 def _opened(path: str | os.PathLike[str]) -> Iterator[_Reader]:
     """The checkpoint at ``path`` open for reading; any fault of the file becomes one :class:`CheckpointError`."""
-    path = _saved_as(path)
+    path = saved_as(path)
     if path.is_dir():
         raise CheckpointError(f"checkpoint {path} is a directory; pass the checkpoint file in it (checkpoint.npz)")
     if not path.is_file():
@@ -518,7 +518,7 @@ def load_model(path: str | os.PathLike[str], backend: str | Backend | None = Non
     ``backend`` as for :class:`Sequential` (default: ``"auto"``). The optimiser
     state is not read. Layers must be built-in ones (see :func:`network_from_config`).
     """
-    path = _saved_as(path)
+    path = saved_as(path)
     meta = checkpoint_metadata(path)
     config = meta["config"]
     itemsize = np.dtype(config["dtype"]).itemsize

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import math
+import types
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, cast
@@ -164,12 +165,12 @@ class NetworkState:
         from .network import Sequential  # the class this is mixed into (it imports this module)
 
         be = self.backend if backend is None else get_backend(backend)
-        layers = [unpickled_layer(copy.deepcopy(pickled_layer(layer)), be) for layer in self.layers]
+        layers = [copied_layer(layer, self.backend, be) for layer in self.layers]
         new = cast(Sequential, object.__new__(type(self)))  # an MLP stays an MLP (its attributes, such as sizes, follow)
         Sequential.__init__(new, layers, loss=type(self.loss)(), backend=be,
                             dtype=self.dtype if dtype is None else dtype, seed=self.seed, input_dim=self.input_dim)
         new.load_state_dict(self.state_dict())
-        new.__dict__.update(copy.deepcopy({k: v for k, v in vars(self).items() if k not in BUILT_ATTRIBUTES}))
+        new.__dict__.update(_deep_copy({k: v for k, v in vars(self).items() if k not in BUILT_ATTRIBUTES}))
         return new
 
     def __getstate__(self) -> dict[str, Any]:
@@ -268,6 +269,32 @@ def pickled_layer(layer: Layer) -> tuple[type[Layer], dict[str, Any]] | tuple[La
     attrs, on_device = on_host(vars(bare))
     vars(bare).update(attrs)
     return bare, on_device
+
+
+def copied_layer(layer: Layer, source: Backend, target: Backend) -> Layer:
+    """A copy of ``layer`` for a network on ``target``, as a pickle makes it, for ``Sequential.copy``.
+
+    A layer of the user's own keeps its attributes (copies of them), and the
+    arrays it held on ``source``'s device go to ``target``'s.
+    """
+    entry = pickled_layer(layer)
+    if isinstance(entry[0], Layer):
+        bare, on_device = entry
+        if not source.is_gpu and target.is_gpu:
+            on_device = [k for k, v in vars(bare).items() if isinstance(v, np.ndarray)]
+        entry = (_deep_copy(bare), on_device)
+    return unpickled_layer(entry, target)
+
+
+def _deep_copy(obj: Any) -> Any:
+    """``copy.deepcopy(obj)``, sharing the modules it refers to (``self.xp = np``), or ``obj`` itself where it
+    holds what cannot be copied (a lock, say)."""
+    attrs = vars(obj) if hasattr(obj, "__dict__") else obj if isinstance(obj, dict) else {}
+    memo = {id(v): v for v in attrs.values() if isinstance(v, types.ModuleType)}
+    try:
+        return copy.deepcopy(obj, memo)
+    except TypeError:
+        return obj
 
 
 def unpickled_layer(entry: Any, backend: Backend) -> Layer:

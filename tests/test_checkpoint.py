@@ -19,6 +19,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import tracemalloc
 import zipfile
 from pathlib import Path
@@ -647,6 +648,11 @@ def test_checkpoint_names_and_seeds_as_written(tmp_path: Path) -> None:
     assert gb.load_model(tmp_path / "run.ckpt").layers[1].seed == 2**64 - 5  # 64 bits, kept in an int64
     with pytest.raises(CheckpointError, match="is a directory; pass the checkpoint file in it"):
         gb.load_model(tmp_path)
+    out = tmp_path / "cli"
+    cli.main(["train", "--dataset", "mnist-sample", "--hidden", "8", "-b", "500", "--epochs", "1", "--no-progress",
+              "--out", str(out)])
+    assert cli.main(["train", "--dataset", "mnist-sample", "--epochs", "2", "--no-progress",
+                     "--resume", str(out / "checkpoint")]) == 0  # the name without .npz, as the library takes it
     state = net.state_dict()
     before = {k: v.copy() for k, v in state.items()}
     with pytest.raises(ValueError, match="state entry layers.1.counter is -1; a dropout counter is 0 or more"):
@@ -859,6 +865,24 @@ def test_an_entry_the_zip_directory_says_is_larger_than_the_file_is_refused(good
     finally:
         tracemalloc.stop()
     assert peak < 50 * 2**20, f"{peak / 2**20:.0f} MiB allocated"
+
+
+class _WithModule(Shifted):
+    """A layer of the user's own that keeps a module and a lock, which no deepcopy copies."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.xp, self.lock = np, threading.Lock()
+        self.shift = np.ones(kwargs.get("out_features", args[1]), np.float32)
+
+
+def test_a_copy_of_a_layer_that_keeps_a_module_or_a_lock_still_works() -> None:
+    X, _ = _toy(n=10)
+    net = gb.Sequential([gb.Dense(6, 8), gb.ReLU(), _WithModule(8, 3)], backend="numpy", seed=1)
+    twin = net.copy(dtype="float64")  # gradcheck copies a float32 network so
+    assert twin.layers[2].xp is np
+    np.testing.assert_allclose(twin.predict(X), net.predict(X), rtol=1e-5)
+    gb.gradcheck(net, X, np.arange(10) % 3)
 
 
 def test_a_copy_is_of_the_same_class_with_its_attributes() -> None:

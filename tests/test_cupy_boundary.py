@@ -179,6 +179,18 @@ def test_a_network_and_optimizer_pickled_on_cupy_hold_no_device_array_and_come_b
     np.testing.assert_array_equal(twin.flat_params.get(), net.flat_params.get())
 
 
+def test_a_copy_on_another_backend_moves_a_layer_of_the_users_own_arrays_too(cp) -> None:
+    X, _ = _data(n=30, kind="float32")
+    net = gb.Sequential([gb.Dense(20, 16), gb.ReLU(), Shifted(16, 4)], backend="numpy", seed=3)
+    net.layers[2].shift = np.linspace(-1, 1, 4, dtype=np.float32)
+    on_gpu = net.copy(backend="cupy")
+    assert cp.get_array_module(on_gpu.layers[2].shift) is cp  # where the layer computes
+    np.testing.assert_allclose(on_gpu.predict(X).get(), net.predict(X), rtol=1e-6)
+    back = on_gpu.copy(backend="numpy")
+    assert isinstance(back.layers[2].shift, np.ndarray)
+    np.testing.assert_allclose(back.predict(X), net.predict(X), rtol=1e-6)
+
+
 def test_state_dict_copies_the_parameters_from_the_device_at_once(cp) -> None:
     net = gb.MLP([20, 16, 16, 4], backend="cupy", seed=3)
     cp._fake.reset_counts()

@@ -168,6 +168,8 @@ def test_host_synchronisations_are_counted_and_scalars_convert() -> None:
         assert cp._fake.syncs == 4
         with pytest.raises(ValueError, match="ambiguous"):
             bool(x)
+        # a scalar stays 0-d, as in CuPy (only cupy.ascontiguousarray makes it (1,))
+        assert cp.asarray(np.float32(3)).shape == () and cp.asarray(2.5).shape == () and cp.array(7).shape == ()
 
 
 def test_fresh_device_memory_is_garbage_and_the_pool_has_a_limit() -> None:

@@ -187,15 +187,16 @@ def test_divergence_stops_and_keeps_the_last_good_weights() -> None:
 
 def test_divergence_puts_back_the_running_statistics_and_dropout_counters_too() -> None:
     X, y = _toy(n=512)
-    net = gb.MLP([12, 32, 32, 3], batchnorm=True, dropout=0.1, backend="numpy", seed=1)
-    fit(net, gb.SGD(net, lr=0.05), X, y, epochs=1, batch_size=16, progress=False)  # a good epoch first
-    good = net.layer_states()
-    with pytest.raises(gb.TrainingDiverged) as info:
-        fit(net, gb.SGD(net, lr=1e30, momentum=0.9), X, y, epochs=2, batch_size=16, progress=False)
-    assert info.value.step == 0  # it diverged before its first check: the state it started from is back
-    for now, then in zip(net.layer_states(), good):
+    nets = [gb.MLP([12, 32, 32, 3], batchnorm=True, dropout=0.1, backend="numpy", seed=1) for _ in range(2)]
+    fit(nets[0], gb.SGD(nets[0], lr=0.05), X, y, epochs=1, batch_size=16, progress=False)
+    good = nets[0].layer_states()  # as the check at the end of epoch 1 (step 32) kept them
+    with pytest.raises(gb.TrainingDiverged) as info:  # the same run, blown up in epoch 2
+        fit(nets[1], gb.SGD(nets[1], lr=0.05), X, y, epochs=3, batch_size=16, progress=False,
+            schedule=lambda epoch, step, total: 1.0 if step < 40 else 1e30)
+    assert info.value.step == 32
+    for now, then in zip(nets[1].layer_states(), good):
         assert now.keys() == then.keys() and all(np.array_equal(now[k], then[k]) for k in now)
-    assert np.all(np.isfinite(net.predict(X)))  # NaN statistics made every prediction NaN
+    assert np.all(np.isfinite(nets[1].predict(X)))  # NaN statistics made every prediction NaN
 
 
 def test_divergence_puts_back_the_optimiser_state_with_its_step_count() -> None:

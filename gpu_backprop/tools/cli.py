@@ -421,9 +421,10 @@ def _train(args: argparse.Namespace) -> int:
         raise UsageError(f"--validation-fraction must be in [0, 1), got {cfg['validation_fraction']}")
     resumed: dict[str, Any] | None = None
     if cfg["resume"]:
-        if not Path(cfg["resume"]).is_file():
+        from ..checkpoint import checkpoint_metadata, saved_as
+
+        if not saved_as(cfg["resume"]).is_file():
             raise UsageError(f"--resume {cfg['resume']} does not exist; pass a checkpoint written with --out")
-        from ..checkpoint import checkpoint_metadata
 
         resumed = checkpoint_metadata(cfg["resume"])
         cfg = _resumed_settings(cfg, _explicit(args), resumed)
