@@ -171,7 +171,8 @@ def fit(
     comm : a communicator from :mod:`gpu_backprop.distributed` for data-parallel
         training: every rank takes its shard of each global batch and the
         gradients are averaged with one all-reduce per step (``comm.check_every``
-        verifies that the ranks' weights agree). BatchNorm statistics are per rank.
+        verifies that the ranks' weights agree). BatchNorm statistics are per rank, so is the validation
+        loss: every rank records and stops on rank 0's.
     progress : a progress bar per epoch and a line after it (rank 0 only).
 
     Raises
@@ -231,8 +232,9 @@ def fit(
                       "samples_per_second": stats["samples"] / seconds, "loss": stats["loss"]}
             if train.labels:
                 record["accuracy"] = stats["accuracy"]
-            if val is not None:
-                record["val_loss"], record["val_accuracy"] = _evaluate(val)
+            if val is not None:  # (each rank's BatchNorm statistics are its own: every rank decides on rank 0's)
+                record["val_loss"], record["val_accuracy"] = (sum_over_ranks(comm, v if rank == 0 else 0.0)
+                                                              for v in _evaluate(val))
                 if not math.isfinite(record["val_loss"]):
                     raise loop.guard.diverged(f"the validation loss became {record['val_loss']} after epoch "
                                               f"{epoch + 1} (the training loss was {record['loss']:.4g})",
