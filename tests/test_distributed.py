@@ -455,3 +455,15 @@ def test_ranks_whose_batchnorm_statistics_differ_stop_early_together(tmp_path: P
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = sorted(line.split(" ", 2)[2] for line in proc.stdout.splitlines() if line.startswith("rank "))
     assert len(lines) == 2 and lines[0] == lines[1], proc.stdout
+
+
+@needs_mpi
+def test_a_flag_refused_on_one_rank_alone_stops_the_whole_job(tmp_path: Path) -> None:
+    """The communicator starts before the flags are checked: a rank that refuses them stops the others."""
+    env = {**os.environ, **distributed.OPEN_MPI_ENV, "PYTHONPATH": str(ROOT), "OPENBLAS_NUM_THREADS": "1"}
+    train = [sys.executable, "-m", "gpu_backprop", "train", "--dataset", "mnist-sample", "--epochs", "1", "-b", "500",
+             "--hidden", "8", "--no-progress", "--distributed", "mpi"]
+    proc = subprocess.run([mpiexec_path() or "mpiexec", "-n", "1", *train, ":", "-n", "1", *train,
+                           "--resume", str(tmp_path / "missing.npz")],  # rank 1 alone: its file is not there
+                          check=False, capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
+    assert proc.returncode == 2 and "--resume" in proc.stdout + proc.stderr and "does not exist" in proc.stderr

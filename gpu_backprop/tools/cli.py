@@ -409,6 +409,16 @@ def _train(args: argparse.Namespace) -> int:
     from ..trainer import evaluate
 
     cfg = _settings(args)
+    _use_device(cfg)
+    global _COMM
+    comm = None
+    if cfg["distributed"] != "none":  # first: a check that fails on one rank alone then stops every rank
+        from ..distributed import init_distributed
+
+        try:
+            comm = _COMM = init_distributed(cfg["distributed"])
+        except (RuntimeError, ImportError) as exc:
+            raise UsageError(str(exc)) from None
     hidden = _hidden(cfg["hidden"])
     batch_size = _batch(cfg["batch_size"])
     if cfg["epochs"] < 1:
@@ -434,17 +444,6 @@ def _train(args: argparse.Namespace) -> int:
             "--validation-fraction 0 holds out none: keep it above 0 (the default is 0.1)"))
     _check_flags_are_read(cfg, args)
     out_dir, made_out = _check_out_dir(cfg["out"]) if cfg["out"] else (None, False)
-    _use_device(cfg)
-
-    global _COMM
-    comm = None
-    if cfg["distributed"] != "none":
-        from ..distributed import init_distributed
-
-        try:
-            comm = _COMM = init_distributed(cfg["distributed"])
-        except (RuntimeError, ImportError) as exc:
-            raise UsageError(str(exc)) from None
     rank0 = comm is None or comm.rank == 0
     human = sys.stderr if cfg["json"] else sys.stdout  # the lines for people: stdout holds the JSON alone
 

@@ -467,7 +467,7 @@ def _parse_arch(p: argparse.ArgumentParser, text: str) -> str:
     m = re.fullmatch(r"(?:sm_|compute_)?(\d{2,3})", text.strip())
     if m is None:
         p.error(f"--arch takes a GPU architecture like sm_90 (H100) or sm_80 (A100), got {text!r}")
-    return m.group(1)  # type: ignore[union-attr]
+    return str(int(m.group(1)))  # type: ignore[union-attr]  # ('sm_090' is sm_90, as NVRTC spells it)
 
 
 class _Report:

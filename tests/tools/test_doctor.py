@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -42,6 +43,12 @@ def test_a_bad_arch_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--arch takes a GPU architecture like sm_90" in err
+
+
+def test_an_arch_is_read_as_nvrtc_spells_it() -> None:
+    parser = argparse.ArgumentParser()
+    read = [doctor._parse_arch(parser, a) for a in ("sm_090", "90", " compute_80 ", "sm_100")]
+    assert read == ["90", "90", "80", "100"]
 
 
 @needs_nvrtc
