@@ -92,7 +92,10 @@ def save_checkpoint(path: str | os.PathLike[str], net: Sequential, optimizer: Op
                 opt_meta[k] = v
     arrays = {k: np.asarray(v, dtype=v.dtype.newbyteorder("<"), order="C") for k, v in arrays.items()}
     body = json.loads(json.dumps({  # through JSON once: keys become strings, tuples lists, as a reader sees them
-        "format": FORMAT,
+        # format 2 where it says the same (no layer of the user's own kind of Dense, BatchNorm or Dropout):
+        # older versions read it
+        "format": FORMAT if any(isinstance(layer, (Dense, BatchNorm, Dropout))
+                                and type(layer) not in (Dense, BatchNorm, Dropout) for layer in net.layers) else FORMAT_2,
         "config": net.config(),
         "optimizer": opt_meta,
         "state": state,

@@ -287,14 +287,20 @@ def copied_layer(layer: Layer, source: Backend, target: Backend) -> Layer:
 
 
 def _deep_copy(obj: Any) -> Any:
-    """``copy.deepcopy(obj)``, sharing the modules it refers to (``self.xp = np``), or ``obj`` itself where it
-    holds what cannot be copied (a lock, say)."""
-    attrs = vars(obj) if hasattr(obj, "__dict__") else obj if isinstance(obj, dict) else {}
-    memo = {id(v): v for v in attrs.values() if isinstance(v, types.ModuleType)}
-    try:
-        return copy.deepcopy(obj, memo)
-    except TypeError:
-        return obj
+    """A deep copy of ``obj`` (a dict, or an object's attributes) value by value: a module (``self.xp = np``), or
+    what cannot be copied (a lock, say), is shared; the rest is copied."""
+    memo: dict[int, Any] = {}
+    copied = {}
+    for k, v in (obj if isinstance(obj, dict) else vars(obj)).items():
+        try:
+            copied[k] = v if isinstance(v, types.ModuleType) else copy.deepcopy(v, memo)
+        except TypeError:
+            copied[k] = v
+    if isinstance(obj, dict):
+        return copied
+    new = copy.copy(obj)
+    vars(new).update(copied)
+    return new
 
 
 def unpickled_layer(entry: Any, backend: Backend) -> Layer:

@@ -217,6 +217,8 @@ def fit(
         history = History(saved.epochs, saved.steps)  # how the saved part ended is not how this one ends
     if size > 1:
         comm.broadcast_(net.flat_params)
+    # every rank records rank 0's validation (its BatchNorm statistics are its own), in an all-reduce they all join
+    validating = val is not None if size == 1 else sum_over_ranks(comm, float(rank == 0 and val is not None)) > 0
     loop = _Loop(net, optimizer, train, B, comm, cfg.max_grad_norm, progress and rank == 0, history)
     early = EarlyStopping(cfg.patience) if cfg.patience is not None else None
     try:
@@ -232,9 +234,9 @@ def fit(
                       "samples_per_second": stats["samples"] / seconds, "loss": stats["loss"]}
             if train.labels:
                 record["accuracy"] = stats["accuracy"]
-            if val is not None:  # (each rank's BatchNorm statistics are its own: every rank decides on rank 0's)
-                record["val_loss"], record["val_accuracy"] = (sum_over_ranks(comm, v if rank == 0 else 0.0)
-                                                              for v in _evaluate(val))
+            if validating:
+                mine = _evaluate(val) if rank == 0 and val is not None else (0.0, 0.0)
+                record["val_loss"], record["val_accuracy"] = (sum_over_ranks(comm, v) for v in mine)
                 if not math.isfinite(record["val_loss"]):
                     raise loop.guard.diverged(f"the validation loss became {record['val_loss']} after epoch "
                                               f"{epoch + 1} (the training loss was {record['loss']:.4g})",

@@ -32,7 +32,14 @@ from _custom_layers import Shifted
 import gpu_backprop as gb
 from gpu_backprop import backend, data
 from gpu_backprop._io import LOCK_NAME, atomic_write_bytes, lock_directory
-from gpu_backprop.checkpoint import FORMAT, CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+from gpu_backprop.checkpoint import (
+    FORMAT,
+    CheckpointError,
+    checkpoint_metadata,
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
 from gpu_backprop.data import load_dataset, write_idx
 from gpu_backprop.tools import cli
 
@@ -880,7 +887,8 @@ def test_a_copy_of_a_layer_that_keeps_a_module_or_a_lock_still_works() -> None:
     X, _ = _toy(n=10)
     net = gb.Sequential([gb.Dense(6, 8), gb.ReLU(), _WithModule(8, 3)], backend="numpy", seed=1)
     twin = net.copy(dtype="float64")  # gradcheck copies a float32 network so
-    assert twin.layers[2].xp is np
+    assert twin.layers[2].xp is np and twin.layers[2].lock is net.layers[2].lock  # shared: no copy can be made
+    assert twin.layers[2].shift is not net.layers[2].shift  # the rest is copied, value by value
     np.testing.assert_allclose(twin.predict(X), net.predict(X), rtol=1e-5)
     gb.gradcheck(net, X, np.arange(10) % 3)
 
@@ -928,3 +936,6 @@ def test_a_checkpoint_of_format_2_with_a_layer_of_the_users_own_still_loads(tmp_
         np.testing.assert_array_equal(twin.flat_params, net.flat_params)
     with pytest.raises(CheckpointError, match="different network"):  # format 3 tells them apart
         load_checkpoint(path, gb.Sequential([gb.Dense(6, 8), gb.ReLU(), gb.Dense(8, 3)], backend="numpy"), None)
+    assert checkpoint_metadata(path)["format"] == FORMAT  # needed here; a plain network's is read by older versions
+    plain = save_checkpoint(tmp_path / "plain.npz", gb.MLP([6, 8, 3], dropout=0.1, batchnorm=True), None, {})
+    assert checkpoint_metadata(plain)["format"] == "gpu_backprop-checkpoint-2"

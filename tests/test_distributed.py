@@ -448,6 +448,32 @@ with open(f"{sys.argv[1]}.rank{comm.rank}", "w") as f:  # (the ranks' lines on o
 """
 
 
+VALIDATION_ON_RANK_0_ONLY = """
+import sys
+import numpy as np, gpu_backprop as gb
+from gpu_backprop.distributed import init_distributed
+comm = init_distributed("mpi")
+rng = np.random.default_rng(0)
+y = rng.integers(0, 3, 200)
+X = rng.normal(0, 1, (200, 10)) + np.eye(3, 10)[y]
+net = gb.MLP([10, 8, 3], backend="numpy", dtype="float64", seed=0)
+h = gb.fit(net, gb.SGD(net, lr=0.1), X[:150], y[:150], epochs=2, batch_size=10, progress=False, comm=comm,
+           validation=(X[150:], y[150:]) if comm.rank == 0 else None)
+with open(f"{sys.argv[1]}.rank{comm.rank}", "w") as f:
+    f.write(repr([e["val_loss"] for e in h.epochs]))
+"""
+
+
+@needs_mpi
+def test_validation_data_on_rank_0_alone_is_every_ranks(tmp_path: Path) -> None:
+    script = tmp_path / "val.py"
+    script.write_text(VALIDATION_ON_RANK_0_ONLY)
+    proc = _launch(2, str(script), str(tmp_path / "out"), timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    said = [(tmp_path / f"out.rank{r}").read_text() for r in range(2)]
+    assert said[0] == said[1] and said[0].startswith("[") and "nan" not in said[0], said
+
+
 @needs_mpi
 def test_ranks_whose_batchnorm_statistics_differ_stop_early_together(tmp_path: Path) -> None:
     """Each rank's running statistics are its own, so is its validation loss: all decide on rank 0's."""

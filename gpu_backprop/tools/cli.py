@@ -409,7 +409,11 @@ def _train(args: argparse.Namespace) -> int:
     from ..trainer import evaluate
 
     cfg = _settings(args)
-    _use_device(cfg)
+    try:
+        _use_device(cfg)
+        device_problem = None
+    except UsageError as exc:  # (raised once every rank can hear of it)
+        device_problem = exc
     global _COMM
     comm = None
     if cfg["distributed"] != "none":  # first: a check that fails on one rank alone then stops every rank
@@ -419,6 +423,8 @@ def _train(args: argparse.Namespace) -> int:
             comm = _COMM = init_distributed(cfg["distributed"])
         except (RuntimeError, ImportError) as exc:
             raise UsageError(str(exc)) from None
+    if device_problem is not None:
+        raise device_problem
     hidden = _hidden(cfg["hidden"])
     batch_size = _batch(cfg["batch_size"])
     if cfg["epochs"] < 1:
