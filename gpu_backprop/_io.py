@@ -103,19 +103,17 @@ def atomic_write_bytes(path: str | os.PathLike[str], payload: bytes) -> None:
     path = Path(path)
     try:
         fd, tmp = create_temporary(path)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(payload)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     except OSError as exc:
         exc.filename = exc.filename or str(path)  # an error says which file it was writing (a full disk does not)
-        raise
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            exc.filename = exc.filename or str(path)
         raise
     try:  # make the rename itself durable
         dir_fd = os.open(path.parent, os.O_RDONLY)

@@ -50,6 +50,7 @@ __all__ = ["CheckpointError", "check_resumable", "checkpoint_metadata", "load_ch
 FORMAT = "gpu_backprop-checkpoint-3"
 #: the same layout; a Dense, BatchNorm or Dropout of the user's own kind was saved under its base's name: still read
 FORMAT_2 = "gpu_backprop-checkpoint-2"
+_NAMED_BY_BASE_IN_2 = (Dense, BatchNorm, Dropout)  #: the layers whose subclasses format 2 named by the base
 FORMAT_1 = "gpu_backprop-checkpoint-1"  # before 0.2: the checksum covered the arrays only; still read
 _META = "__meta__"
 MAX_META_BYTES = 64 * 2**20  #: the largest metadata entry read (a long history is a few MB)
@@ -94,8 +95,8 @@ def save_checkpoint(path: str | os.PathLike[str], net: Sequential, optimizer: Op
     body = json.loads(json.dumps({  # through JSON once: keys become strings, tuples lists, as a reader sees them
         # format 2 where it says the same (no layer of the user's own kind of Dense, BatchNorm or Dropout):
         # older versions read it
-        "format": FORMAT if any(isinstance(layer, (Dense, BatchNorm, Dropout))
-                                and type(layer) not in (Dense, BatchNorm, Dropout) for layer in net.layers) else FORMAT_2,
+        "format": FORMAT if any(isinstance(layer, _NAMED_BY_BASE_IN_2) and type(layer) not in _NAMED_BY_BASE_IN_2
+                                for layer in net.layers) else FORMAT_2,
         "config": net.config(),
         "optimizer": opt_meta,
         "state": state,
@@ -145,10 +146,9 @@ def saved_as(path: str | os.PathLike[str]) -> Path:
 def _opened(path: str | os.PathLike[str]) -> Iterator[_Reader]:
     """The checkpoint at ``path`` open for reading; any fault of the file becomes one :class:`CheckpointError`."""
     path = saved_as(path)
-    if path.is_dir():
-        raise CheckpointError(f"checkpoint {path} is a directory; pass the checkpoint file in it (checkpoint.npz)")
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist; check the path")
+        raise CheckpointError(f"checkpoint {path} is a directory; pass the checkpoint file in it (checkpoint.npz)"
+                              if path.is_dir() else f"checkpoint {path} does not exist; check the path")
     try:
         with open(path, "rb") as f:
             head = f.read(6)
@@ -397,7 +397,7 @@ def _check_fits(path: Path, meta: dict[str, Any], manifest: dict[str, Any], net:
     saved, ours = _with_defaults(meta["config"]), net.config()
     if meta["format"] != FORMAT:  # older files named a layer of the user's own kind by its built-in base
         for spec, layer in zip(ours["layers"], net.layers):
-            spec["type"] = next((base.__name__ for base in (Dense, BatchNorm, Dropout) if isinstance(layer, base)),
+            spec["type"] = next((base.__name__ for base in _NAMED_BY_BASE_IN_2 if isinstance(layer, base)),
                                 spec["type"])
     if saved != ours:
         raise CheckpointError(
@@ -521,11 +521,11 @@ def load_model(path: str | os.PathLike[str], backend: str | Backend | None = Non
     ``backend`` as for :class:`Sequential` (default: ``"auto"``). The optimiser
     state is not read. Layers must be built-in ones (see :func:`network_from_config`).
     """
-    path = saved_as(path)
-    meta = checkpoint_metadata(path)
+    with _opened(path) as reader:
+        meta, size, path = reader.metadata(), reader.size, reader.path
     config = meta["config"]
     itemsize = np.dtype(config["dtype"]).itemsize
-    if not 0 <= _parameter_count(config) * itemsize <= path.stat().st_size:
+    if not 0 <= _parameter_count(config) * itemsize <= size:
         raise CheckpointError(f"checkpoint {path} describes a network larger than the file itself; "
                               "it is damaged or not a gpu_backprop checkpoint")
     net = network_from_config(config, get_backend(backend))

@@ -216,9 +216,9 @@ def check_range(name: str, value: float, lo: float, hi: float = math.inf, lo_ope
 
     A value that is not a real number (a string, None, a bool) is a TypeError that names it.
     """
-    try:  # a number of any kind (a NumPy scalar, a 0-d array), but not text or a truth value
-        if isinstance(value, (str, bytes, bool, np.bool_)):
-            raise TypeError
+    if isinstance(value, (str, bytes, bool, np.bool_)):  # a number of any kind (a 0-d array too), not these
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    try:
         v = float(value)
     except (TypeError, ValueError):
         raise TypeError(f"{name} must be a number, got {value!r}") from None

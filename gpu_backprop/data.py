@@ -366,6 +366,7 @@ def _complete(directory: Path) -> dict[str, Path] | None:
 def _load_dir(name: str, files: dict[str, Path], source: str) -> Dataset:
     """Read the four files and check that they make one data set."""
     arrays = {role: read_idx(path) for role, path in files.items()}
+    tops: list[int] = []  # each split's largest label
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
         x_file, y_file = files[f"x_{split}"], files[f"y_{split}"]
@@ -382,7 +383,8 @@ def _load_dir(name: str, files: dict[str, Path], source: str) -> Dataset:
             raise DataError(f"{y_file}: holds no samples; check that it is the right file")
         if y.min() < 0:
             raise DataError(f"{y_file}: holds the negative label {y.min()}; labels must be class numbers 0, 1, ...")
-        if (top := int(y.max())) >= MAX_CLASSES:
+        tops.append(top := int(y.max()))
+        if top >= MAX_CLASSES:
             raise DataError(f"{y_file}: holds the label {top:,}, which would make a network of {top + 1:,} outputs; "
                             f"labels must be class numbers 0, 1, ... below {MAX_CLASSES:,}: check the file")
     if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
@@ -390,7 +392,7 @@ def _load_dir(name: str, files: dict[str, Path], source: str) -> Dataset:
                         f"{files['x_test']} holds {arrays['x_test'].shape[1:]}; they must come from one data set")
     y_train = arrays["y_train"].astype(np.int64)
     y_test = arrays["y_test"].astype(np.int64)
-    num_classes = int(max(y_train.max(), y_test.max())) + 1
+    num_classes = max(tops) + 1
     return Dataset(x_train=arrays["x_train"], y_train=y_train, x_test=arrays["x_test"], y_test=y_test,
                    num_classes=num_classes, name=name, source=source)
 

@@ -108,11 +108,10 @@ def _numerical(f: Callable[[], float], x: Array, eps: float, mode: str, directio
             u_host = rng.standard_normal(flat.size)
             u_host /= np.linalg.norm(u_host)
             u = xp.asarray(u_host, dtype=x.dtype)
-            flat += eps * u
+            flat[...] = original + eps * u  # (from the saved x each time: x + εu − 2εu + εu need not be x)
             fp = f()
             flat[...] = original - eps * u
             fm = f()
-            flat[...] = original  # (x + εu − 2εu + εu need not round back to x)
             out.append(("direction", u_host, np.array((fp - fm) / (2 * eps))))
         return out, "direction"
     finally:  # on an error in f too

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import kernels
 from .backend import Backend, to_device
 from .checks import as_array, as_dtype, check_int, check_samples
 
@@ -52,11 +53,8 @@ class Predictions:
         Read from the outputs as ``fit`` and ``evaluate`` count them: the largest, or for one output
         1 where it exceeds the loss's ``threshold``.
         """
-        def classes(out: Array) -> Array:
-            hits = out[:, 0] > self.loss.threshold if out.shape[1] == 1 else out.argmax(axis=1)
-            return hits.astype(self.xp.int64)
-
-        return self._each_batch(X, batch_size, classes)
+        return self._each_batch(X, batch_size,
+                                lambda out: kernels.predicted(out, self.loss.threshold).astype(self.xp.int64))
 
     def _each_batch(self, X: Any, batch_size: int, f: Any) -> Array:
         """``f`` of the network's outputs for ``X``, batch by batch, joined (``X`` checked and converted first)."""

@@ -282,25 +282,22 @@ def copied_layer(layer: Layer, source: Backend, target: Backend) -> Layer:
         bare, on_device = entry
         if not source.is_gpu and target.is_gpu:
             on_device = [k for k, v in vars(bare).items() if isinstance(v, np.ndarray)]
-        entry = (_deep_copy(bare), on_device)
+        vars(bare).update(_deep_copy(vars(bare)))  # (bare is the pickle's own shallow copy)
+        entry = (bare, on_device)
     return unpickled_layer(entry, target)
 
 
-def _deep_copy(obj: Any) -> Any:
-    """A deep copy of ``obj`` (a dict, or an object's attributes) value by value: a module (``self.xp = np``), or
-    what cannot be copied (a lock, say), is shared; the rest is copied."""
+def _deep_copy(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """A deep copy of ``attrs``, value by value: a module (``self.xp = np``), or what cannot be copied (a lock,
+    say), is shared; the rest is copied."""
     memo: dict[int, Any] = {}
     copied = {}
-    for k, v in (obj if isinstance(obj, dict) else vars(obj)).items():
+    for k, v in attrs.items():
         try:
             copied[k] = v if isinstance(v, types.ModuleType) else copy.deepcopy(v, memo)
         except TypeError:
             copied[k] = v
-    if isinstance(obj, dict):
-        return copied
-    new = copy.copy(obj)
-    vars(new).update(copied)
-    return new
+    return copied
 
 
 def unpickled_layer(entry: Any, backend: Backend) -> Layer:

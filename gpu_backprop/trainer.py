@@ -218,7 +218,7 @@ def fit(
     if size > 1:
         comm.broadcast_(net.flat_params)
     # every rank records rank 0's validation (its BatchNorm statistics are its own), in an all-reduce they all join
-    validating = val is not None if size == 1 else sum_over_ranks(comm, float(rank == 0 and val is not None)) > 0
+    validating = sum_over_ranks(comm, float(rank == 0 and val is not None)) > 0
     loop = _Loop(net, optimizer, train, B, comm, cfg.max_grad_norm, progress and rank == 0, history)
     early = EarlyStopping(cfg.patience) if cfg.patience is not None else None
     try:

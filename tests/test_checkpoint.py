@@ -645,7 +645,7 @@ def test_a_layer_of_the_users_own_is_saved_as_its_kind_and_copied_whole(tmp_path
     assert not (tmp_path / "m.safetensors").exists()
 
 
-def test_checkpoint_names_and_seeds_as_written(tmp_path: Path) -> None:
+def test_checkpoint_names_and_seeds_as_written(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     X, y = _toy(n=40)
     net = gb.Sequential([gb.Dense(6, 4), gb.Dropout(0.5, seed=2**64 - 5), gb.Dense(4, 3)], backend="numpy")
     opt = gb.SGD(net, lr=0.1)
@@ -656,14 +656,11 @@ def test_checkpoint_names_and_seeds_as_written(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="is a directory; pass the checkpoint file in it"):
         gb.load_model(tmp_path)
     out = tmp_path / "cli"
-    cli.main(["train", "--dataset", "mnist-sample", "--hidden", "8", "-b", "500", "--epochs", "1", "--no-progress",
-              "--out", str(out)])
-    assert cli.main(["train", "--dataset", "mnist-sample", "--epochs", "2", "--no-progress",
-                     "--resume", str(out / "checkpoint")]) == 0  # the name without .npz, as the library takes it
-    state = net.state_dict()
-    before = {k: v.copy() for k, v in state.items()}
+    assert _run([*QUICK, "--epochs", "1", "--out", str(out)], capsys)[0] == 0
+    assert _run([*QUICK, "--epochs", "2", "--resume", str(out / "checkpoint")], capsys)[0] == 0  # no .npz, as above
+    before = net.state_dict()  # (its own copies)
     with pytest.raises(ValueError, match="state entry layers.1.counter is -1; a dropout counter is 0 or more"):
-        net.load_state_dict({**state, "layers.1.counter": np.array(-1)})
+        net.load_state_dict({**before, "layers.1.counter": np.array(-1)})
     assert all(np.array_equal(v, before[k]) for k, v in net.state_dict().items())
 
 

@@ -488,10 +488,8 @@ def test_ranks_whose_batchnorm_statistics_differ_stop_early_together(tmp_path: P
 @needs_mpi
 def test_a_flag_refused_on_one_rank_alone_stops_the_whole_job(tmp_path: Path) -> None:
     """The communicator starts before the flags are checked: a rank that refuses them stops the others."""
-    env = {**os.environ, **distributed.OPEN_MPI_ENV, "PYTHONPATH": str(ROOT), "OPENBLAS_NUM_THREADS": "1"}
-    train = [sys.executable, "-m", "gpu_backprop", "train", "--dataset", "mnist-sample", "--epochs", "1", "-b", "500",
-             "--hidden", "8", "--no-progress", "--distributed", "mpi"]
-    proc = subprocess.run([mpiexec_path() or "mpiexec", "-n", "1", *train, ":", "-n", "1", *train,
-                           "--resume", str(tmp_path / "missing.npz")],  # rank 1 alone: its file is not there
-                          check=False, capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
+    train = ["-m", "gpu_backprop", "train", "--dataset", "mnist-sample", "--epochs", "1", "-b", "500", "--hidden", "8",
+             "--no-progress", "--distributed", "mpi"]
+    proc = _launch(1, *train, ":", "-n", "1", sys.executable, *train,  # (_launch runs `mpiexec -n 1 python ...`)
+                   "--resume", str(tmp_path / "missing.npz"), timeout=120)  # rank 1 alone: its file is not there
     assert proc.returncode == 2 and "--resume" in proc.stdout + proc.stderr and "does not exist" in proc.stderr

@@ -299,7 +299,8 @@ def test_every_built_in_layer_rebuilds_from_its_init_args() -> None:
 def test_numbers_of_any_kind_are_taken_where_a_number_is_asked_for() -> None:
     net = gb.MLP([4, 3], backend="numpy", seed=np.uint64(3))
     assert gb.SGD(net, lr=np.array(0.1)).lr == 0.1 and gb.Dropout(np.float32(0.5)).p == 0.5  # a 0-d array, a scalar
-    assert gb.FitConfig(seed=np.int64(5)).seed == 5 and type(gb.FitConfig(seed=np.int64(5)).seed) is int
+    seed = gb.FitConfig(seed=np.int64(5)).seed
+    assert seed == 5 and type(seed) is int
     with pytest.raises(ValueError, match="seed must be an integer from 0"):
         net.reset_parameters(-1)
     with pytest.raises(TypeError, match="must be a number, got True"):

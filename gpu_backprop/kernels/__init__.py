@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from ._cpu import SCIPY_MAX_BATCH, blas_threads, defers_weight_grads, scipy_blas
 from ._cuda import ELEMENTWISE, RAW, make_elementwise, make_raw, raw_source
-from .accuracy import count_correct
+from .accuracy import count_correct, predicted
 from .activations import ACTIVATIONS, activation_backward, activation_forward, bias_activation
 from .batchnorm import batchnorm_backward, batchnorm_normalize
 from .dropout import dropout_forward
@@ -39,6 +39,6 @@ from .updates import adam_update, sgd_update
 
 __all__ = ["ACTIVATIONS", "ELEMENTWISE", "RAW", "SCIPY_MAX_BATCH", "activation_backward", "activation_forward",
            "adam_update", "batchnorm_backward", "batchnorm_normalize", "bias_activation", "blas_threads", "column_sum",
-           "count_correct", "defers_weight_grads", "dropout_forward", "gather_scale", "hash_uniform",
+           "count_correct", "predicted", "defers_weight_grads", "dropout_forward", "gather_scale", "hash_uniform",
            "make_elementwise", "make_raw", "matmul", "random_permutation", "raw_source", "scipy_blas", "sgd_update",
            "softmax", "softmax_cross_entropy", "weight_grad"]

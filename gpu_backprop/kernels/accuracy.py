@@ -66,6 +66,11 @@ def count_correct(out: Array, labels: Array, into: Array, threshold: float = 0.0
         raw("count_correct", out.dtype)(((n + threads - 1) // threads,), (threads,),
                                         (out, labels, into, np.int32(n), np.int32(c), out.dtype.type(threshold)))
         return into
-    hits = (out[:, 0] > threshold) == (labels == 1) if c == 1 else out.argmax(axis=1) == labels
-    into += np.count_nonzero(hits)
+    into += np.count_nonzero(predicted(out, threshold) == labels)
     return into
+
+
+def predicted(out: Array, threshold: float = 0.0) -> Array:
+    """The class each row of ``out`` ``(N, C)`` predicts: the first largest output, or for one output 1 where it
+    exceeds ``threshold`` (as a bool). The NumPy body of ``count_correct``'s prediction; ``predict_classes`` too."""
+    return out[:, 0] > threshold if out.shape[1] == 1 else out.argmax(axis=1)

@@ -455,7 +455,8 @@ def test_early_stopping_saves_the_tested_weights_beside_the_resumable_checkpoint
     ds = load_dataset("mnist-sample")
     tested = gb.evaluate(gb.load_model(out / "model.npz", backend="numpy"), ds.x_test, ds.y_test)
     last = gb.evaluate(gb.load_model(out / "checkpoint.npz", backend="numpy"), ds.x_test, ds.y_test)
-    assert (strict_json(stdout)["test_loss"], strict_json(stdout)["test_accuracy"]) == tested != last
+    reported = strict_json(stdout)
+    assert (reported["test_loss"], reported["test_accuracy"]) == tested != last
 
 
 @pytest.mark.parametrize("hidden, network", [("", "784-10"), ("16,", "784-16-10"), (" 16 , 8 ", "784-16-8-10")])

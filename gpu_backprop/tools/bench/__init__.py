@@ -192,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.backend == "cupy":
             p.error("--backend cupy: no CUDA device answers here; run with --backend numpy")
     most_rows = max(N_TRAIN if b == "full" else int(b) for b in [*batches, *breakdown_batches])
-    problem = _memory_problem(models, most_rows, backends, args.gemm_n or (1024 if args.quick else 2048))
+    gemm_n = args.gemm_n or (1024 if args.quick else 2048)
+    problem = _memory_problem(models, most_rows, backends, gemm_n)
     if problem:
         p.error(problem)
     out = Path(args.out) if args.out else default_out()
@@ -219,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = run_suite(models, batches, backends, budget=args.seconds or (0.3 if args.quick else 1.0),
                            repeats=args.repeats or (3 if args.quick else 5),
-                           gemm_n=args.gemm_n or (1024 if args.quick else 2048), peers=not args.no_peers,
+                           gemm_n=gemm_n, peers=not args.no_peers,
                            sklearn=not args.no_sklearn, tta=not (args.quick or args.no_tta),
                            breakdown_batches=breakdown_batches, quiet=Quiet(args.max_load, patience),
                            facts=facts, progress=save)
