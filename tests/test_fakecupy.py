@@ -186,6 +186,38 @@ def test_fresh_device_memory_is_garbage_and_the_pool_has_a_limit() -> None:
         with pytest.raises(cp.cuda.memory.OutOfMemoryError, match=r"Out of memory allocating 8,192 bytes"):
             cp.empty(2048, np.float32)
         pool.set_limit(size=0)
+        b = cp.empty(1000, np.float32)
+        for make in (lambda: cp.zeros(1000, np.float32), lambda: cp.full_like(b, 2.0), lambda: b.astype(np.float64),
+                     lambda: cp.ascontiguousarray(b[::2]), lambda: cp.asarray(np.ones(1000, np.float32))):
+            before = pool.used_bytes()  # each allocation counted once, whichever routine makes it
+            c = make()
+            assert pool.used_bytes() - before == -(-c.nbytes // 512) * 512
+            del c
+
+
+def test_layouts_byte_order_and_copies_follow_cupy() -> None:
+    """CuPy 14.2's _array_default, _astype and _new_like_order_and_strides (cupy/_core/core.pyx,
+    cupy/_creation/basic.py): order 'K' or 'A' keeps a column-major array column-major, data reaches the
+    device little-endian, and copy=None copies only where the dtype or the asked layout differs."""
+    fortran = np.asfortranarray(np.arange(6.0).reshape(2, 3))
+    with stand_in() as cp:
+        f = cp.asarray(fortran)
+        assert f.flags.f_contiguous and not f.flags.c_contiguous and f.get().tolist() == fortran.tolist()
+        assert cp.asarray(fortran, order="C").flags.c_contiguous
+        assert cp.asarray(np.arange(6.0).reshape(2, 3)).flags.c_contiguous
+        assert cp.asarray([[1.0, 2.0], [3.0, 4.0]], order="K").flags.c_contiguous  # not an ndarray: row-major
+        big = cp.asarray(np.arange(3.0, dtype=">f4"))
+        assert big.dtype.str == "<f4" and big.get().tolist() == [0.0, 1.0, 2.0]
+        assert cp.empty_like(f).flags.f_contiguous and cp.zeros_like(f, order="A").flags.f_contiguous
+        assert cp.ones_like(f, order="C").flags.c_contiguous and cp.empty_like(f, shape=(6,)).shape == (6,)
+        assert f.astype(np.float32).flags.f_contiguous and f.astype(np.float32, order="C").flags.c_contiguous
+        assert cp.asarray(f) is f and f.astype(f.dtype, copy=False) is f
+        assert cp.asarray(f, order="C") is not f and cp.array(f) is not f and cp.array(f).flags.f_contiguous
+        with pytest.raises(ValueError, match="Unable to avoid copy"):
+            cp.array(f, copy=False, order="C")
+        with pytest.raises(TypeError, match="casting is not supported yet"):
+            f.astype(np.float32, casting="unsafe")
+        assert cp.asarray(np.float32(2)).shape == () and cp.array([[1, 2]], ndmin=3).shape == (1, 1, 2)
 
 
 def test_integer_array_indices_wrap_around_as_in_cupy() -> None:

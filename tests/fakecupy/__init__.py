@@ -22,7 +22,9 @@ against an installed CuPy):
   NumPy arrays raise where CuPy's do (``Unsupported type``, ``Argument 'a' has incorrect type``);
   ``float()``, ``int()``, ``bool()``, ``.get()``, ``repr`` and ``format`` of arrays synchronise, and are
   counted (``cupy.cuda.stream.sync_count()``). ``cupy.empty`` returns memory filled with 0xFF bytes
-  (NaN, -1, 255) rather than zeros, as reused pool memory would be garbage.
+  (NaN, -1, 255) rather than zeros, as reused pool memory would be garbage. Layouts follow CuPy's: order
+  ``'K'`` (the default of ``asarray``, ``astype`` and the ``*_like`` functions) keeps a column-major array
+  column-major, and host data reaches the device little-endian.
 * ``ElementwiseKernel`` generates CuPy's CUDA source text (types, broadcasting, ``reduce_dims``, 32-bit
   indexing, ``CArray``/``CIndexer`` parameters) and ``RawKernel`` takes its source as given; both are
   compiled with g++ against a small emulation of the CUDA features used (``_cupy/_core/_cpu.py``) and

@@ -41,8 +41,8 @@ def empty(shape: Any, dtype: Any = float, order: str = "C") -> ndarray:
     return ndarray(shape, dtype, order=order)
 
 
-def _filled(shape: Any, dtype: Any, value: Any, order: str = "C") -> ndarray:
-    a = ndarray._new(allocate(shape, dtype, order, garbage=False))
+def _filled(shape: Any, dtype: Any, value: Any, order: str = "C", like: np.ndarray | None = None) -> ndarray:
+    a = ndarray._new(allocate(shape, dtype, order, garbage=False, like=like), allocated=True)
     a._a.fill(value)
     _fake.launches["routine:fill"] += 1
     return a
@@ -62,29 +62,36 @@ def full(shape: Any, fill_value: Any, dtype: Any = None, order: str = "C") -> nd
     return _filled(shape, np.asarray(fill_value).dtype if dtype is None else dtype, fill_value, order)
 
 
-def _like(prototype: Any, dtype: Any, shape: Any) -> tuple[Any, Any]:
-    return (prototype.shape if shape is None else shape), (prototype.dtype if dtype is None else dtype)
+def _like(prototype: Any, dtype: Any, shape: Any, subok: Any) -> tuple[Any, Any, np.ndarray]:
+    """A ``*_like``'s shape, dtype and layout: ``prototype``'s unless given (order 'K' or 'A' keeps its layout)."""
+    if subok is not None:
+        raise TypeError("subok is not supported yet")
+    # as CuPy's: any array will do as the prototype (a NumPy one too), and an empty shape means the prototype's
+    return ((shape if shape else prototype.shape), (prototype.dtype if dtype is None else dtype),
+            prototype._a if isinstance(prototype, ndarray) else np.asarray(prototype))
 
 
 def empty_like(prototype: Any, dtype: Any = None, order: str = "K", subok: Any = None, shape: Any = None) -> ndarray:
-    s, d = _like(prototype, dtype, shape)
-    return empty(s, d)
+    s, d, like = _like(prototype, dtype, shape, subok)
+    return ndarray._new(allocate(s, d, order, like=like), allocated=True)
 
 
 def zeros_like(a: Any, dtype: Any = None, order: str = "K", subok: Any = None, shape: Any = None) -> ndarray:
-    s, d = _like(a, dtype, shape)
-    return zeros(s, d)
+    s, d, like = _like(a, dtype, shape, subok)
+    return _filled(s, d, 0, order, like)
 
 
 def ones_like(a: Any, dtype: Any = None, order: str = "K", subok: Any = None, shape: Any = None) -> ndarray:
-    s, d = _like(a, dtype, shape)
-    return ones(s, d)
+    s, d, like = _like(a, dtype, shape, subok)
+    return _filled(s, d, 1, order, like)
 
 
 def full_like(a: Any, fill_value: Any, dtype: Any = None, order: str = "K", subok: Any = None,
               shape: Any = None) -> ndarray:
-    s, d = _like(a, dtype, shape)
-    return full(s, fill_value, d)
+    s, d, like = _like(a, dtype, shape, subok)
+    if isinstance(fill_value, ndarray):
+        fill_value = fill_value._a[()]
+    return _filled(s, d, fill_value, order, like)
 
 
 def arange(start: Any, stop: Any = None, step: Any = 1, dtype: Any = None) -> ndarray:

@@ -58,12 +58,23 @@ def _shape(shape: Any) -> tuple[int, ...]:
     return tuple(int(s) for s in shape)
 
 
-def allocate(shape: Any, dtype: Any, order: str = "C", garbage: bool = True) -> np.ndarray:
-    """Device memory for an array: counted by the memory pool, and filled with 0xFF bytes (garbage, not zeros)."""
+def allocate(shape: Any, dtype: Any, order: str = "C", garbage: bool = True, like: np.ndarray | None = None
+             ) -> np.ndarray:
+    """Device memory for an array: counted by the memory pool, and filled with 0xFF bytes (garbage, not zeros).
+
+    ``order`` ``'K'`` or ``'A'`` lays it out as ``like`` (CuPy: the order of ``like``'s strides kept; ``'A'``
+    column-major where ``like`` is F- and not C-contiguous); without ``like`` they mean row-major.
+    """
     dtype = np.dtype(dtype)
     if dtype.kind in "OUSMmV":
         raise TypeError(f"Unsupported dtype {dtype}")
-    buf = np.empty(_shape(shape), dtype, order="F" if order == "F" else "C")
+    order = order.upper()
+    if like is not None and order in "KA" and like.ndim == len(_shape(shape)):
+        if order == "A":
+            order = "F" if fortran_only(like.shape, like.strides, like.itemsize) else "C"
+        buf = np.empty_like(like, dtype, order=order, shape=_shape(shape))
+    else:
+        buf = np.empty(_shape(shape), dtype, order="F" if order == "F" else "C")
     get_default_memory_pool()._malloc(buf.nbytes, buf)
     if garbage and buf.nbytes:
         buf.reshape(-1, order="A").view(np.uint8)[...] = 1 if dtype == np.bool_ else 0xFF
@@ -81,6 +92,12 @@ def c_contiguous(shape: tuple[int, ...], strides: tuple[int, ...], itemsize: int
                 return False
             stride *= dim
     return True
+
+
+def fortran_only(shape: tuple[int, ...], strides: tuple[int, ...], itemsize: int) -> bool:
+    """F- and not C-contiguous (NumPy's ``flags.fnc``): what CuPy lays out column-major for order 'K' or 'A'."""
+    return (c_contiguous(shape[::-1], strides[::-1], itemsize)
+            and not c_contiguous(shape, strides, itemsize))
 
 
 class ndarray:
@@ -117,12 +134,16 @@ class ndarray:
         return a
 
     @classmethod
-    def _new(cls, host: Any, device: int | None = None) -> ndarray:
-        """An array that owns ``host`` (a fresh result): counted by the pool like an allocation."""
+    def _new(cls, host: Any, device: int | None = None, allocated: bool = False) -> ndarray:
+        """An array that owns ``host`` (a fresh result): counted by the pool like an allocation, unless
+        ``host`` came from :func:`allocate` (``allocated``), which counted it."""
         host = np.asarray(host)
-        if host.base is not None or not host.flags.owndata:
-            host = host.copy()
-        get_default_memory_pool()._malloc(host.nbytes, host)
+        if allocated:
+            assert host.flags.owndata, "allocate() gives memory of its own"
+        else:
+            if host.base is not None or not host.flags.owndata:
+                host = host.copy(order="K")
+            get_default_memory_pool()._malloc(host.nbytes, host)
         a = object.__new__(cls)
         a._a, a._dev = host, runtime.getDevice() if device is None else device
         a._idx32 = host.nbytes <= INDEX_32_LIMIT
@@ -289,14 +310,28 @@ class ndarray:
         return self._host_scalar().tolist()
 
     # -- shape and copies ----------------------------------------------------
-    def astype(self, dtype: Any, order: str = "K", casting: str | None = None, subok: Any = None,
+    def astype(self, dtype: Any, order: str | None = "K", casting: str | None = None, subok: Any = None,
                copy: bool = True) -> ndarray:
+        return self._astype(dtype, order, casting, subok, True if copy else None)
+
+    def _astype(self, dtype: Any, order: str | None = "K", casting: Any = None, subok: Any = None,
+                copy: bool | None = True) -> ndarray:
+        """CuPy's ``_astype``: ``copy`` None copies only where the dtype or the asked layout differs, False never."""
+        if casting is not None:
+            raise TypeError("casting is not supported yet")
+        if subok is not None:
+            raise TypeError("subok is not supported yet")
+        order = "K" if order is None else order.upper()
         dtype = np.dtype(dtype)
-        if not copy and dtype == self.dtype:
+        if not copy and dtype == self.dtype and (
+                order == "K" or order == "A" and (self._c_contiguous or self._f_contiguous)
+                or order == "C" and self._c_contiguous or order == "F" and self._f_contiguous):
             return self
-        out = ndarray._new(allocate(self.shape, dtype, "F" if order == "F" else "C", garbage=False), self._dev)
+        if copy is False:
+            raise ValueError("Unable to avoid copy while creating an array as requested.")
+        out = ndarray._new(allocate(self.shape, dtype, order, garbage=False, like=self._a), self._dev, allocated=True)
         with np.errstate(all="ignore"):
-            np.copyto(out._a, self._a, casting=casting or "unsafe")
+            np.copyto(out._a, self._a, casting="unsafe")
         _fake.launches["routine:astype"] += 1
         return out
 
@@ -599,35 +634,32 @@ ndarray.__module__ = "cupy"  # as CuPy's (backend.is_cupy_array reads it)
 # --------------------------------------------------------------------------
 def array(obj: Any, dtype: Any = None, copy: bool | None = True, order: str = "K", subok: bool = False,
           ndmin: int = 0, *, blocking: bool = False) -> ndarray:
-    if isinstance(obj, ndarray):
-        if copy is False and (dtype is None or np.dtype(dtype) == obj.dtype) and ndmin <= obj.ndim:
-            return obj
-        if not copy and (dtype is None or np.dtype(dtype) == obj.dtype):
-            out = obj
-        else:
-            out = obj.astype(obj.dtype if dtype is None else dtype, order="C" if order == "K" else order)
-        while out.ndim < ndmin:
-            out = out.reshape((1, *out.shape))
+    order = "K" if order is None else order
+    if isinstance(obj, ndarray):  # CuPy's _array_from_cupy_ndarray (one device)
+        out = obj._astype(obj.dtype if dtype is None else dtype, order, copy=copy)
+        if ndmin > out.ndim:
+            out = out.reshape((1,) * (ndmin - out.ndim) + out.shape)
         return out
     if hasattr(obj, "__cuda_array_interface__") or (hasattr(obj, "__dlpack_device__")
                                                      and obj.__dlpack_device__()[0] == 2):
         raise NotImplementedError("the CuPy stand-in cannot read another library's device memory")
     if copy is False:
         raise ValueError("Unable to avoid copy while creating an array as requested.")
-    host = np.array(obj, dtype=dtype, order="C" if order in ("K", "A") else order, ndmin=ndmin)
+    if order.upper() in ("K", "A"):  # CuPy's _array_default: a NumPy array F- and not C-contiguous stays column-major
+        order = "F" if isinstance(obj, np.ndarray) and obj.flags.fnc else "C"
+    host = np.array(obj, dtype=dtype, order=order, ndmin=ndmin)
     if host.dtype.kind in "OUSV":
         raise ValueError(f"Unsupported dtype {host.dtype}")
+    host = host.astype(host.dtype.newbyteorder("<"), copy=False)  # the device's byte order
     _fake.upload()
-    # (np.array made it C-ordered already; np.ascontiguousarray would turn a 0-d array into shape (1,), as CuPy's
+    # (np.array laid it out already; np.ascontiguousarray would turn a 0-d array into shape (1,), as CuPy's
     # ascontiguousarray does, but cupy.array and cupy.asarray keep a scalar 0-d)
     return ndarray._new(host)
 
 
 def asarray(a: Any, dtype: Any = None, order: str | None = None, *, copy: bool | None = None,
             blocking: bool = False) -> ndarray:
-    if isinstance(a, ndarray) and (dtype is None or np.dtype(dtype) == a.dtype) and not copy:
-        return a
-    return array(a, dtype, copy=True if copy is None else copy, order=order or "K", blocking=blocking)
+    return array(a, dtype, copy, order, blocking=blocking)
 
 
 def ascontiguousarray(a: Any, dtype: Any = None) -> ndarray:
@@ -636,7 +668,7 @@ def ascontiguousarray(a: Any, dtype: Any = None) -> ndarray:
     dtype = a.dtype if dtype is None else np.dtype(dtype)
     if dtype == a.dtype and a._c_contiguous:
         return a.reshape(1) if a.ndim == 0 else a
-    out = ndarray._new(allocate((1,) if a.ndim == 0 else a.shape, dtype, garbage=False), a._dev)
+    out = ndarray._new(allocate((1,) if a.ndim == 0 else a.shape, dtype, garbage=False), a._dev, allocated=True)
     with np.errstate(all="ignore"):
         np.copyto(out._a, a._a.reshape(out.shape), casting="unsafe")
     _fake.launches["routine:copy"] += 1
