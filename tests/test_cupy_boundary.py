@@ -154,6 +154,32 @@ def test_predict_and_loss_and_grads_on_cupy_equal_numpy(cp) -> None:
         b.loss_and_grads(X, y)  # the low-level entry point does not move a batch behind the caller's back
 
 
+@pytest.mark.parametrize("layout", ["column-major", "strided"])
+def test_column_major_and_strided_device_data_give_what_numpy_gives(cp, layout: str) -> None:
+    """CuPy keeps a column-major array column-major (``asarray``, order 'K'); the raw kernels read rows."""
+    X, y = _data(n=120, kind="float32")
+    if layout == "column-major":
+        X = np.asfortranarray(X)
+        Xd = cp.asarray(X)
+    else:
+        Xd = cp.asarray(X.repeat(2, axis=1))[:, ::2]  # every other column of a device array
+    T = np.eye(4, dtype=np.float32)[y]
+    assert not Xd.flags.c_contiguous and Xd.get().tolist() == X.tolist()
+    a, oa, b, ob = _twins([20, 16, 4], dropout=0.2)
+    la, ga = a.loss_and_grads(X, y)
+    lb, gb_ = b.loss_and_grads(Xd, cp.asarray(y))
+    assert lb == pytest.approx(la, rel=1e-5)
+    for k in ga:
+        _close(ga[k], gb_[k], 1e-4)
+    Td = cp.asarray(np.asfortranarray(T))
+    assert b.evaluate_loss(Xd, Td) == pytest.approx(a.evaluate_loss(X, T), rel=1e-5)
+    gb.fit(a, oa, X, y, epochs=2, batch_size=32, progress=False, seed=5)
+    gb.fit(b, ob, Xd, cp.asarray(y), epochs=2, batch_size=32, progress=False, seed=5)
+    _close(a.flat_params, b.flat_params, 1e-4)
+    _close(a.predict_proba(X), b.predict_proba(Xd), 1e-5)
+    assert gb.evaluate(b, Xd, cp.asarray(y)) == pytest.approx(gb.evaluate(a, X, y), rel=1e-4)
+
+
 class _HostOnly(pickle.Unpickler):
     """Unpickles what needs no CuPy: a pickle that holds a device array fails here."""
 
