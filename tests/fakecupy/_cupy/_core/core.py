@@ -69,7 +69,7 @@ def allocate(shape: Any, dtype: Any, order: str = "C", garbage: bool = True, lik
     if dtype.kind in "OUSMmV":
         raise TypeError(f"Unsupported dtype {dtype}")
     order = order.upper()
-    if like is not None and order in "KA" and like.ndim == len(_shape(shape)):
+    if like is not None and order in ("K", "A") and like.ndim == len(_shape(shape)):
         if order == "A":
             order = "F" if fortran_only(like.shape, like.strides, like.itemsize) else "C"
         buf = np.empty_like(like, dtype, order=order, shape=_shape(shape))
