@@ -74,15 +74,19 @@ def _sha256(a: np.ndarray) -> str:
     return hashlib.sha256(np.asarray(a, order="C").tobytes()).hexdigest()
 
 
+def _named_in_format_2(layer: Any) -> str | None:
+    """The built-in base whose name format 2 wrote for ``layer``, a user's subclass of one; else None."""
+    return next((base.__name__ for base in _NAMED_BY_BASE_IN_2 if isinstance(layer, base) and type(layer) is not base),
+                None)
+
+
 def save_checkpoint(path: str | os.PathLike[str], net: Sequential, optimizer: Optimizer | None,
                     state: dict[str, Any]) -> Path:
     """Save ``net``, ``optimizer`` and the JSON-able training ``state`` (epoch, seed, history, ...).
 
     Returns the path written (``.npz`` is appended when missing).
     """
-    path = Path(path)
-    if path.suffix != ".npz":
-        path = path.with_name(path.name + ".npz")
+    path = _with_npz(Path(path))
     arrays: dict[str, np.ndarray] = {f"model/{k}": v for k, v in net.state_dict().items()}
     opt_meta: dict[str, Any] = {}
     if optimizer is not None:
@@ -95,8 +99,7 @@ def save_checkpoint(path: str | os.PathLike[str], net: Sequential, optimizer: Op
     body = json.loads(json.dumps({  # through JSON once: keys become strings, tuples lists, as a reader sees them
         # format 2 where it says the same (no layer of the user's own kind of Dense, BatchNorm or Dropout):
         # older versions read it
-        "format": FORMAT if any(isinstance(layer, _NAMED_BY_BASE_IN_2) and type(layer) not in _NAMED_BY_BASE_IN_2
-                                for layer in net.layers) else FORMAT_2,
+        "format": FORMAT if any(_named_in_format_2(layer) for layer in net.layers) else FORMAT_2,
         "config": net.config(),
         "optimizer": opt_meta,
         "state": state,
@@ -138,8 +141,13 @@ def checkpoint_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
 def saved_as(path: str | os.PathLike[str]) -> Path:
     """``path``, or where :func:`save_checkpoint` wrote it (``.npz`` appended) if only that exists."""
     path = Path(path)
-    npz = path.with_name(path.name + ".npz")
-    return npz if not path.exists() and path.suffix != ".npz" and npz.is_file() else path
+    npz = _with_npz(path)
+    return npz if not path.exists() and npz.is_file() else path
+
+
+def _with_npz(path: Path) -> Path:
+    """``path`` as :func:`save_checkpoint` writes it: ``.npz`` appended when missing."""
+    return path if path.suffix == ".npz" else path.with_name(path.name + ".npz")
 
 
 @contextlib.contextmanager
@@ -397,8 +405,7 @@ def _check_fits(path: Path, meta: dict[str, Any], manifest: dict[str, Any], net:
     saved, ours = _with_defaults(meta["config"]), net.config()
     if meta["format"] != FORMAT:  # older files named a layer of the user's own kind by its built-in base
         for spec, layer in zip(ours["layers"], net.layers):
-            spec["type"] = next((base.__name__ for base in _NAMED_BY_BASE_IN_2 if isinstance(layer, base)),
-                                spec["type"])
+            spec["type"] = _named_in_format_2(layer) or spec["type"]
     if saved != ours:
         raise CheckpointError(
             f"checkpoint {path} was saved from a different network: {_summary(saved)}; "

@@ -100,7 +100,9 @@ def checked_samples(X: Any, backend: Backend, input_dim: int, dtype: Any, what: 
     """
     X, scale = check_samples(as_array(X, backend, what), input_dim, what)
     X = as_dtype(to_device(X, backend), backend.xp, dtype, what)
-    return X * scale if scale != 1.0 else X
+    if scale != 1.0:  # uint8 images: as_dtype made a new float array, scaled where it is
+        X *= scale
+    return X
 
 
 def check_targets(y: Array, n: int, outputs: int, what: str = "y", probabilities: bool = False) -> Array:

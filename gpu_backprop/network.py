@@ -108,7 +108,7 @@ class Sequential(NetworkState, Predictions):
         self.flat = self._allocate()
         self.flat_params, self.flat_grads = self.flat.flat_params, self.flat.flat_grads
         self.params, self.grads, self.n_decay = self.flat.params, self.flat.grads, self.flat.n_decay
-        self.reset_parameters(self.seed)
+        self.reset_parameters()
         for i, layer in enumerate(self.layers):  # built: a Dropout given no seed takes one from the network's
             if isinstance(layer, Dropout) and layer.seed == 0:
                 layer.seed = (self.seed * 1_000_003 + i) % 2**64

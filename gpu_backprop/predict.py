@@ -64,7 +64,9 @@ class Predictions:
         parts = []
         for i in range(0, X.shape[0], batch_size):
             xb = as_dtype(X[i:i + batch_size], self.xp, self.dtype)
-            parts.append(f(self.forward(xb * scale if scale != 1.0 else xb)))
+            if scale != 1.0:  # uint8 images: as_dtype made a new float array, scaled where it is
+                xb *= scale
+            parts.append(f(self.forward(xb)))
         return parts[0] if len(parts) == 1 else self.xp.concatenate(parts)
 
     def predict(self, X: Any, batch_size: int = 8192) -> Array:

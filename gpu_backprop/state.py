@@ -165,13 +165,25 @@ class NetworkState:
         from .network import Sequential  # the class this is mixed into (it imports this module)
 
         be = self.backend if backend is None else get_backend(backend)
-        layers = [copied_layer(layer, self.backend, be) for layer in self.layers]
         new = cast(Sequential, object.__new__(type(self)))  # an MLP stays an MLP (its attributes, such as sizes, follow)
-        Sequential.__init__(new, layers, loss=type(self.loss)(), backend=be,
-                            dtype=self.dtype if dtype is None else dtype, seed=self.seed, input_dim=self.input_dim)
-        new.load_state_dict(self.state_dict())
-        new.__dict__.update(_deep_copy({k: v for k, v in vars(self).items() if k not in BUILT_ATTRIBUTES}))
+        new._rebuild([copied_layer(layer, self.backend, be) for layer in self.layers], type(self.loss)(), be,
+                     self.dtype if dtype is None else dtype, self.seed, self.input_dim, self.state_dict(),
+                     _deep_copy(self._extra()))
         return new
+
+    def _extra(self) -> dict[str, Any]:
+        """The attributes a subclass or its user added (``MLP.sizes``): what a copy or a pickle carries besides."""
+        return {k: v for k, v in vars(self).items() if k not in BUILT_ATTRIBUTES}
+
+    def _rebuild(self, layers: list[Any], loss: Any, backend: Backend, dtype: Any, seed: int, input_dim: int,
+                 state: dict[str, Any], extra: dict[str, Any]) -> None:
+        """Build this bare instance (of a copy or an unpickled network) from its parts, then load its state."""
+        from .network import Sequential  # the class this is mixed into (it imports this module)
+
+        Sequential.__init__(cast(Sequential, self), layers, loss=loss, backend=backend, dtype=dtype, seed=seed,
+                            input_dim=input_dim)
+        self.load_state_dict(state)
+        self.__dict__.update(extra)
 
     def __getstate__(self) -> dict[str, Any]:
         """What :mod:`pickle` (and ``copy.deepcopy``, joblib, multiprocessing, Ray) stores.
@@ -190,7 +202,7 @@ class NetworkState:
             "seed": self.seed,
             "input_dim": self.input_dim,
             "state": self.state_dict(),
-            "extra": {k: v for k, v in vars(self).items() if k not in BUILT_ATTRIBUTES},
+            "extra": self._extra(),
         }
 
     def __setstate__(self, saved: dict[str, Any]) -> None:
@@ -200,14 +212,9 @@ class NetworkState:
         comes back on NumPy with a :class:`RuntimeWarning` (the weights are the
         same, only the device differs).
         """
-        from .network import Sequential  # the class this is mixed into (it imports this module)
-
         backend = unpickled_backend(saved["backend"])
-        layers = [unpickled_layer(entry, backend) for entry in saved["layers"]]
-        Sequential.__init__(cast(Sequential, self), layers, loss=saved["loss"](), backend=backend,
-                            dtype=saved["dtype"], seed=saved["seed"], input_dim=saved["input_dim"])
-        self.load_state_dict(saved["state"])
-        self.__dict__.update(saved["extra"])
+        self._rebuild([unpickled_layer(entry, backend) for entry in saved["layers"]], saved["loss"](), backend,
+                      saved["dtype"], saved["seed"], saved["input_dim"], saved["state"], saved["extra"])
 
 
 def copied_state(state: Mapping[str, Any]) -> dict[str, Any]:

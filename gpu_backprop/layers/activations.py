@@ -46,7 +46,7 @@ class Activation(Layer):
         return [f"A = {self.kind}(Z)   ({n}, {in_dim})", f"dZ = dA ⊙ {self.kind}'(A)   ({n}, {in_dim})"]
 
     def spec(self) -> dict[str, Any]:
-        return {"type": type(self).__name__, **self.init_args()}
+        return {**super().spec(), **self.init_args()}
 
 
 class Identity(Activation):

@@ -112,7 +112,7 @@ class BatchNorm(Layer):
         ]
 
     def spec(self) -> dict[str, Any]:
-        return {"type": type(self).__name__, **self.init_args()}
+        return {**super().spec(), **self.init_args()}
 
     def init_args(self) -> dict[str, Any]:
         return {"num_features": self.num_features, "momentum": self.momentum, "eps": self.eps}

@@ -111,7 +111,7 @@ class Dense(Layer):
         return lines
 
     def spec(self) -> dict[str, Any]:
-        return {"type": type(self).__name__, "in_features": self.in_features, "out_features": self.out_features}
+        return {**super().spec(), "in_features": self.in_features, "out_features": self.out_features}
 
     def init_args(self) -> dict[str, Any]:
         return {"in_features": self.in_features, "out_features": self.out_features, "init": self.init}

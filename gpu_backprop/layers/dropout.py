@@ -57,7 +57,7 @@ class Dropout(Layer):
         return [f"Y = X ⊙ M,  M = [U ≥ {self.p}] / {1 - self.p:g}   ({n}, {in_dim})", "dX = dY ⊙ M"]
 
     def spec(self) -> dict[str, Any]:
-        return {"type": type(self).__name__, "p": self.p}
+        return {**super().spec(), "p": self.p}
 
     def init_args(self) -> dict[str, Any]:
         return {"p": self.p, "seed": self.seed}
