@@ -60,7 +60,7 @@ from gpu_backprop.devices import set_tf32  # noqa: E402
 from gpu_backprop.experimental import launches  # noqa: E402
 from gpu_backprop.experimental.persample import fused_grid, per_sample_sgd  # noqa: E402
 from gpu_backprop.tools.bench.peers import LR, MOMENTUM, OurStep, ours, random_data, torch_peer  # noqa: E402
-from gpu_backprop.tools.bench.suite import MODELS, machine_facts, run_suite  # noqa: E402
+from gpu_backprop.tools.bench.suite import GPU_GEMM_N, MODELS, machine_facts, run_suite  # noqa: E402
 from gpu_backprop.tools.bench.timing import Quiet, event_seconds, interleaved  # noqa: E402
 
 
@@ -70,7 +70,7 @@ class Plan:
 
     small_model: list[int]       # "mlp-256"
     large_model: list[int]       # "mlp-1024"
-    gemm_n: int = 8192
+    gemm_n: int = GPU_GEMM_N
     budget: float = 0.3          # seconds per timed block
     repeats: int = 3             # timed blocks per figure (median)
     persample_samples: int = 60_000  # one epoch of the fused kernel

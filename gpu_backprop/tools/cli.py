@@ -75,7 +75,8 @@ DEFAULTS: dict[str, Any] = {
 #: How --help shows the defaults that are decided at run time (None above)
 _DEFAULTS_SHOWN = {
     "backend": "auto, or $GPU_BACKPROP_BACKEND", "device": "CuPy's current device, 0",
-    "dataset": "mnist if cached or downloadable, else mnist-sample", "output_activation": "none",
+    "dataset": "mnist from --data-dir, the cache or a download; without --data-dir, mnist-sample if it is nowhere",
+    "output_activation": "none",
     "schedule": "constant", "patience": "off", "max_grad_norm": "off",
     "weight_decay": "0; --preset book-crossentropy takes 5/n, n the training samples",
 }
@@ -404,6 +405,7 @@ def _train(args: argparse.Namespace) -> int:
     import gpu_backprop as gb
 
     from ..batches import held_out
+    from ..checks import check_range, check_seed
     from ..history import epoch_line
     from ..optim import make_optimizer
     from ..trainer import evaluate
@@ -431,10 +433,8 @@ def _train(args: argparse.Namespace) -> int:
         raise UsageError(f"--epochs must be at least 1, got {cfg['epochs']}")
     if not (cfg["lr"] > 0 and math.isfinite(cfg["lr"])):
         raise UsageError(f"--lr must be a positive number, got {cfg['lr']}")
-    if not 0 <= cfg["seed"] < 2**64:
-        raise UsageError(f"--seed must be an integer from 0 to 2**64 - 1, got {cfg['seed']}")
-    if not 0 <= cfg["validation_fraction"] < 1:  # (NaN too)
-        raise UsageError(f"--validation-fraction must be in [0, 1), got {cfg['validation_fraction']}")
+    check_seed("--seed", cfg["seed"])
+    check_range("--validation-fraction", cfg["validation_fraction"], 0, 1)  # (NaN too)
     resumed: dict[str, Any] | None = None
     if cfg["resume"]:
         from ..checkpoint import checkpoint_metadata, saved_as
@@ -527,18 +527,20 @@ def _train(args: argparse.Namespace) -> int:
         diverged = (f"the trained network's test loss is {test_loss} although training ended with a finite loss: "
                     "the last updates made the weights too large; lower --lr or --weight-decay, or clip gradients "
                     "with --max-grad-norm")
+    # the tested weights where early stopping restored an earlier epoch's; the checkpoint stays the run's, to --resume
+    best = out_dir / "model.npz" if out_dir is not None and history.best_epoch is not None else None
     if out_dir is not None:
-        if history.best_epoch is not None:  # the tested weights; the checkpoint stays the run's, to --resume
+        if best is not None:
             from ..checkpoint import save_checkpoint
 
-            save_checkpoint(out_dir / "model.npz", net, None, {"epoch": history.best_epoch})
+            save_checkpoint(best, net, None, {"epoch": history.best_epoch})
         history.to_json(out_dir / "history.json")
         _plot(history, out_dir / "curves.png",
               title=f"{ds.name}: {network}, {optimiser}, batch {batch_size}, {backend.name} on {backend.device}")
     if history.stop_message and not diverged:  # early stopping, or a callback
         print(history.stop_message, file=sys.stderr)
-    if out_dir is not None and history.best_epoch is not None:
-        print(f"the weights of epoch {history.best_epoch}, tested below, are in {out_dir / 'model.npz'} "
+    if best is not None:
+        print(f"the weights of epoch {history.best_epoch}, tested below, are in {best} "
               "(checkpoint.npz holds the last epoch's, to --resume)", file=sys.stderr)
     if diverged:
         print(diverged, file=sys.stderr)

@@ -49,7 +49,7 @@ from ...devices import set_tf32
 from .._args import Parser
 from .peers import N_TRAIN
 from .report import default_stem, render, write
-from .suite import GPU_GEMM_N, MODELS, least_memory_bytes, machine_facts, run_suite
+from .suite import MODELS, gemm_memory_bytes, gemm_size, least_memory_bytes, machine_facts, run_suite
 from .timing import Quiet
 
 __all__ = ["default_out", "main"]
@@ -108,7 +108,7 @@ def _memory_problem(models: dict[str, list[int]], rows: int, backends: list[Back
     places = [("this machine", host, gemm_n)]
     for be in backends:
         if be.name == "cupy":
-            places.append(("the GPU", be.xp.cuda.Device().mem_info[1], max(gemm_n, GPU_GEMM_N)))
+            places.append(("the GPU", be.xp.cuda.Device().mem_info[1], gemm_size(be.name, gemm_n)))
     for name, sizes in models.items():
         need = least_memory_bytes(sizes, rows)
         for where, have, _ in places:
@@ -118,9 +118,10 @@ def _memory_problem(models: dict[str, list[int]], rows: int, backends: list[Back
                         f"with batches of {rows:,} need at least {need / 2**30:,.1f} GiB and {where} has "
                         f"{have / 2**30:,.1f} GiB; choose smaller layer sizes or batches")
     for where, have, n in places:
-        if have and 3 * 4 * n**2 > have:
+        if have and gemm_memory_bytes(n) > have:
             fix = "choose a smaller --gemm-n" if n == gemm_n else f"a GPU's is at least {n:,}²: use --backend numpy"
-            return (f"--gemm-n {gemm_n}: the GEMM that sets the limit ({n:,}²) needs {3 * 4 * n**2 / 2**30:,.1f} GiB "
+            return (f"--gemm-n {gemm_n}: the GEMM that sets the limit ({n:,}²) needs "
+                    f"{gemm_memory_bytes(n) / 2**30:,.1f} GiB "
                     f"and {where} has {have / 2**30:,.1f} GiB; {fix}")
     return None
 

@@ -55,6 +55,11 @@ def least_memory_bytes(sizes: list[int], batch: int) -> int:
     return 12 * params + 4 * batch * sum(sizes) + N_TRAIN * sizes[0]
 
 
+def gemm_memory_bytes(n: int) -> int:
+    """The bytes of the limit's GEMM at ``n``: three float32 ``n × n`` matrices."""
+    return 3 * 4 * n**2
+
+
 # --------------------------------------------------------------------------
 # Where a step's time goes (measured, for the notes)
 # --------------------------------------------------------------------------
@@ -275,6 +280,12 @@ def _gemm_limit(be: Backend, n: int, repeats: int, quiet: Quiet) -> dict[str, An
 GPU_GEMM_N = 8192
 
 
+def gemm_size(backend_name: str, gemm_n: int, gpu_gemm_n: int | None = None) -> int:
+    """The size of the limit's GEMM on a backend: ``gemm_n`` on NumPy; on a GPU ``gpu_gemm_n``, by default
+    ``gemm_n`` but at least :data:`GPU_GEMM_N`."""
+    return gemm_n if backend_name == "numpy" else gpu_gemm_n or max(gemm_n, GPU_GEMM_N)
+
+
 def run_suite(models: dict[str, list[int]], batches: list[int | str], backends: list[Backend], *,
               budget: float, repeats: int, gemm_n: int, gpu_gemm_n: int | None = None, peers: bool,
               sklearn: bool = True, tta: bool, breakdown_batches: Sequence[int | str] = (), quiet: Quiet | None = None,
@@ -311,8 +322,7 @@ def run_suite(models: dict[str, list[int]], batches: list[int | str], backends: 
         if limits and be.name in limits:  # measured by an earlier run on this device
             lim: dict[str, Any] = dict(limits[be.name])
         else:
-            n = gemm_n if be.name == "numpy" else gpu_gemm_n or max(gemm_n, GPU_GEMM_N)
-            lim = _gemm_limit(be, n, repeats, quiet)
+            lim = _gemm_limit(be, gemm_size(be.name, gemm_n, gpu_gemm_n), repeats, quiet)
         if be.name == "cupy":  # the limit is the rate of the precision the run uses
             lim["precision"] = "tf32" if tf32_enabled() else "fp32"
             lim["gemm_flops"] = lim[f"gemm_{lim['precision']}_flops"]
