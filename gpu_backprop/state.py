@@ -166,24 +166,14 @@ class NetworkState:
 
         be = self.backend if backend is None else get_backend(backend)
         new = cast(Sequential, object.__new__(type(self)))  # an MLP stays an MLP (its attributes, such as sizes, follow)
-        new._rebuild([copied_layer(layer, self.backend, be) for layer in self.layers], type(self.loss)(), be,
-                     self.dtype if dtype is None else dtype, self.seed, self.input_dim, self.state_dict(),
-                     _deep_copy(self._extra()))
+        _build(new, [copied_layer(layer, self.backend, be) for layer in self.layers], type(self.loss)(), be,
+               self.dtype if dtype is None else dtype, self.seed, self.input_dim, self.state_dict(),
+               _deep_copy(self._extra()))
         return new
 
     def _extra(self) -> dict[str, Any]:
         """The attributes a subclass or its user added (``MLP.sizes``): what a copy or a pickle carries besides."""
         return {k: v for k, v in vars(self).items() if k not in BUILT_ATTRIBUTES}
-
-    def _rebuild(self, layers: list[Any], loss: Any, backend: Backend, dtype: Any, seed: int, input_dim: int,
-                 state: dict[str, Any], extra: dict[str, Any]) -> None:
-        """Build this bare instance (of a copy or an unpickled network) from its parts, then load its state."""
-        from .network import Sequential  # the class this is mixed into (it imports this module)
-
-        Sequential.__init__(cast(Sequential, self), layers, loss=loss, backend=backend, dtype=dtype, seed=seed,
-                            input_dim=input_dim)
-        self.load_state_dict(state)
-        self.__dict__.update(extra)
 
     def __getstate__(self) -> dict[str, Any]:
         """What :mod:`pickle` (and ``copy.deepcopy``, joblib, multiprocessing, Ray) stores.
@@ -213,8 +203,18 @@ class NetworkState:
         same, only the device differs).
         """
         backend = unpickled_backend(saved["backend"])
-        self._rebuild([unpickled_layer(entry, backend) for entry in saved["layers"]], saved["loss"](), backend,
-                      saved["dtype"], saved["seed"], saved["input_dim"], saved["state"], saved["extra"])
+        _build(self, [unpickled_layer(entry, backend) for entry in saved["layers"]], saved["loss"](), backend,
+               saved["dtype"], saved["seed"], saved["input_dim"], saved["state"], saved["extra"])
+
+
+def _build(net: Any, layers: list[Any], loss: Any, backend: Backend, dtype: Any, seed: int, input_dim: int,
+           state: dict[str, Any], extra: dict[str, Any]) -> None:
+    """Build ``net``, a bare instance (a copy, or an unpickled network), from its parts; then load its state."""
+    from .network import Sequential  # the class this is mixed into (it imports this module)
+
+    Sequential.__init__(net, layers, loss=loss, backend=backend, dtype=dtype, seed=seed, input_dim=input_dim)
+    net.load_state_dict(state)
+    net.__dict__.update(extra)
 
 
 def copied_state(state: Mapping[str, Any]) -> dict[str, Any]:
