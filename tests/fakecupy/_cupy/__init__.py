@@ -15,7 +15,7 @@ import numpy as np
 from . import _core, _fake, cuda  # noqa: F401 - cupy._core and cupy.cuda, as in CuPy
 from ._core import _routines_linalg
 from ._core._kernel import ElementwiseKernel, make_ufuncs, ufunc
-from ._core.core import allocate, array, asarray, ascontiguousarray, is_scalar, ndarray, require_ndarray, unsupported
+from ._core.core import array, asarray, ascontiguousarray, is_scalar, ndarray, require_ndarray, unsupported
 from ._core.raw import RawKernel
 from .cuda.memory import get_default_memory_pool  # noqa: F401 - cupy.get_default_memory_pool
 from .cuda.pinned_memory import get_default_pinned_memory_pool  # noqa: F401
@@ -42,7 +42,7 @@ def empty(shape: Any, dtype: Any = float, order: str = "C") -> ndarray:
 
 
 def _filled(shape: Any, dtype: Any, value: Any, order: str = "C", like: np.ndarray | None = None) -> ndarray:
-    a = ndarray._new(allocate(shape, dtype, order, garbage=False, like=like), allocated=True)
+    a = ndarray._fresh(shape, dtype, order, like=like, garbage=False)
     a._a.fill(value)
     _fake.launches["routine:fill"] += 1
     return a
@@ -73,7 +73,7 @@ def _like(prototype: Any, dtype: Any, shape: Any, subok: Any) -> tuple[Any, Any,
 
 def empty_like(prototype: Any, dtype: Any = None, order: str = "K", subok: Any = None, shape: Any = None) -> ndarray:
     s, d, like = _like(prototype, dtype, shape, subok)
-    return ndarray._new(allocate(s, d, order, like=like), allocated=True)
+    return ndarray._fresh(s, d, order, like=like)
 
 
 def zeros_like(a: Any, dtype: Any = None, order: str = "K", subok: Any = None, shape: Any = None) -> ndarray:

@@ -62,17 +62,17 @@ def allocate(shape: Any, dtype: Any, order: str = "C", garbage: bool = True, lik
              ) -> np.ndarray:
     """Device memory for an array: counted by the memory pool, and filled with 0xFF bytes (garbage, not zeros).
 
-    ``order`` ``'K'`` or ``'A'`` lays it out as ``like`` (CuPy: the order of ``like``'s strides kept; ``'A'``
-    column-major where ``like`` is F- and not C-contiguous); without ``like`` they mean row-major.
+    With ``like``, the layout is NumPy's ``empty_like``'s, which is CuPy's (``_new_like_order_and_strides``):
+    ``'A'`` column-major where ``like`` is F- and not C-contiguous, whatever the shape; ``'K'`` the order of
+    ``like``'s strides kept, row-major where the number of dimensions changes. Without ``like``, ``'K'`` and
+    ``'A'`` mean row-major.
     """
     dtype = np.dtype(dtype)
     if dtype.kind in "OUSMmV":
         raise TypeError(f"Unsupported dtype {dtype}")
     order = order.upper()
-    if like is not None and order in ("K", "A") and like.ndim == len(_shape(shape)):
-        if order == "A":
-            order = "F" if fortran_only(like.shape, like.strides, like.itemsize) else "C"
-        buf = np.empty_like(like, dtype, order=order, shape=_shape(shape))
+    if like is not None:
+        buf = np.empty_like(like, dtype, order=order, subok=False, shape=_shape(shape))
     else:
         buf = np.empty(_shape(shape), dtype, order="F" if order == "F" else "C")
     get_default_memory_pool()._malloc(buf.nbytes, buf)
@@ -94,12 +94,6 @@ def c_contiguous(shape: tuple[int, ...], strides: tuple[int, ...], itemsize: int
     return True
 
 
-def fortran_only(shape: tuple[int, ...], strides: tuple[int, ...], itemsize: int) -> bool:
-    """F- and not C-contiguous (NumPy's ``flags.fnc``): what CuPy lays out column-major for order 'K' or 'A'."""
-    return (c_contiguous(shape[::-1], strides[::-1], itemsize)
-            and not c_contiguous(shape, strides, itemsize))
-
-
 class ndarray:
     """``cupy.ndarray(shape, dtype=float, memptr=None, strides=None, order='C')``."""
 
@@ -118,12 +112,15 @@ class ndarray:
                 raise NotImplementedError("the CuPy stand-in builds arrays on its own memory pointers only")
             base = np.frombuffer(owner, np.uint8) if isinstance(owner, bytearray) else owner.reshape(-1).view(np.uint8)
             offset = memptr.ptr - base.ctypes.data
-            self._a = np.ndarray(_shape(shape), dtype, buffer=base, offset=offset, strides=strides)
-            self._dev = memptr.device_id
+            self._own(np.ndarray(_shape(shape), dtype, buffer=base, offset=offset, strides=strides),
+                      memptr.device_id)
         else:
-            self._a = allocate(shape, dtype, order)
-            self._dev = runtime.getDevice()
-        self._idx32 = max(self._a.nbytes, self._a.size * self._a.itemsize) <= INDEX_32_LIMIT
+            self._own(allocate(shape, dtype, order), runtime.getDevice())
+
+    def _own(self, host: np.ndarray, device: int) -> None:
+        """Make ``host`` this array's memory, on ``device``."""
+        self._a, self._dev = host, device
+        self._idx32 = host.nbytes <= INDEX_32_LIMIT
 
     # -- construction from host arrays (internal) ---------------------------
     @classmethod
@@ -134,19 +131,22 @@ class ndarray:
         return a
 
     @classmethod
-    def _new(cls, host: Any, device: int | None = None, allocated: bool = False) -> ndarray:
-        """An array that owns ``host`` (a fresh result): counted by the pool like an allocation, unless
-        ``host`` came from :func:`allocate` (``allocated``), which counted it."""
+    def _new(cls, host: Any, device: int | None = None) -> ndarray:
+        """An array that owns ``host`` (a result computed on the host): counted by the pool like an allocation."""
         host = np.asarray(host)
-        if allocated:
-            assert host.flags.owndata, "allocate() gives memory of its own"
-        else:
-            if host.base is not None or not host.flags.owndata:
-                host = host.copy(order="K")
-            get_default_memory_pool()._malloc(host.nbytes, host)
+        if host.base is not None or not host.flags.owndata:
+            host = host.copy(order="K")
+        get_default_memory_pool()._malloc(host.nbytes, host)
         a = object.__new__(cls)
-        a._a, a._dev = host, runtime.getDevice() if device is None else device
-        a._idx32 = host.nbytes <= INDEX_32_LIMIT
+        a._own(host, runtime.getDevice() if device is None else device)
+        return a
+
+    @classmethod
+    def _fresh(cls, shape: Any, dtype: Any, order: str = "C", *, like: np.ndarray | None = None,
+               garbage: bool = True, device: int | None = None) -> ndarray:
+        """An array on new device memory from :func:`allocate` (which counts it; ``order`` and ``like`` as there)."""
+        a = object.__new__(cls)
+        a._own(allocate(shape, dtype, order, garbage, like), runtime.getDevice() if device is None else device)
         return a
 
     def _wrap(self, host: Any) -> ndarray:
@@ -329,7 +329,7 @@ class ndarray:
             return self
         if copy is False:
             raise ValueError("Unable to avoid copy while creating an array as requested.")
-        out = ndarray._new(allocate(self.shape, dtype, order, garbage=False, like=self._a), self._dev, allocated=True)
+        out = ndarray._fresh(self.shape, dtype, order, like=self._a, garbage=False, device=self._dev)
         with np.errstate(all="ignore"):
             np.copyto(out._a, self._a, casting="unsafe")
         _fake.launches["routine:astype"] += 1
@@ -668,7 +668,7 @@ def ascontiguousarray(a: Any, dtype: Any = None) -> ndarray:
     dtype = a.dtype if dtype is None else np.dtype(dtype)
     if dtype == a.dtype and a._c_contiguous:
         return a.reshape(1) if a.ndim == 0 else a
-    out = ndarray._new(allocate((1,) if a.ndim == 0 else a.shape, dtype, garbage=False), a._dev, allocated=True)
+    out = ndarray._fresh((1,) if a.ndim == 0 else a.shape, dtype, garbage=False, device=a._dev)
     with np.errstate(all="ignore"):
         np.copyto(out._a, a._a.reshape(out.shape), casting="unsafe")
     _fake.launches["routine:copy"] += 1
