@@ -42,8 +42,9 @@ def empty(shape: Any, dtype: Any = float, order: str = "C") -> ndarray:
 
 
 def _filled(shape: Any, dtype: Any, value: Any, order: str = "C", like: np.ndarray | None = None) -> ndarray:
+    """New memory filled with ``value`` (a scalar, or a device array's value)."""
     a = ndarray._fresh(shape, dtype, order, like=like, garbage=False)
-    a._a.fill(value)
+    a._a.fill(value._a[()] if isinstance(value, ndarray) else value)
     _fake.launches["routine:fill"] += 1
     return a
 
@@ -57,9 +58,9 @@ def ones(shape: Any, dtype: Any = float, order: str = "C") -> ndarray:
 
 
 def full(shape: Any, fill_value: Any, dtype: Any = None, order: str = "C") -> ndarray:
-    if isinstance(fill_value, ndarray):
-        fill_value = fill_value._a[()]
-    return _filled(shape, np.asarray(fill_value).dtype if dtype is None else dtype, fill_value, order)
+    if dtype is None:  # as CuPy's: a device array's dtype, else NumPy's for the value
+        dtype = fill_value.dtype if isinstance(fill_value, ndarray) else np.asarray(fill_value).dtype
+    return _filled(shape, dtype, fill_value, order)
 
 
 def _like(prototype: Any, dtype: Any, shape: Any, subok: Any) -> tuple[Any, Any, np.ndarray]:
@@ -89,8 +90,6 @@ def ones_like(a: Any, dtype: Any = None, order: str = "K", subok: Any = None, sh
 def full_like(a: Any, fill_value: Any, dtype: Any = None, order: str = "K", subok: Any = None,
               shape: Any = None) -> ndarray:
     s, d, like = _like(a, dtype, shape, subok)
-    if isinstance(fill_value, ndarray):
-        fill_value = fill_value._a[()]
     return _filled(s, d, fill_value, order, like)
 
 
