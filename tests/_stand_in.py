@@ -20,6 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
 sys.path.insert(0, str(TESTS))
@@ -31,6 +33,7 @@ from gpu_backprop.experimental import persample
 from gpu_backprop.kernels import _cuda
 
 COMPILER_PROBLEM = fakecupy.compiler_problem()
+needs_compiler = pytest.mark.skipif(COMPILER_PROBLEM is not None, reason=COMPILER_PROBLEM or "")
 if "FAKECUPY_CACHE_DIR" not in os.environ:  # kernel builds shared by this test session and its subprocesses
     os.environ["FAKECUPY_CACHE_DIR"] = tempfile.mkdtemp(prefix="fakecupy-builds-")
     atexit.register(shutil.rmtree, os.environ["FAKECUPY_CACHE_DIR"], True)

@@ -33,8 +33,8 @@ import numpy as np
 import pytest
 from _custom_layers import Shifted
 from _stand_in import (
-    COMPILER_PROBLEM,
     ROOT,
+    needs_compiler,
     stand_in,
     stand_in_command,
     subprocess_env,
@@ -46,7 +46,7 @@ from gpu_backprop.distributed import mpiexec_path
 from gpu_backprop.experimental import persample
 from gpu_backprop.kernels import _cuda
 
-pytestmark = pytest.mark.skipif(COMPILER_PROBLEM is not None, reason=COMPILER_PROBLEM or "")
+pytestmark = needs_compiler
 
 
 @pytest.fixture

@@ -22,13 +22,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from _stand_in import COMPILER_PROBLEM, TESTS, stand_in, subprocess_env
+from _stand_in import TESTS, needs_compiler, stand_in, subprocess_env
 
 from gpu_backprop import kernels
 from gpu_backprop.kernels import _cuda
 
 PROBE = TESTS / "_cupy_probe.py"
-needs_compiler = pytest.mark.skipif(COMPILER_PROBLEM is not None, reason=COMPILER_PROBLEM or "")
 
 
 def _real_cupy_python() -> str | None:

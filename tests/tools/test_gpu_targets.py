@@ -11,14 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _stand_in import COMPILER_PROBLEM, stand_in, subprocess_env
+from _stand_in import COMPILER_PROBLEM, needs_compiler, stand_in, subprocess_env
 
 from gpu_backprop import backend
 from gpu_backprop.experimental import launches
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "gpu_targets.py"
-needs_compiler = pytest.mark.skipif(COMPILER_PROBLEM is not None, reason=COMPILER_PROBLEM or "")
 
 
 def _module() -> Any:
