@@ -131,8 +131,9 @@ def test_nothing_changes_when_an_input_is_refused() -> None:
 # --------------------------------------------------------------------------
 # The IDX reader
 # --------------------------------------------------------------------------
-def _header(kind: int, *dims: int) -> bytes:
-    return struct.pack(">HBB", 0, 0x08, kind) + struct.pack(f">{len(dims)}I", *dims)
+def _header(kind: int, *dims: int, code: int = 0x08) -> bytes:
+    """An IDX header: ``kind`` dimensions of sizes ``dims``, elements of type ``code`` (0x08 uint8, 0x0C int32)."""
+    return struct.pack(">HBB", 0, code, kind) + struct.pack(f">{len(dims)}I", *dims)
 
 
 READER_CASES = [
@@ -179,7 +180,7 @@ def test_a_stray_huge_label_is_a_damaged_file_not_a_huge_network(tmp_path: Path)
     root = _idx_dir(tmp_path)
     labels = (np.arange(10) % 3).astype(">i4")
     labels[7] = 2_147_483_647  # a damaged int32 labels file: 2**31 classes, a 72 GiB output layer
-    (root / "train-labels-idx1-ubyte").write_bytes(struct.pack(">HBBI", 0, 0x0C, 1, 10) + labels.tobytes())
+    (root / "train-labels-idx1-ubyte").write_bytes(_header(1, 10, code=0x0C) + labels.tobytes())
     with pytest.raises(DataError, match="holds the label 2,147,483,647, which would make a network of"):
         load_dataset("idx", data_dir=root)
 
