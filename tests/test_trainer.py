@@ -114,25 +114,11 @@ def test_the_schedule_drives_the_optimizer_lr() -> None:
     assert h.epochs[0]["lr"] == 0.2
 
 
-def test_early_stopping_restores_the_best_weights() -> None:
-    X, y = _toy(n=60)
-    Xv, yv = _toy(n=60, seed=7)
-    yv = (yv + 1) % 3  # a validation set the network can only get worse at
-    net = gb.MLP([12, 16, 3], backend="numpy", seed=1)
-    h = fit(net, gb.SGD(net, lr=0.2, momentum=0.9), X, y, epochs=30, batch_size=10, validation=(Xv, yv),
-            patience=2, progress=False)
-    assert h.stopped_reason is gb.StopReason.EARLY_STOPPING and len(h.epochs) < 30
-    assert h.stop_message.startswith("early stopping")
-    best = min(range(len(h.epochs)), key=lambda i: h.epochs[i]["val_loss"])
-    assert h.best_epoch == best + 1
-    assert gb.evaluate(net, Xv, yv)[0] == pytest.approx(h.epochs[best]["val_loss"], rel=1e-5)
-
-
-def test_early_stopping_leaves_the_checkpoint_resumable_and_every_callback_sees_the_last_epoch(
+def test_early_stopping_restores_the_best_weights_but_checkpoints_and_calls_back_the_last_epoch(
         tmp_path: Path) -> None:
     X, y = _toy(n=60)
     Xv, yv = _toy(n=60, seed=7)
-    yv = (yv + 1) % 3
+    yv = (yv + 1) % 3  # a validation set the network can only get worse at
     net = gb.MLP([12, 16, 3], backend="numpy", seed=1)
     seen: list[float] = []
     last: list[np.ndarray] = []  # the weights of each epoch as it ends (before the best are put back)
@@ -143,7 +129,12 @@ def test_early_stopping_leaves_the_checkpoint_resumable_and_every_callback_sees_
 
     h = fit(net, gb.SGD(net, lr=0.2, momentum=0.9), X, y, epochs=30, batch_size=10, validation=(Xv, yv),
             patience=2, progress=False, checkpoint=tmp_path / "run.npz", callbacks=[watch])
-    assert h.stopped_reason is gb.StopReason.EARLY_STOPPING and h.best_epoch < len(h.epochs)
+    assert h.stopped_reason is gb.StopReason.EARLY_STOPPING and len(h.epochs) < 30
+    assert h.stop_message.startswith("early stopping")
+    best = min(range(len(h.epochs)), key=lambda i: h.epochs[i]["val_loss"])
+    assert h.best_epoch == best + 1
+    assert gb.evaluate(net, Xv, yv)[0] == pytest.approx(h.epochs[best]["val_loss"], rel=1e-5)
+    assert h.best_epoch < len(h.epochs)
     assert seen == [e["epoch"] for e in h.epochs]  # the epoch that stopped the run too
     saved = gb.load_model(tmp_path / "run.npz")  # the last epoch's state, to resume; net holds the best epoch's
     np.testing.assert_array_equal(saved.flat_params, last[0])
