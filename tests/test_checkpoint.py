@@ -877,7 +877,7 @@ class _WithModule(Shifted):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.xp, self.lock = np, threading.Lock()
-        self.shift = np.ones(kwargs.get("out_features", args[1]), np.float32)
+        self.shift = np.ones(self.out_features, np.float32)
 
 
 def test_a_copy_of_a_layer_that_keeps_a_module_or_a_lock_still_works() -> None:
