@@ -432,56 +432,58 @@ def test_two_gpus_through_nccl_equal_one_process(tmp_path: Path) -> None:
                                atol=1e-11)
 
 
-EARLY_STOPPING_WITH_BATCHNORM = """
+RANK_SCRIPT = """
 import sys
 import numpy as np, gpu_backprop as gb
 from gpu_backprop.distributed import init_distributed
 comm = init_distributed("mpi")
 rng = np.random.default_rng(0)
+
+def say(verdict: str) -> None:  # to a file of the rank's own (the ranks' lines on one stdout can interleave)
+    with open(f"{sys.argv[1]}.rank{comm.rank}", "w") as f:
+        f.write(verdict)
+"""
+
+
+def _verdicts(tmp_path: Path, body: str, ranks: int = 2) -> list[str]:
+    """Run ``RANK_SCRIPT`` + ``body`` on ``ranks`` ranks over MPI; what each rank passed to ``say``, by rank."""
+    script = tmp_path / "ranks.py"
+    script.write_text(RANK_SCRIPT + body)
+    proc = _launch(ranks, str(script), str(tmp_path / "out"), timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return [(tmp_path / f"out.rank{r}").read_text() for r in range(ranks)]
+
+
+EARLY_STOPPING_WITH_BATCHNORM = """
 y = rng.integers(0, 3, 400)
 X = rng.normal(0, 1, (400, 10)) + np.eye(3, 10)[y] * 0.5
 net = gb.MLP([10, 16, 3], batchnorm=True, backend="numpy", dtype="float64", seed=0)
 h = gb.fit(net, gb.SGD(net, lr=0.01, momentum=0.9), X, y, epochs=60, batch_size=8, seed=1, progress=False,
            comm=comm, validation_fraction=0.25, patience=1)
-with open(f"{sys.argv[1]}.rank{comm.rank}", "w") as f:  # (the ranks' lines on one stdout can interleave)
-    f.write(f"stopped after {len(h.epochs)} epochs at {h.epochs[-1]['val_loss']!r}")
+say(f"stopped after {len(h.epochs)} epochs at {h.epochs[-1]['val_loss']!r}")
 """
 
 
 VALIDATION_ON_RANK_0_ONLY = """
-import sys
-import numpy as np, gpu_backprop as gb
-from gpu_backprop.distributed import init_distributed
-comm = init_distributed("mpi")
-rng = np.random.default_rng(0)
 y = rng.integers(0, 3, 200)
 X = rng.normal(0, 1, (200, 10)) + np.eye(3, 10)[y]
 net = gb.MLP([10, 8, 3], backend="numpy", dtype="float64", seed=0)
 h = gb.fit(net, gb.SGD(net, lr=0.1), X[:150], y[:150], epochs=2, batch_size=10, progress=False, comm=comm,
            validation=(X[150:], y[150:]) if comm.rank == 0 else None)
-with open(f"{sys.argv[1]}.rank{comm.rank}", "w") as f:
-    f.write(repr([e["val_loss"] for e in h.epochs]))
+say(repr([e["val_loss"] for e in h.epochs]))
 """
 
 
 @needs_mpi
 def test_validation_data_on_rank_0_alone_is_every_ranks(tmp_path: Path) -> None:
-    script = tmp_path / "val.py"
-    script.write_text(VALIDATION_ON_RANK_0_ONLY)
-    proc = _launch(2, str(script), str(tmp_path / "out"), timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    said = [(tmp_path / f"out.rank{r}").read_text() for r in range(2)]
+    said = _verdicts(tmp_path, VALIDATION_ON_RANK_0_ONLY)
     assert said[0] == said[1] and said[0].startswith("[") and "nan" not in said[0], said
 
 
 @needs_mpi
 def test_ranks_whose_batchnorm_statistics_differ_stop_early_together(tmp_path: Path) -> None:
     """Each rank's running statistics are its own, so is its validation loss: all decide on rank 0's."""
-    script = tmp_path / "early.py"
-    script.write_text(EARLY_STOPPING_WITH_BATCHNORM)
-    proc = _launch(2, str(script), str(tmp_path / "out"), timeout=120)  # (each stopped on its own: one waited)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    said = [(tmp_path / f"out.rank{r}").read_text() for r in range(2)]
+    said = _verdicts(tmp_path, EARLY_STOPPING_WITH_BATCHNORM)  # (had each stopped on its own, one would wait)
     assert said[0].startswith("stopped after") and said[0] == said[1], said
 
 
