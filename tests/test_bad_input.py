@@ -242,6 +242,8 @@ def _cli_cases(tmp: Path) -> list[tuple[str, list[str], str]]:
                                                 str(other_arch / "checkpoint.npz")], "different network"),
         ("truncated checkpoint", [*base, "--hidden", "7", "--resume", str(corrupt)], "corrupt or truncated"),
         ("missing --resume file", [*base, "--resume", str(tmp / "none.npz")], "does not exist"),
+        ("the --out directory given to --resume", [*base, "--hidden", "7", "--resume", str(other_arch)],
+         f"is a directory; pass the checkpoint in it, --resume {other_arch / 'checkpoint.npz'}"),
         ("output dir that cannot be written", [*base, "--out", str(blocker / "sub")], "cannot write to --out"),
         ("batch size 0", [*base, "--batch-size", "0"], "at least 1"),
         ("batch size larger than the data", [*base, "--batch-size", "11"], "larger than the 9"),  # 1 held out

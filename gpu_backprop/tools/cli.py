@@ -439,7 +439,11 @@ def _train(args: argparse.Namespace) -> int:
     if cfg["resume"]:
         from ..checkpoint import checkpoint_metadata, saved_as
 
-        if not saved_as(cfg["resume"]).is_file():
+        given = saved_as(cfg["resume"])
+        if given.is_dir():
+            raise UsageError(f"--resume {cfg['resume']} is a directory; pass the checkpoint in it, "
+                             f"--resume {given / 'checkpoint.npz'}")
+        if not given.is_file():
             raise UsageError(f"--resume {cfg['resume']} does not exist; pass a checkpoint written with --out")
 
         resumed = checkpoint_metadata(cfg["resume"])
