@@ -213,8 +213,10 @@ def check_seed(name: str, value: Any) -> int:
     return int(value)
 
 
-def check_range(name: str, value: float, lo: float, hi: float = math.inf, lo_open: bool = False) -> float:
-    """``value`` as a float in ``[lo, hi)`` (``(lo, hi)`` with ``lo_open``), else a ValueError that names it.
+def check_range(name: str, value: float, lo: float, hi: float = math.inf, lo_open: bool = False,
+                hi_closed: bool = False) -> float:
+    """``value`` as a float in ``[lo, hi)`` (``(lo`` with ``lo_open``, ``hi]`` with ``hi_closed``), else a ValueError
+    that names it.
 
     A value that is not a real number (a string, None, a bool) is a TypeError that names it.
     """
@@ -224,6 +226,7 @@ def check_range(name: str, value: float, lo: float, hi: float = math.inf, lo_ope
         v = float(value)
     except (TypeError, ValueError):
         raise TypeError(f"{name} must be a number, got {value!r}") from None
-    if not (math.isfinite(v) and (v > lo if lo_open else v >= lo) and v < hi):
-        raise ValueError(f"{name} must be in {'(' if lo_open else '['}{lo}, {hi}), got {value!r}")
+    if not (math.isfinite(v) and (v > lo if lo_open else v >= lo) and (v <= hi if hi_closed else v < hi)):
+        raise ValueError(f"{name} must be in {'(' if lo_open else '['}{lo}, {hi}{']' if hi_closed else ')'}, "
+                         f"got {value!r}")
     return v

@@ -191,6 +191,7 @@ def test_bad_input_is_one_clear_error(net: gb.MLP, X, y, error, match) -> None:
     (lambda: gb.Dropout("0.5"), "Dropout probability must be a number"),
     (lambda: gb.BatchNorm(4, eps=0), r"BatchNorm eps must be in \(0.0, inf\)"),
     (lambda: gb.BatchNorm(4, momentum=2), r"BatchNorm momentum must be in \(0, 1\]"),
+    (lambda: gb.BatchNorm(4, momentum=float("nan")), r"BatchNorm momentum must be in \(0, 1\], got nan"),
     (lambda: gb.MLP([4, 3], output_activation=5), "unknown activation 5"),
     (lambda: gb.Adam(gb.MLP([4, 3]), betas=(0.9,)), "betas are two numbers"),
     (lambda: gb.SGD(gb.MLP([4, 3]), momentum=0.9, nesterov="no"), "nesterov must be True or False"),

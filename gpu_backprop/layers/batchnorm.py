@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -36,9 +35,7 @@ class BatchNorm(Layer):
 
     def __init__(self, num_features: int, momentum: float = 0.1, eps: float = 1e-5) -> None:
         super().__init__()
-        self.momentum = check_range("BatchNorm momentum", momentum, -math.inf)  # a finite number
-        if not 0.0 < self.momentum <= 1.0:
-            raise ValueError(f"BatchNorm momentum must be in (0, 1], got {momentum}")
+        self.momentum = check_range("BatchNorm momentum", momentum, 0, 1, lo_open=True, hi_closed=True)
         self.num_features = check_int("BatchNorm num_features", num_features)
         self.eps = check_range("BatchNorm eps", eps, 0.0, lo_open=True)  # (the variance's divisor is √(σ² + ε))
         self.running_mean: Array = None  # allocated on the first forward, on the input's device
