@@ -183,7 +183,8 @@ def test_bad_input_is_one_clear_error(net: gb.MLP, X, y, error, match) -> None:
     (lambda: gb.Dropout(1.0), r"Dropout probability must be in \[0.0, 1.0\)"),
     (lambda: gb.MLP([4, 3], seed=-1), r"seed must be an integer from 0 to 2\*\*64 - 1, got -1"),
     (lambda: gb.MLP([4, 3], seed=1.5), "seed must be an integer"),  # not quietly 1
-    (lambda: gb.Dropout(0.5, seed=-1), "Dropout seed must be a non-negative integer"),
+    (lambda: gb.Dropout(0.5, seed=-1), r"Dropout seed must be an integer from 0 to 2\*\*64 - 1, got -1"),
+    (lambda: gb.Dropout(0.5, seed=2**64), r"Dropout seed must be an integer from 0 to 2\*\*64 - 1"),  # not wrapped to 0
     (lambda: gb.FitConfig(seed=2**70), "seed must be an integer"),  # not the run of seed 0 (the hash is 64-bit)
     (lambda: gb.FitConfig(validation_fraction="0.1"), "validation_fraction must be a number, got '0.1'"),
     (lambda: gb.FitConfig(max_grad_norm="1"), "max_grad_norm must be a number"),

@@ -6,7 +6,7 @@ from typing import Any
 
 from .. import kernels
 from ..backend import get_array_module
-from ..checks import check_int, check_range
+from ..checks import check_range, check_seed
 from .base import Layer
 
 Array = Any
@@ -25,7 +25,7 @@ class Dropout(Layer):
     def __init__(self, p: float = 0.5, seed: int = 0) -> None:
         super().__init__()
         self.p = check_range("Dropout probability", p, 0.0, 1.0)
-        self.seed = check_int("Dropout seed", seed, lo=0) % 2**64  # (the stream hashes the seed's 64 bits)
+        self.seed = check_seed("Dropout seed", seed)  # (the stream hashes the seed's 64 bits)
         self.counter = 0
 
     def forward(self, x: Array, train: bool = False) -> Array:
