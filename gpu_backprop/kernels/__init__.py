@@ -39,6 +39,6 @@ from .updates import adam_update, sgd_update
 
 __all__ = ["ACTIVATIONS", "ELEMENTWISE", "RAW", "SCIPY_MAX_BATCH", "activation_backward", "activation_forward",
            "adam_update", "batchnorm_backward", "batchnorm_normalize", "bias_activation", "blas_threads", "column_sum",
-           "count_correct", "predicted", "defers_weight_grads", "dropout_forward", "gather_scale", "hash_uniform",
-           "make_elementwise", "make_raw", "matmul", "random_permutation", "raw_source", "scipy_blas", "sgd_update",
-           "softmax", "softmax_cross_entropy", "weight_grad"]
+           "count_correct", "defers_weight_grads", "dropout_forward", "gather_scale", "hash_uniform",
+           "make_elementwise", "make_raw", "matmul", "predicted", "random_permutation", "raw_source", "scipy_blas",
+           "sgd_update", "softmax", "softmax_cross_entropy", "weight_grad"]
